@@ -1,0 +1,141 @@
+#!/usr/bin/env node
+import { join, resolve } from "node:path";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
+import { createProxy } from "./proxy/create-proxy.js";
+import { formatAuthority } from "./proxy/target.js";
+import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+
+const DEFAULT_POLICY = "policies/default.yaml";
+
+const USAGE = `usage: portcullis <command> [options]
+
+commands:
+  init-ca [--dir certs] [--force]                 create the CA that sandboxes trust
+  start [--policy FILE] [--listen HOST:PORT]      run the proxy
+  check [--policy FILE]                           validate a policy file
+`;
+
+class UsageError extends Error {}
+
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+function trustInstructions(dir: string): string {
+  const ca = resolve(dir, CA_CERT_FILE);
+  return `CA certificate: ${ca}
+
+Trust it in a sandbox with whichever applies:
+  Debian/Ubuntu:   cp ${ca} /usr/local/share/ca-certificates/portcullis.crt && update-ca-certificates
+  Node.js:         export NODE_EXTRA_CA_CERTS=${ca}
+  Python requests: export REQUESTS_CA_BUNDLE=${ca}
+  OpenSSL / many:  export SSL_CERT_FILE=${ca}
+  curl:            export CURL_CA_BUNDLE=${ca}
+Then point the sandbox at the proxy: export HTTPS_PROXY=http://HOST:PORT HTTP_PROXY=http://HOST:PORT
+`;
+}
+
+async function commandInitCa(args: string[]): Promise<number> {
+  const { values } = parse(args, { dir: { type: "string", default: "certs" }, force: { type: "boolean", default: false } });
+  const dir = values.dir as string;
+  try {
+    await initCa(dir, { force: values.force as boolean });
+  } catch (error) {
+    if (error instanceof CaExistsError) {
+      process.stderr.write(`portcullis: ${error.message}\n`);
+      return 1;
+    }
+    throw error;
+  }
+  process.stdout.write(`created ${join(dir, CA_CERT_FILE)} and ${join(dir, "ca-key.pem")} (mode 0600)\n\n${trustInstructions(dir)}`);
+  return 0;
+}
+
+async function loadOrReport(file: string): Promise<LoadedPolicy | undefined> {
+  try {
+    return await loadPolicyFile(file);
+  } catch (error) {
+    if (error instanceof PolicyInvalidError) {
+      process.stderr.write(`${error.message}\n`);
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+async function commandCheck(args: string[]): Promise<number> {
+  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY } });
+  const loaded = await loadOrReport(values.policy as string);
+  if (!loaded) return 1;
+  process.stdout.write(`${values.policy}: valid\n`);
+  return 0;
+}
+
+async function commandStart(args: string[]): Promise<number> {
+  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" } });
+  const policyFile = values.policy as string;
+  const loaded = await loadOrReport(policyFile);
+  if (!loaded) return 1;
+  const proxy = await createProxy({ policy: loaded, ...(values.listen ? { listen: values.listen as string } : {}) });
+  const address = await proxy.listen();
+  process.stderr.write(`portcullis listening on ${formatAuthority(address.address, address.port)}\n`);
+
+  process.on("SIGHUP", () => {
+    proxy.reopenLogs();
+    loadPolicyFile(policyFile).then(
+      (next) => {
+        proxy.reload(next);
+        proxy.diagnostics.info({ policy: policyFile }, "policy reloaded");
+      },
+      (error: Error) => {
+        const errors = error instanceof PolicyInvalidError ? error.errors : undefined;
+        proxy.diagnostics.error({ policy: policyFile, errors: errors ?? error.message }, "policy reload rejected; keeping the running policy");
+      },
+    );
+  });
+  process.on("SIGUSR2", () => proxy.reopenLogs());
+  await new Promise<void>((resolveStop) => {
+    const stop = () => resolveStop();
+    process.once("SIGTERM", stop);
+    process.once("SIGINT", stop);
+  });
+  proxy.diagnostics.info("draining");
+  await proxy.close();
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "init-ca":
+      return commandInitCa(rest);
+    case "start":
+      return commandStart(rest);
+    case "check":
+      return commandCheck(rest);
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return 0;
+    default:
+      throw new UsageError(command ? `unknown command "${command}"` : "no command given");
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof UsageError) {
+      process.stderr.write(`portcullis: ${error.message}\n\n${USAGE}`);
+      process.exit(2);
+    }
+    process.stderr.write(`portcullis: ${(error as Error).message}\n`);
+    process.exit(1);
+  },
+);

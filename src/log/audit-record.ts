@@ -1,0 +1,47 @@
+export type AuditMessage = "http" | "websocket" | "tunnel" | "denied";
+
+export interface AuditError {
+  type: string;
+  message: string;
+}
+
+export interface WebSocketSummary {
+  protocol: string | null;
+  extensions: string | null;
+  close_code: number | null;
+  closed_by: "client" | "upstream" | "error" | null;
+}
+
+/** One canonical audit line (SPEC section 4). */
+export interface AuditRecord {
+  msg: AuditMessage;
+  req_id: string | null;
+  client: string | null;
+  client_addr: string | null;
+  method: string | null;
+  scheme: "http" | "https" | null;
+  host: string;
+  port: number;
+  path: string | null;
+  status: number | null;
+  duration_ms: number;
+  req_bytes: number;
+  resp_bytes: number;
+  decision: "allow" | "deny";
+  rule: string | null;
+  reason: string | null;
+  credentials: string[];
+  placeholders: string[];
+  error?: AuditError;
+  req_headers?: Record<string, string | string[]>;
+  req_body?: string;
+  ws?: WebSocketSummary;
+}
+
+export type AuditLevel = "info" | "warn" | "error";
+
+export function levelFor(record: AuditRecord): AuditLevel {
+  if (record.error || (record.status !== null && record.status >= 500)) return "error";
+  if (record.decision === "deny" || (record.status !== null && record.status >= 400)) return "warn";
+  return "info";
+}

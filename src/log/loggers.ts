@@ -1,0 +1,58 @@
+import pino, { type DestinationStream, type Logger } from "pino";
+import { levelFor, type AuditRecord } from "./audit-record.js";
+import type { Scrubber } from "./scrub.js";
+
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+
+interface ReopenableStream extends DestinationStream {
+  reopen(file?: string): void;
+  flushSync(): void;
+}
+
+/** The canonical audit log: one JSON line per finished event, scrubbed of every known secret. */
+export class AuditLog {
+  private readonly logger: Logger;
+  private readonly stream: ReopenableStream;
+
+  constructor(
+    readonly target: string,
+    scrubber: Scrubber,
+    stream?: DestinationStream,
+  ) {
+    this.stream = (stream as ReopenableStream) ?? openDestination(target);
+    this.logger = pino(
+      { base: undefined, level: "info", hooks: { streamWrite: (line) => scrubber.scrub(line) } },
+      this.stream,
+    );
+  }
+
+  write(record: AuditRecord): void {
+    const { msg, ...fields } = record;
+    this.logger[levelFor(record)](fields, msg);
+  }
+
+  /** Reopen the file after logrotate moved it. */
+  reopen(): void {
+    if (this.target !== "-" && typeof this.stream.reopen === "function") this.stream.reopen();
+  }
+
+  flush(): void {
+    try {
+      this.stream.flushSync?.();
+    } catch {
+      // Nothing buffered, or the destination is gone: nothing left to save.
+    }
+  }
+}
+
+function openDestination(target: string): ReopenableStream {
+  return (target === "-" ? pino.destination({ dest: 1, sync: true }) : pino.destination({ dest: target, mkdir: true, sync: false })) as ReopenableStream;
+}
+
+/** Operator diagnostics on stderr (start-up, reloads, internal faults), scrubbed like the audit log. */
+export function createDiagnostics(level: LogLevel, scrubber: Scrubber, stream?: DestinationStream): Logger {
+  return pino(
+    { base: undefined, level, name: "portcullis", hooks: { streamWrite: (line) => scrubber.scrub(line) } },
+    stream ?? pino.destination({ dest: 2, sync: true }),
+  );
+}

@@ -1,0 +1,37 @@
+export const REDACTED = "[REDACTED]";
+
+/** Secret values shorter than this are not scrubbed from free text: they would shred ordinary words. */
+const MIN_SCRUB_LENGTH = 4;
+
+/**
+ * The last line of defence: every resolved secret value is replaced by [REDACTED] in
+ * anything portcullis writes (audit lines, diagnostics, error bodies), whatever field it hid in.
+ */
+export class Scrubber {
+  private readonly values = new Set<string>();
+  private pattern: RegExp | undefined;
+
+  add(value: string): void {
+    if (value.length < MIN_SCRUB_LENGTH || this.values.has(value)) return;
+    this.values.add(value);
+    // A value is also looked for in the forms it takes once serialised or URL-encoded.
+    for (const form of [JSON.stringify(value).slice(1, -1), encodeURIComponent(value)]) this.values.add(form);
+    this.pattern = undefined;
+  }
+
+  get size(): number {
+    return this.values.size;
+  }
+
+  scrub(text: string): string {
+    if (this.values.size === 0) return text;
+    this.pattern ??= new RegExp(
+      [...this.values]
+        .sort((a, b) => b.length - a.length)
+        .map((value) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+        .join("|"),
+      "g",
+    );
+    return text.replace(this.pattern, REDACTED);
+  }
+}

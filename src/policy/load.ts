@@ -1,0 +1,109 @@
+import { readFile } from "node:fs/promises";
+import { isAbsolute, resolve as resolvePath } from "node:path";
+import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from "yaml";
+import type { z } from "zod";
+import { policySchema, type Policy } from "./schema.js";
+
+export interface PolicyError {
+  file: string;
+  line: number;
+  col: number;
+  message: string;
+}
+
+export class PolicyInvalidError extends Error {
+  constructor(readonly errors: PolicyError[]) {
+    super(errors.map(formatPolicyError).join("\n"));
+    this.name = "PolicyInvalidError";
+  }
+}
+
+export function formatPolicyError(error: PolicyError): string {
+  return `${error.file}:${error.line}:${error.col}: ${error.message}`;
+}
+
+export interface LoadedPolicy {
+  policy: Policy;
+  /** Absolute path of the file, or "<inline>" */
+  file: string;
+  /** Directory relative paths in the policy (ca.dir, upstream.trust, log.audit) resolve against. */
+  baseDir: string;
+}
+
+type PathKey = string | number;
+
+/** Finds the node a validation path points at; for a key that should not be there, the key itself. */
+function locate(doc: Document, path: readonly PathKey[], unknownKey?: string): Node | undefined {
+  let node: unknown = doc.contents;
+  let last: Node | undefined = doc.contents ?? undefined;
+  for (const key of path) {
+    if (!isCollection(node)) break;
+    const next = node.get(key, true);
+    if (next === undefined) break;
+    node = next;
+    last = next as Node;
+  }
+  if (unknownKey !== undefined && isMap(node)) {
+    const pair = node.items.find((item) => isPair(item) && isScalar(item.key) && item.key.value === unknownKey);
+    if (pair && isPair(pair)) return pair.key as Node;
+  }
+  return last;
+}
+
+function position(lineCounter: LineCounter, node: Node | undefined): { line: number; col: number } {
+  const offset = node?.range?.[0] ?? 0;
+  return lineCounter.linePos(offset);
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const where = issue.path.length ? `${issue.path.join(".")}: ` : "";
+  return `${where}${issue.message}`;
+}
+
+/** Validates policy text; every problem is reported, each with its line and column. */
+export function parsePolicy(text: string, file = "<inline>", baseDir = process.cwd()): LoadedPolicy {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const errors: PolicyError[] = [];
+  for (const error of doc.errors) {
+    const pos = error.linePos?.[0] ?? { line: 1, col: 1 };
+    errors.push({ file, line: pos.line, col: pos.col, message: error.message.split("\n")[0]! });
+  }
+  if (errors.length) throw new PolicyInvalidError(errors);
+
+  const result = policySchema.safeParse(doc.toJS() ?? {});
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const path = issue.path.filter((key): key is PathKey => typeof key !== "symbol");
+      if (issue.code === "unrecognized_keys") {
+        for (const key of issue.keys) {
+          const pos = position(lineCounter, locate(doc, path, key));
+          errors.push({ file, ...pos, message: `${[...path, key].join(".")}: unknown key "${key}"` });
+        }
+        continue;
+      }
+      const pos = position(lineCounter, locate(doc, path));
+      errors.push({ file, ...pos, message: describeIssue(issue) });
+    }
+    errors.sort((a, b) => a.line - b.line || a.col - b.col);
+    throw new PolicyInvalidError(errors);
+  }
+  return { policy: result.data, file, baseDir };
+}
+
+export async function loadPolicyFile(file: string): Promise<LoadedPolicy> {
+  const absolute = resolvePath(file);
+  let text: string;
+  try {
+    text = await readFile(absolute, "utf8");
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+    throw new PolicyInvalidError([{ file, line: 1, col: 1, message: `cannot read policy: ${reason}` }]);
+  }
+  // Relative paths inside a policy resolve against the working directory, like every CLI path.
+  return parsePolicy(text, file, process.cwd());
+}
+
+export function resolveFrom(loaded: LoadedPolicy, path: string): string {
+  return isAbsolute(path) ? path : resolvePath(loaded.baseDir, path);
+}

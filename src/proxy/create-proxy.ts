@@ -1,0 +1,133 @@
+import type { Server } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import type { DestinationStream, Logger } from "pino";
+import { caExists, initCa, loadCa } from "../ca/authority.js";
+import { SecureContextStore } from "../ca/secure-contexts.js";
+import { createDiagnostics, AuditLog } from "../log/loggers.js";
+import { Scrubber } from "../log/scrub.js";
+import { normaliseHost } from "../ca/forge-leaf.js";
+import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { createServers } from "./listener.js";
+import type { ClientTimeouts, PolicyState, Runtime } from "./runtime.js";
+import { parseAuthority } from "./target.js";
+import { buildUpstreamTrust, createLookup, UpstreamPool } from "./upstream-pool.js";
+
+export interface ProxyOptions {
+  policy: LoadedPolicy;
+  /** Overrides proxy.listen. */
+  listen?: string;
+  /** Where audit lines go instead of log.audit (tests, embedding). */
+  auditStream?: DestinationStream;
+  diagnosticsStream?: DestinationStream;
+  timeouts?: Partial<ClientTimeouts>;
+}
+
+export interface Proxy {
+  /** Starts listening; resolves with the bound address. */
+  listen(): Promise<AddressInfo>;
+  /** Stops accepting, lets in-flight requests finish for up to graceMs, then cuts what is left. */
+  close(options?: { graceMs?: number }): Promise<void>;
+  /** Swaps the policy for new tunnels and requests; in-flight ones finish on the old one. */
+  reload(policy: LoadedPolicy): void;
+  /** Reopens the audit file (logrotate). */
+  reopenLogs(): void;
+  readonly address: AddressInfo | undefined;
+  readonly caCertPem: string;
+  readonly diagnostics: Logger;
+  readonly certificateStats: SecureContextStore["stats"];
+}
+
+export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
+
+function buildState(loaded: LoadedPolicy): PolicyState {
+  const { policy } = loaded;
+  const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
+  return {
+    policy,
+    upstream: new UpstreamPool(createLookup(policy.upstream.resolve), trust),
+    passthrough: new Set(policy.passthrough.hosts.map(normaliseHost)),
+  };
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const authority = parseAuthority(text, { allowPortZero: true });
+  if (!authority || authority.port === undefined) throw new Error(`listen address must be HOST:PORT, got "${text}"`);
+  return { host: authority.host, port: authority.port };
+}
+
+export async function createProxy(options: ProxyOptions): Promise<Proxy> {
+  const loaded = options.policy;
+  const scrubber = new Scrubber();
+  const diagnostics = createDiagnostics(loaded.policy.log.level, scrubber, options.diagnosticsStream);
+  const caDir = resolveFrom(loaded, loaded.policy.ca.dir);
+  if (!(await caExists(caDir))) {
+    await initCa(caDir);
+    diagnostics.info({ dir: caDir }, "created a new CA; sandboxes must trust ca.pem");
+  }
+  const contexts = new SecureContextStore(await loadCa(caDir));
+  const audit = new AuditLog(
+    options.auditStream ? "stream" : loaded.policy.log.audit === "-" ? "-" : resolveFrom(loaded, loaded.policy.log.audit),
+    scrubber,
+    options.auditStream,
+  );
+  const runtime: Runtime = {
+    state: buildState(loaded),
+    contexts,
+    audit,
+    diagnostics,
+    scrubber,
+    timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
+    tunnels: new WeakMap(),
+  };
+  const { listener, inner } = createServers(runtime);
+  const clientSockets = new Set<Socket>();
+  listener.on("connection", (socket: Socket) => {
+    clientSockets.add(socket);
+    socket.once("close", () => clientSockets.delete(socket));
+  });
+  const listenAt = parseListen(options.listen ?? loaded.policy.proxy.listen);
+  let address: AddressInfo | undefined;
+
+  return {
+    get address() {
+      return address;
+    },
+    caCertPem: contexts.caCertPem,
+    diagnostics,
+    certificateStats: contexts.stats,
+    listen: () =>
+      new Promise((resolve, reject) => {
+        listener.once("error", reject);
+        listener.listen(listenAt.port, listenAt.host, () => {
+          listener.off("error", reject);
+          address = listener.address() as AddressInfo;
+          resolve(address);
+        });
+      }),
+    reload(policy) {
+      runtime.state = buildState(policy);
+    },
+    reopenLogs() {
+      audit.reopen();
+    },
+    async close({ graceMs = 10_000 } = {}) {
+      await drain(listener, inner, clientSockets, graceMs);
+      runtime.state.upstream.destroy();
+      audit.flush();
+    },
+  };
+}
+
+async function drain(listener: Server, inner: Server, sockets: Set<Socket>, graceMs: number): Promise<void> {
+  const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
+  const deadline = Date.now() + graceMs;
+  // Idle keep-alive connections go at once; busy ones as soon as their response is done.
+  while (sockets.size > 0 && Date.now() < deadline) {
+    listener.closeIdleConnections();
+    inner.closeIdleConnections();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  for (const socket of sockets) socket.destroy();
+  inner.closeAllConnections();
+  await closed;
+}

@@ -1,0 +1,94 @@
+import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { AuditError, AuditMessage, AuditRecord, WebSocketSummary } from "../log/audit-record.js";
+import { REDACTED } from "../log/scrub.js";
+import { headersForLog, type RawHeaders } from "./raw-headers.js";
+
+/** What a CONNECT established, carried to every request inside the tunnel. */
+export interface TunnelContext {
+  host: string;
+  port: number;
+  client: string | null;
+  clientAddr: string;
+}
+
+export type Scheme = "http" | "https";
+
+export interface Target {
+  scheme: Scheme;
+  host: string;
+  port: number;
+}
+
+const REQUEST_ID_OK = /^[\x21-\x7e]{1,200}$/;
+const ALWAYS_REDACTED = ["authorization", "cookie", "proxy-authorization"];
+
+export function requestIdFrom(clientValue: string | undefined): string {
+  return clientValue && REQUEST_ID_OK.test(clientValue) ? clientValue : randomUUID();
+}
+
+/**
+ * One request's journey through the pipeline: what the client asked, what each stage
+ * decided, and the figures the audit line reports. Written to the audit log exactly once.
+ */
+export class Exchange {
+  readonly startedAt = performance.now();
+  status: number | null = null;
+  reqBytes = 0;
+  respBytes = 0;
+  decision: "allow" | "deny" = "allow";
+  rule: string | null = null;
+  reason: string | null = null;
+  readonly credentials: string[] = [];
+  readonly placeholders: string[] = [];
+  /** Lower-case names shown as [REDACTED] in req_headers: the fixed three plus every injected header. */
+  readonly redactedHeaders = new Set(ALWAYS_REDACTED);
+  error: AuditError | undefined;
+  reqBody: string | undefined;
+  ws: WebSocketSummary | undefined;
+  private written = false;
+
+  constructor(
+    readonly requestId: string,
+    readonly tunnel: TunnelContext,
+    readonly target: Target,
+    readonly method: string,
+    /** The path and query exactly as the client sent them, before any substitution. */
+    readonly path: string,
+    readonly clientHeaders: RawHeaders,
+  ) {}
+
+  /** Marks the exchange logged; false when it already was. */
+  claimAuditLine(): boolean {
+    if (this.written) return false;
+    this.written = true;
+    return true;
+  }
+
+  toRecord(msg: AuditMessage): AuditRecord {
+    return {
+      msg,
+      req_id: this.requestId,
+      client: this.tunnel.client,
+      client_addr: this.tunnel.clientAddr,
+      method: this.method,
+      scheme: this.target.scheme,
+      host: this.target.host,
+      port: this.target.port,
+      path: this.path,
+      status: this.status,
+      duration_ms: Math.round((performance.now() - this.startedAt) * 100) / 100,
+      req_bytes: this.reqBytes,
+      resp_bytes: this.respBytes,
+      decision: this.decision,
+      rule: this.rule,
+      reason: this.reason,
+      credentials: this.credentials,
+      placeholders: this.placeholders,
+      ...(this.error ? { error: this.error } : {}),
+      req_headers: headersForLog(this.clientHeaders, (name) => this.redactedHeaders.has(name), REDACTED),
+      ...(this.reqBody !== undefined ? { req_body: this.reqBody } : {}),
+      ...(this.ws ? { ws: this.ws } : {}),
+    };
+  }
+}

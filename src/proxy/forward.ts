@@ -1,0 +1,121 @@
+import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import { isIP } from "node:net";
+import { pipeline } from "node:stream";
+import { BodySample, isTextContentType } from "../log/body-sample.js";
+import { formatDuration } from "../policy/duration.js";
+import type { Exchange } from "./exchange.js";
+import { modifyResponseHeaders } from "./modify-response.js";
+import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
+import { getHeader, type RawHeaders } from "./raw-headers.js";
+import { answerError } from "./respond.js";
+import type { OutgoingRequest } from "./rewrite.js";
+import type { PolicyState } from "./runtime.js";
+import { formatAuthority } from "./target.js";
+
+function pairs(raw: RawHeaders): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+  return out;
+}
+
+export function upstreamName(exchange: Exchange): string {
+  return formatAuthority(exchange.target.host, exchange.target.port);
+}
+
+/**
+ * Sends the request to the tunnel's authority through the shared pool. The connect timer
+ * runs until TCP (and TLS) is up; the response timer until the response headers arrive.
+ */
+export function openUpstreamRequest(exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState): ClientRequest {
+  const { scheme, host, port } = exchange.target;
+  const request = (scheme === "https" ? https : http).request({
+    method: outgoing.method,
+    path: outgoing.path,
+    headers: outgoing.headers,
+    host,
+    port,
+    agent: state.upstream.agentFor(scheme),
+    ...(scheme === "https" && !isIP(host) ? { servername: host } : {}),
+  });
+  armTimers(request, exchange, state);
+  return request;
+}
+
+function armTimers(request: ClientRequest, exchange: Exchange, state: PolicyState): void {
+  const { connect_timeout: connectMs, response_timeout: responseMs } = state.policy.upstream;
+  const name = upstreamName(exchange);
+  const responseTimer = setTimeout(
+    () => request.destroy(new ProxyError("upstream_timeout", `${name} sent no response headers within ${formatDuration(responseMs)}`)),
+    responseMs,
+  );
+  let connectTimer: NodeJS.Timeout | undefined;
+  request.once("socket", (socket) => {
+    if (request.reusedSocket) return;
+    // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
+    request.setTimeout(0);
+    connectTimer = setTimeout(
+      () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${name} timed out after ${formatDuration(connectMs)}`)),
+      connectMs,
+    );
+    socket.once(exchange.target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
+  });
+  const clear = () => {
+    clearTimeout(responseTimer);
+    clearTimeout(connectTimer);
+  };
+  request.once("response", clear).once("upgrade", clear).once("close", clear);
+}
+
+/** Streams one HTTP exchange: request body up, response body down, neither buffered. */
+export function forwardHttp(
+  exchange: Exchange,
+  req: IncomingMessage,
+  res: ServerResponse,
+  outgoing: OutgoingRequest,
+  state: PolicyState,
+): void {
+  const captureLimit = state.policy.log.capture_body_bytes;
+  const sample = captureLimit > 0 && isTextContentType(getHeader(req.rawHeaders, "content-type")) ? new BodySample(captureLimit) : undefined;
+  req.on("data", (chunk: Buffer) => {
+    exchange.reqBytes += chunk.length;
+    sample?.add(chunk);
+  });
+
+  const upstreamReq = openUpstreamRequest(exchange, outgoing, state);
+  upstreamReq.on("continue", () => res.writeContinue());
+  upstreamReq.on("response", (upstreamRes) => relayResponse(exchange, upstreamRes, res));
+  upstreamReq.on("error", (error) => {
+    // Destroyed because the client left: nobody is listening for an answer.
+    if (res.destroyed) return;
+    answerError(res, exchange, classifyUpstreamError(error, upstreamName(exchange)));
+  });
+  // The client went away: whatever is still in flight upstream is abandoned with it.
+  res.on("close", () => {
+    if (!res.writableFinished) upstreamReq.destroy();
+  });
+  req.on("end", () => {
+    if (sample) exchange.reqBody = sample.text();
+    if (req.rawTrailers.length) upstreamReq.addTrailers(pairs(req.rawTrailers));
+  });
+  req.pipe(upstreamReq);
+}
+
+function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse): void {
+  res.sendDate = false;
+  res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, modifyResponseHeaders(exchange, upstreamRes.rawHeaders));
+  upstreamRes.on("data", (chunk: Buffer) => {
+    exchange.respBytes += chunk.length;
+  });
+  upstreamRes.on("end", () => {
+    if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(upstreamRes.rawTrailers));
+  });
+  pipeline(upstreamRes, res, (error) => {
+    if (!error) return;
+    // A body cut short upstream must reach the client as a broken transfer, never a short success.
+    if (!res.writableFinished && !exchange.error) {
+      exchange.error = { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection mid-body` };
+    }
+    res.destroy();
+  });
+}

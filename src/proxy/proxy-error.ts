@@ -1,0 +1,79 @@
+export type ProxyErrorType =
+  | "bad_request"
+  | "policy_denied"
+  | "proxy_auth_required"
+  | "upstream_unreachable"
+  | "upstream_tls_error"
+  | "credential_unavailable"
+  | "upstream_protocol_error"
+  | "upstream_timeout";
+
+const STATUS: Record<ProxyErrorType, number> = {
+  bad_request: 400,
+  policy_denied: 403,
+  proxy_auth_required: 407,
+  upstream_unreachable: 502,
+  upstream_tls_error: 502,
+  credential_unavailable: 502,
+  upstream_protocol_error: 502,
+  upstream_timeout: 504,
+};
+
+/** An answer portcullis gives itself (SPEC section 5), never one relayed from an upstream. */
+export class ProxyError extends Error {
+  readonly status: number;
+
+  constructor(
+    readonly type: ProxyErrorType,
+    message: string,
+    readonly rule: string | null = null,
+  ) {
+    super(message);
+    this.name = "ProxyError";
+    this.status = STATUS[type];
+  }
+}
+
+export interface ErrorAnswer {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+export function errorAnswer(error: ProxyError, requestId: string | null): ErrorAnswer {
+  const body = JSON.stringify({
+    error: { type: error.type, message: error.message, rule: error.rule, request_id: requestId },
+  });
+  const headers: Record<string, string> = {
+    "Content-Type": "application/json",
+    "Content-Length": String(Buffer.byteLength(body)),
+    "X-Portcullis-Error": error.type,
+    "Cache-Control": "no-store",
+  };
+  if (requestId) headers["X-Request-Id"] = requestId;
+  if (error.type === "proxy_auth_required") headers["Proxy-Authenticate"] = 'Basic realm="portcullis"';
+  return { status: error.status, headers, body };
+}
+
+const TLS_CODES = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|HOSTNAME|ALTNAME|EPROTO/;
+const UNREACHABLE_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EADDRNOTAVAIL"]);
+
+/** Turns what the upstream connection threw into the answer a client gets. */
+export function classifyUpstreamError(error: unknown, target: string): ProxyError {
+  if (error instanceof ProxyError) return error;
+  const err = error as NodeJS.ErrnoException & { library?: string; reason?: string };
+  const code = err.code ?? "";
+  if (UNREACHABLE_CODES.has(code)) {
+    return new ProxyError("upstream_unreachable", `cannot connect to ${target}: ${code}`);
+  }
+  if (TLS_CODES.test(code) || err.library === "SSL routines") {
+    return new ProxyError("upstream_tls_error", `TLS with ${target} failed: ${code ? `${code}: ` : ""}${err.reason ?? err.message}`);
+  }
+  if (code.startsWith("HPE_")) {
+    return new ProxyError("upstream_protocol_error", `${target} sent a malformed response: ${code}`);
+  }
+  if (code === "ECONNRESET" || code === "EPIPE" || err.message === "socket hang up") {
+    return new ProxyError("upstream_protocol_error", `${target} closed the connection before answering`);
+  }
+  return new ProxyError("upstream_protocol_error", `${target}: ${code || err.message}`);
+}

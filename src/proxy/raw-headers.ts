@@ -1,0 +1,105 @@
+/**
+ * Headers as they travel: a flat [name, value, name, value, ...] list like Node's rawHeaders,
+ * so names keep their case and order end to end.
+ */
+export type RawHeaders = string[];
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authorization",
+  "proxy-authenticate",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+export function getHeader(raw: RawHeaders, name: string): string | undefined {
+  const lower = name.toLowerCase();
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === lower) return raw[i + 1];
+  return undefined;
+}
+
+export function getHeaderValues(raw: RawHeaders, name: string): string[] {
+  const lower = name.toLowerCase();
+  const values: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === lower) values.push(raw[i + 1]!);
+  return values;
+}
+
+/** Replaces every header called name with one value, keeping the position of the first. */
+export function setHeader(raw: RawHeaders, name: string, value: string): RawHeaders {
+  const lower = name.toLowerCase();
+  const out: RawHeaders = [];
+  let placed = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== lower) out.push(raw[i]!, raw[i + 1]!);
+    else if (!placed) {
+      out.push(raw[i]!, value);
+      placed = true;
+    }
+  }
+  if (!placed) out.push(name, value);
+  return out;
+}
+
+export function removeHeaders(raw: RawHeaders, names: ReadonlySet<string>): RawHeaders {
+  const out: RawHeaders = [];
+  for (let i = 0; i < raw.length; i += 2) if (!names.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
+  return out;
+}
+
+function tokens(values: string[]): string[] {
+  return values.flatMap((value) => value.split(",")).map((token) => token.trim().toLowerCase()).filter(Boolean);
+}
+
+/**
+ * Drops hop-by-hop headers: the fixed list and every header the Connection header names.
+ * On an upgrade, `Connection: Upgrade` and `Upgrade` travel on (they are the handshake).
+ * `TE: trailers` travels on, as in Go's ReverseProxy: it says the client can take trailers.
+ */
+export function stripHopByHop(raw: RawHeaders, options: { upgrade?: boolean } = {}): RawHeaders {
+  const named = new Set(tokens(getHeaderValues(raw, "connection")));
+  const out: RawHeaders = [];
+  let connectionPlaced = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    const value = raw[i + 1]!;
+    if (options.upgrade && lower === "connection") {
+      if (!connectionPlaced) out.push(name, "Upgrade");
+      connectionPlaced = true;
+      continue;
+    }
+    if (options.upgrade && lower === "upgrade") {
+      out.push(name, value);
+      continue;
+    }
+    if (lower === "te" && tokens([value]).includes("trailers")) {
+      out.push(name, "trailers");
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower) || named.has(lower)) continue;
+    out.push(name, value);
+  }
+  return out;
+}
+
+/** The headers as an object for logging: original case, repeated headers as arrays. */
+export function headersForLog(raw: RawHeaders, redact: (lowerName: string) => boolean, redacted: string): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const value = redact(name.toLowerCase()) ? redacted : raw[i + 1]!;
+    const existing = out[name];
+    if (existing === undefined) out[name] = value;
+    else out[name] = Array.isArray(existing) ? [...existing, value] : [existing, value];
+  }
+  return out;
+}
+
+export function isChunked(raw: RawHeaders): boolean {
+  return tokens(getHeaderValues(raw, "transfer-encoding")).includes("chunked");
+}

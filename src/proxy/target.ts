@@ -1,0 +1,88 @@
+import { isIP } from "node:net";
+import { normaliseHost } from "../ca/forge-leaf.js";
+import type { Scheme, Target } from "./exchange.js";
+import { ProxyError } from "./proxy-error.js";
+
+const DEFAULT_PORT: Record<Scheme, number> = { http: 80, https: 443 };
+
+export interface Authority {
+  host: string;
+  port: number | undefined;
+}
+
+/** Parses "host", "host:port", "[v6]" or "[v6]:port"; undefined when it is none of those. */
+export function parseAuthority(text: string, options: { allowPortZero?: boolean } = {}): Authority | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]/@?#]+))(?::(\d{1,5}))?$/.exec(text.trim());
+  if (!match) return undefined;
+  const host = match[1] ?? match[2]!;
+  if (match[1] !== undefined && isIP(host) !== 6) return undefined;
+  const port = match[3] === undefined ? undefined : Number(match[3]);
+  if (port !== undefined && (port < (options.allowPortZero ? 0 : 1) || port > 65535)) return undefined;
+  return { host: normaliseHost(host), port };
+}
+
+/** The authority of a CONNECT request: the port is required. */
+export function parseConnectAuthority(text: string): { host: string; port: number } | undefined {
+  const authority = parseAuthority(text);
+  return authority?.port === undefined ? undefined : { host: authority.host, port: authority.port };
+}
+
+export function formatAuthority(host: string, port: number, scheme?: Scheme): string {
+  const name = isIP(host) === 6 ? `[${host}]` : host;
+  return scheme && DEFAULT_PORT[scheme] === port ? name : `${name}:${port}`;
+}
+
+export interface AbsoluteForm {
+  target: Target;
+  /** Path and query exactly as written, "/" when the URL had none. */
+  path: string;
+  authority: string;
+}
+
+/** Splits `http://host:port/path?q` without normalising the path (the upstream gets the client's bytes). */
+export function parseAbsoluteForm(url: string): AbsoluteForm | undefined {
+  const match = /^(https?):\/\/([^/?#]*)([^#]*)/i.exec(url);
+  if (!match) return undefined;
+  const scheme = match[1]!.toLowerCase() as Scheme;
+  const authorityText = match[2]!;
+  if (authorityText.includes("@")) return undefined;
+  const authority = parseAuthority(authorityText);
+  if (!authority || authority.host === "") return undefined;
+  const rest = match[3]!;
+  const path = rest === "" ? "/" : rest.startsWith("?") ? `/${rest}` : rest;
+  const port = authority.port ?? DEFAULT_PORT[scheme];
+  return { target: { scheme, host: authority.host, port }, path, authority: formatAuthority(authority.host, port, scheme) };
+}
+
+/**
+ * The request-target of a request inside a tunnel must stay on the tunnel's host: a Host
+ * header (or absolute URL) naming anything else is refused, so a tunnel opened for an
+ * allowed host cannot reach a denied one.
+ */
+export function pathInTunnel(url: string, hostHeader: string | undefined, target: Target): string {
+  let path = url;
+  if (!url.startsWith("/")) {
+    const absolute = parseAbsoluteForm(url);
+    if (!absolute) {
+      if (url === "*") return url;
+      throw new ProxyError("bad_request", `malformed request target "${url.slice(0, 100)}"`);
+    }
+    assertSameHost(absolute.target.host, absolute.target.port, target, "request URL");
+    path = absolute.path;
+  }
+  if (hostHeader === undefined) throw new ProxyError("bad_request", "request has no Host header");
+  const authority = parseAuthority(hostHeader);
+  if (!authority) throw new ProxyError("bad_request", `malformed Host header "${hostHeader.slice(0, 100)}"`);
+  assertSameHost(authority.host, authority.port, target, "Host header");
+  return path;
+}
+
+function assertSameHost(host: string, port: number | undefined, target: Target, what: string): void {
+  const portMatches = port === undefined || port === target.port;
+  if (host !== target.host || !portMatches) {
+    throw new ProxyError(
+      "bad_request",
+      `${what} names ${formatAuthority(host, port ?? target.port)} but this tunnel was opened for ${formatAuthority(target.host, target.port)}`,
+    );
+  }
+}

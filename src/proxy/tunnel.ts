@@ -1,0 +1,89 @@
+import type { Server } from "node:http";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import { TLSSocket } from "node:tls";
+import type { TunnelContext } from "./exchange.js";
+import { tunnelRecord } from "./passthrough.js";
+import type { Runtime } from "./runtime.js";
+
+const TLS_HANDSHAKE_RECORD = 0x16;
+
+/** Waits for the first bytes after "200 Connection Established"; null if the client leaves or stalls. */
+function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Buffer | null> {
+  if (head.length) return Promise.resolve(head);
+  return new Promise((resolve) => {
+    const settle = (chunk: Buffer | null) => {
+      clearTimeout(timer);
+      socket.off("readable", onReadable).off("end", onGone).off("close", onGone).off("error", onGone);
+      resolve(chunk);
+    };
+    const onReadable = () => {
+      const chunk = socket.read() as Buffer | null;
+      if (chunk) settle(chunk);
+    };
+    const onGone = () => settle(null);
+    const timer = setTimeout(onGone, timeoutMs);
+    socket.on("readable", onReadable).once("end", onGone).once("close", onGone).once("error", onGone);
+  });
+}
+
+/**
+ * Inside an intercepted tunnel: TLS (first byte 0x16) is terminated with a certificate forged
+ * for the host, anything else is taken as plain HTTP. Either way the connection joins the one
+ * inner http.Server, labelled with the CONNECT that opened it.
+ */
+export async function interceptTunnel(runtime: Runtime, inner: Server, tunnel: TunnelContext, socket: Socket, head: Buffer): Promise<void> {
+  socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+  const chunk = await firstChunk(socket, head, runtime.timeouts.headersMs);
+  if (!chunk) {
+    socket.destroy();
+    return;
+  }
+  socket.unshift(chunk);
+  if (chunk[0] !== TLS_HANDSHAKE_RECORD) {
+    runtime.tunnels.set(socket, tunnel);
+    inner.emit("connection", socket);
+    return;
+  }
+  const startedAt = performance.now();
+  const logFailure = (type: string, message: string) =>
+    runtime.audit.write(tunnelRecord(tunnel, startedAt, { error: { type, message }, reason: "TLS handshake with the client failed" }));
+  let context;
+  try {
+    context = await runtime.contexts.get(tunnel.host);
+  } catch (error) {
+    runtime.diagnostics.error({ err: error, host: tunnel.host }, "could not forge a certificate");
+    logFailure("certificate_error", `could not forge a certificate for ${tunnel.host}`);
+    socket.destroy();
+    return;
+  }
+  const tls = new TLSSocket(socket, {
+    isServer: true,
+    secureContext: context,
+    ALPNProtocols: ["http/1.1"],
+    // Without SNI (IP literals, some clients) the CONNECT host's certificate above is served.
+    SNICallback: (servername, callback) => {
+      runtime.contexts.get(servername).then(
+        (sniContext) => callback(null, sniContext),
+        (error: Error) => callback(error),
+      );
+    },
+  });
+  const handshakeTimer = setTimeout(() => tls.destroy(new Error("TLS handshake timed out")), runtime.timeouts.headersMs);
+  const onHandshakeError = (error: NodeJS.ErrnoException) => {
+    clearTimeout(handshakeTimer);
+    logFailure("client_tls_error", `${error.code ?? "TLS"}: ${error.message}`);
+    tls.destroy();
+    socket.destroy();
+  };
+  tls.once("error", onHandshakeError);
+  tls.once("close", () => clearTimeout(handshakeTimer));
+  tls.once("secure", () => {
+    clearTimeout(handshakeTimer);
+    tls.off("error", onHandshakeError);
+    // The http server's own handler takes over errors from here; this one only keeps a late one from being fatal.
+    tls.on("error", () => tls.destroy());
+    runtime.tunnels.set(tls, tunnel);
+    inner.emit("connection", tls);
+  });
+}
