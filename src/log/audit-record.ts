@@ -40,8 +40,12 @@ export interface AuditRecord {
 
 export type AuditLevel = "info" | "warn" | "error";
 
+/** Faults on the upstream side or inside portcullis; anything else that went wrong is the client's. */
+const SERVER_SIDE_ERRORS = /^(upstream_|credential_|certificate_)/;
+
+/** error for 5xx and upstream/proxy faults, warn for denials, 4xx and client-side failures, info otherwise. */
 export function levelFor(record: AuditRecord): AuditLevel {
-  if (record.error || (record.status !== null && record.status >= 500)) return "error";
-  if (record.decision === "deny" || (record.status !== null && record.status >= 400)) return "warn";
+  if ((record.status !== null && record.status >= 500) || (record.error && SERVER_SIDE_ERRORS.test(record.error.type))) return "error";
+  if (record.decision === "deny" || record.error || (record.status !== null && record.status >= 400)) return "warn";
   return "info";
 }

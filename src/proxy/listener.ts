@@ -19,6 +19,8 @@ function createHttpServer(runtime: Runtime): Server {
     keepAliveTimeout: runtime.timeouts.keepAliveMs,
     connectionsCheckingInterval: Math.min(30_000, Math.max(250, runtime.timeouts.headersMs / 4)),
     noDelay: true,
+    // A request without Host gets portcullis' own 400, with a reason and an audit line.
+    requireHostHeader: false,
   });
   server.on("request", (req, res) => void handleRequest(runtime, req, res));
   // Without this listener Node answers Expect: 100-continue itself; the upstream should decide.
