@@ -1,0 +1,21 @@
+// portcullis in a process of its own, as in production: same createProxy the CLI's `start` uses,
+// the audit log written to the file the policy names. Prints nothing; reports over IPC.
+// Usage: node --import tsx bench/portcullis-child.ts POLICY_FILE
+import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { createProxy } from "../src/proxy/create-proxy.js";
+import { parsePolicy } from "../src/policy/load.js";
+import { serveParent } from "./lib.js";
+
+const [policyFile] = process.argv.slice(2);
+if (!policyFile) throw new Error("usage: portcullis-child.ts POLICY_FILE");
+const file = resolve(policyFile);
+const loaded = parsePolicy(await readFile(file, "utf8"), file, dirname(file));
+const proxy = await createProxy({ policy: loaded, listen: "127.0.0.1:0" });
+const address = await proxy.listen();
+
+serveParent(
+  { type: "ready", port: address.port, caPem: proxy.caCertPem },
+  { stats: () => ({ type: "stats", certificates: { ...proxy.certificateStats }, memory: process.memoryUsage().rss }) },
+  () => proxy.close({ graceMs: 1000 }),
+);

@@ -1,0 +1,109 @@
+// The benchmark's HTTPS upstream, in a process of its own (like a remote server would be).
+//   GET /small                 a 64-byte JSON body, keep-alive
+//   GET /download?bytes=N      N bytes streamed from one reused buffer (backpressure respected)
+//   WebSocket upgrade /echo    ws echo server
+// Usage: node --import tsx bench/upstream-child.ts DIR NAME[,NAME...]
+// Certificates for every NAME (and 127.0.0.1) are forged before "ready", so that no upstream
+// certificate work is ever on the clock.
+import { type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+import { join } from "node:path";
+import { createSecureContext, type SecureContext } from "node:tls";
+import { WebSocketServer } from "ws";
+import { initCa, loadCa } from "../src/ca/authority.js";
+import { forgeLeafCertificate } from "../src/ca/forge-leaf.js";
+import { serveParent } from "./lib.js";
+
+const [dir, namesArg] = process.argv.slice(2);
+if (!dir || !namesArg) throw new Error("usage: upstream-child.ts DIR NAME[,NAME...]");
+
+await initCa(dir, { commonName: "portcullis bench upstream CA" });
+const ca = await loadCa(dir);
+const contexts = new Map<string, SecureContext>();
+for (const name of namesArg.split(",")) {
+  contexts.set(name, createSecureContext({ key: ca.leafKey.pem, cert: await forgeLeafCertificate(ca, name) }));
+}
+const ipCert = await forgeLeafCertificate(ca, "127.0.0.1");
+
+const SMALL_BODY = Buffer.from(JSON.stringify({ ok: true, pad: "x".repeat(64 - 23) }));
+const CHUNK = Buffer.alloc(256 * 1024, 0x61);
+let requests = 0;
+
+function download(res: ServerResponse, total: number): void {
+  res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(total) });
+  let left = total;
+  const pump = (): void => {
+    while (left > 0) {
+      if (res.destroyed) return;
+      const chunk = left >= CHUNK.length ? CHUNK : CHUNK.subarray(0, left);
+      left -= chunk.length;
+      if (!res.write(chunk)) {
+        res.once("drain", pump);
+        return;
+      }
+    }
+    res.end();
+  };
+  pump();
+}
+
+function handle(req: IncomingMessage, res: ServerResponse): void {
+  requests++;
+  const url = new URL(req.url ?? "/", "https://upstream");
+  if (req.method === "GET" && url.pathname === "/small") {
+    res.writeHead(200, { "content-type": "application/json", "content-length": String(SMALL_BODY.length) });
+    res.end(SMALL_BODY);
+    return;
+  }
+  if (req.method === "GET" && url.pathname === "/download") {
+    const bytes = Number(url.searchParams.get("bytes") ?? 0);
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > 1024 ** 3) {
+      res.writeHead(400).end("bad bytes");
+      return;
+    }
+    download(res, bytes);
+    return;
+  }
+  res.writeHead(404, { "content-type": "text/plain" }).end("no such page");
+}
+
+const server = https.createServer(
+  {
+    key: ca.leafKey.pem,
+    cert: ipCert,
+    SNICallback: (servername, callback) => callback(null, contexts.get(servername.toLowerCase())),
+    noDelay: true,
+    keepAlive: true,
+  },
+  handle,
+);
+server.keepAliveTimeout = 120_000;
+server.requestTimeout = 0;
+const sockets = new Set<Socket>();
+server.on("secureConnection", (socket: Socket) => {
+  sockets.add(socket);
+  socket.once("close", () => sockets.delete(socket));
+});
+
+const wss = new WebSocketServer({ server, perMessageDeflate: false });
+let wsSessions = 0;
+wss.on("connection", (ws) => {
+  wsSessions++;
+  ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
+  ws.on("error", () => ws.terminate());
+});
+
+await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+
+serveParent(
+  { type: "ready", port: (server.address() as AddressInfo).port, caFile: join(dir, "ca.pem"), caPem: ca.certPem },
+  { stats: () => ({ type: "stats", requests, wsSessions, openSockets: sockets.size }) },
+  async () => {
+    for (const client of wss.clients) client.terminate();
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+    for (const socket of sockets) socket.destroy();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  },
+);

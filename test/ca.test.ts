@@ -1,0 +1,155 @@
+import { execFileSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CaExistsError, initCa, loadCa, type CertificateAuthority } from "../src/ca/authority.js";
+import { forgeLeafCertificate } from "../src/ca/forge-leaf.js";
+import { SecureContextStore } from "../src/ca/secure-contexts.js";
+import { tempDir } from "./helpers/pki.js";
+import { startProxy, type TestProxy } from "./helpers/proxy.js";
+import { openTlsTunnel } from "./helpers/tunnel.js";
+
+const DAY = 24 * 3600 * 1000;
+let dir: string;
+let ca: CertificateAuthority;
+let proxy: TestProxy;
+
+beforeAll(async () => {
+  dir = tempDir("ca");
+  await initCa(dir);
+  ca = await loadCa(dir);
+  proxy = await startProxy("version: 1\n");
+});
+
+afterAll(async () => {
+  await proxy?.close();
+});
+
+function openssl(args: string[], input?: string): string {
+  return execFileSync("openssl", args, { input, encoding: "utf8" });
+}
+
+describe("init-ca", () => {
+  it("writes ca.pem and a 0600 ca-key.pem, and refuses to overwrite without force", async () => {
+    expect(statSync(join(dir, "ca-key.pem")).mode & 0o777).toBe(0o600);
+    const before = readFileSync(join(dir, "ca.pem"), "utf8");
+    await expect(initCa(dir)).rejects.toBeInstanceOf(CaExistsError);
+    expect(readFileSync(join(dir, "ca.pem"), "utf8")).toBe(before);
+    const forced = tempDir("ca-force");
+    await initCa(forced);
+    const first = readFileSync(join(forced, "ca.pem"), "utf8");
+    await initCa(forced, { force: true });
+    expect(readFileSync(join(forced, "ca.pem"), "utf8")).not.toBe(first);
+  });
+
+  it("is an RSA CA for ten years with CA:true pathlen:0, keyCertSign/cRLSign and a subject key identifier", () => {
+    const text = openssl(["x509", "-noout", "-text", "-in", join(dir, "ca.pem")]);
+    expect(text).toMatch(/Public Key Algorithm: rsaEncryption/);
+    expect(text).toMatch(/Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
+    expect(text).toMatch(/Key Usage: critical\s+Certificate Sign, CRL Sign/);
+    expect(text).toMatch(/Subject Key Identifier:\s+([0-9A-F]{2}:){19}[0-9A-F]{2}/);
+    const cert = new X509Certificate(readFileSync(join(dir, "ca.pem")));
+    const years = (new Date(cert.validTo).getTime() - new Date(cert.validFrom).getTime()) / (365 * DAY);
+    expect(years).toBeGreaterThan(9.9);
+    expect(cert.ca).toBe(true);
+  });
+});
+
+describe("forged leaf certificates", () => {
+  it("carry SAN, serverAuth, the CA's key id as AKI, a positive serial, SHA-256 and a short backdated validity", async () => {
+    const pem = await forgeLeafCertificate(ca, "api.example.com");
+    const text = openssl(["x509", "-noout", "-text"], pem);
+    expect(text).toMatch(/Subject: CN ?= ?api\.example\.com/);
+    expect(text).toMatch(/Subject Alternative Name:\s+DNS:api\.example\.com/);
+    expect(text).toMatch(/Extended Key Usage:\s+TLS Web Server Authentication/);
+    expect(text).toMatch(/Signature Algorithm: sha256WithRSAEncryption/);
+    expect(text).toMatch(/CA:FALSE/);
+    const ski = /Subject Key Identifier:\s+([0-9A-F:]+)/.exec(openssl(["x509", "-noout", "-text", "-in", join(dir, "ca.pem")]))![1];
+    const aki = /Authority Key Identifier:\s+(?:keyid:)?([0-9A-F:]+)/.exec(text)![1];
+    expect(aki).toBe(ski);
+    const cert = new X509Certificate(pem);
+    expect(Number.parseInt(cert.serialNumber.slice(0, 2), 16)).toBeLessThan(0x80);
+    const notBefore = new Date(cert.validFrom).getTime();
+    const notAfter = new Date(cert.validTo).getTime();
+    expect(Date.now() - notBefore).toBeGreaterThan(1.9 * DAY);
+    expect(notAfter - notBefore).toBeLessThan(200 * DAY);
+    expect(notAfter - Date.now()).toBeGreaterThan(90 * DAY);
+  });
+
+  it("use an IP SAN for IP literals (v4 and v6) and omit a CN of 64 characters or more", async () => {
+    expect(openssl(["x509", "-noout", "-ext", "subjectAltName"], await forgeLeafCertificate(ca, "10.1.2.3"))).toContain("IP Address:10.1.2.3");
+    expect(openssl(["x509", "-noout", "-ext", "subjectAltName"], await forgeLeafCertificate(ca, "[::1]"))).toContain("IP Address:0:0:0:0:0:0:0:1");
+    const long = `${"a".repeat(60)}.example.com`;
+    const text = openssl(["x509", "-noout", "-text"], await forgeLeafCertificate(ca, long));
+    expect(text).not.toMatch(/Subject: CN/);
+    expect(text).toContain(`DNS:${long}`);
+  });
+
+  it("verify with openssl against the CA (strict) and all share the one leaf key", async () => {
+    const a = await forgeLeafCertificate(ca, "a.example");
+    const b = await forgeLeafCertificate(ca, "b.example");
+    const file = join(dir, "a.pem");
+    writeFileSync(file, a);
+    expect(openssl(["verify", "-x509_strict", "-CAfile", join(dir, "ca.pem"), file])).toContain(": OK");
+    expect(new X509Certificate(a).publicKey.equals(new X509Certificate(b).publicKey)).toBe(true);
+    expect(new X509Certificate(a).serialNumber).not.toBe(new X509Certificate(b).serialNumber);
+  });
+
+  it("are signed off the main thread: forging 20 hosts does not stall the event loop", async () => {
+    const histogram = monitorEventLoopDelay({ resolution: 5 });
+    histogram.enable();
+    await Promise.all(Array.from({ length: 20 }, (_, i) => forgeLeafCertificate(ca, `stall-${i}.example`)));
+    histogram.disable();
+    // Pure-JS RSA signing costs ~30 ms a certificate on the main thread: 20 of them would stall for ~600 ms.
+    expect(histogram.max / 1e6).toBeLessThan(150);
+  });
+});
+
+describe("secure context cache", () => {
+  it("forges once for 100 concurrent first CONNECTs to one new host", async () => {
+    const before = proxy.proxy.certificateStats.forged;
+    const sockets = await Promise.all(
+      Array.from({ length: 100 }, () => openTlsTunnel(proxy.port, "concurrent.example:443", { servername: "concurrent.example", ca: proxy.caPem })),
+    );
+    expect(proxy.proxy.certificateStats.forged - before).toBe(1);
+    const serials = new Set(sockets.map((s) => s.getPeerX509Certificate()!.serialNumber));
+    expect(serials.size).toBe(1);
+    for (const socket of sockets) socket.destroy();
+  });
+
+  it("reuses certificates forged in an earlier run from disk, and never one from another CA", async () => {
+    const cacheDir = tempDir("disk-cache");
+    await initCa(cacheDir);
+    const first = new SecureContextStore(await loadCa(cacheDir));
+    await first.get("disk.example");
+    expect(first.stats.forged).toBe(1);
+    // The write to disk is fire-and-forget; a second store created later must find it.
+    await expect.poll(() => {
+      try {
+        return execFileSync("sh", ["-c", `ls ${join(cacheDir, "hosts")} | grep -c disk.example`], { encoding: "utf8" }).trim();
+      } catch {
+        return "0";
+      }
+    }).toBe("1");
+    const second = new SecureContextStore(await loadCa(cacheDir));
+    await second.get("disk.example");
+    expect(second.stats).toMatchObject({ forged: 0, diskHits: 1 });
+
+    await initCa(cacheDir, { force: true });
+    const afterNewCa = new SecureContextStore(await loadCa(cacheDir));
+    await afterNewCa.get("disk.example");
+    expect(afterNewCa.stats).toMatchObject({ forged: 1, diskHits: 0 });
+  });
+
+  it("serves the CONNECT host's certificate to a client that sends no SNI, and chains to the CA", async () => {
+    const tls = await openTlsTunnel(proxy.port, "127.0.0.1:443", { ca: proxy.caPem, servername: "" as string, checkServerIdentity: () => undefined });
+    const peer = tls.getPeerX509Certificate()!;
+    expect(peer.checkIP("127.0.0.1")).toBe("127.0.0.1");
+    const caCert = new X509Certificate(proxy.caPem);
+    expect(peer.checkIssued(caCert)).toBe(true);
+    expect(peer.verify(caCert.publicKey)).toBe(true);
+    tls.destroy();
+  });
+});
