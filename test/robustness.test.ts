@@ -86,6 +86,14 @@ describe("bad input is answered or closed, logged once, and everyone else is ser
     await stillServes();
   });
 
+  it("closes a TLS tunnel whose request headers come too slowly", async () => {
+    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
+    const reply = readAll(tls as unknown as import("node:net").Socket);
+    tls.write(`GET /ok HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nX-Slow: `);
+    const text = await reply;
+    expect(text === "" || /^HTTP\/1\.1 40[08]/.test(text)).toBe(true);
+  });
+
   it("closes a tunnel whose client never speaks after CONNECT", async () => {
     const socket = await openConnect(proxy.port, `localhost:${upstream.port}`);
     await new Promise<void>((resolve) => socket.once("close", () => resolve()));

@@ -56,6 +56,9 @@ export interface ProxyServers {
  */
 export function createServers(runtime: Runtime): ProxyServers {
   const inner = createHttpServer(runtime);
+  // The inner server never listens on a port: connections reach it by emit("connection").
+  // Node arms header timeouts and idle-connection tracking on "listening", so it is announced here.
+  inner.emit("listening");
   const listener = createHttpServer(runtime);
   listener.on("connect", (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.setNoDelay(true);

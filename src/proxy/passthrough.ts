@@ -71,9 +71,8 @@ export function passthroughTunnel(runtime: Runtime, tunnel: TunnelContext, clien
   let closed = 0;
   const onClose = () => {
     if (++closed === 1) {
-      // One side is gone: let the other flush, then it goes too.
-      client.end();
-      upstream.end();
+      // One side is gone: let the other flush and read to its end (unpiping paused it), then it goes too.
+      for (const socket of [client, upstream]) socket.end().resume();
       setTimeout(() => (client.destroy(), upstream.destroy()), 5000).unref();
       return;
     }

@@ -159,7 +159,9 @@ function relay(exchange: Exchange, client: Duplex, upstream: Socket, clientHead:
   const onClose = (side: "client" | "upstream", peer: Duplex) => () => {
     if (closedBy === null) closedBy = side;
     if (!peer.destroyed) {
+      // Unpiping paused the peer: it must keep reading to see its own end and close.
       peer.end();
+      peer.resume();
       const timer = setTimeout(() => peer.destroy(), PEER_FLUSH_MS);
       timer.unref();
       timers.push(timer);
