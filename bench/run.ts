@@ -507,6 +507,11 @@ function printReport(
     for (const message of anomalies) lines.push(`- ${message}`);
   }
   process.stdout.write(`${lines.join("\n")}\n`);
+  // Every round's value, to judge the noise behind the medians.
+  for (const row of ROWS) {
+    const perRound = TARGETS.map((target) => `${COLUMN[target]} ${(results[target][row.metric] ?? []).map(formatNumber).join(" / ")}`);
+    log(`per round: ${row.metric.padEnd(9)} ${perRound.join(" | ")}`);
+  }
 }
 
 const watchdog = setTimeout(() => {
