@@ -4,7 +4,8 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import { createProxy } from "./proxy/create-proxy.js";
 import { formatAuthority } from "./proxy/target.js";
-import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { formatPolicyError, loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { watchFile } from "./policy/watch.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
 
@@ -85,25 +86,28 @@ async function commandStart(args: string[]): Promise<number> {
   const address = await proxy.listen();
   process.stderr.write(`portcullis listening on ${formatAuthority(address.address, address.port)}\n`);
 
+  const reload = (why: string) =>
+    loadPolicyFile(policyFile)
+      .then(async (next) => {
+        await proxy.reload(next);
+        proxy.diagnostics.info({ policy: policyFile, trigger: why }, "policy reloaded");
+      })
+      .catch((error: Error) => {
+        const errors = error instanceof PolicyInvalidError ? error.errors.map(formatPolicyError) : error.message;
+        proxy.diagnostics.error({ policy: policyFile, trigger: why, errors }, "policy reload rejected; keeping the running policy");
+      });
   process.on("SIGHUP", () => {
     proxy.reopenLogs();
-    loadPolicyFile(policyFile).then(
-      (next) => {
-        proxy.reload(next);
-        proxy.diagnostics.info({ policy: policyFile }, "policy reloaded");
-      },
-      (error: Error) => {
-        const errors = error instanceof PolicyInvalidError ? error.errors : undefined;
-        proxy.diagnostics.error({ policy: policyFile, errors: errors ?? error.message }, "policy reload rejected; keeping the running policy");
-      },
-    );
+    void reload("SIGHUP");
   });
+  const stopWatching = watchFile(policyFile, () => void reload("file changed"));
   process.on("SIGUSR2", () => proxy.reopenLogs());
   await new Promise<void>((resolveStop) => {
     const stop = () => resolveStop();
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
   });
+  stopWatching();
   proxy.diagnostics.info("draining");
   await proxy.close();
   return 0;

@@ -20,7 +20,7 @@ beforeAll(async () => {
   dir = tempDir("ca");
   await initCa(dir);
   ca = await loadCa(dir);
-  proxy = await startProxy("version: 1\n");
+  proxy = await startProxy("version: 1\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\n");
 });
 
 afterAll(async () => {

@@ -95,7 +95,7 @@ describe("portcullis start", () => {
     const caDir = join(work, "start-ca");
     const policyFile = writePolicy(
       "start.yaml",
-      `version: 1\nca: { dir: ${JSON.stringify(caDir)} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\n`,
+      `version: 1\nca: { dir: ${JSON.stringify(caDir)} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\n`,
     );
     running = await startCli(["--policy", policyFile, "--listen", "127.0.0.1:0"]);
     const proxy = running;
@@ -152,7 +152,7 @@ describe("portcullis start", () => {
     // A valid one is taken: localhost becomes a passthrough host, so curl now sees the upstream's own certificate.
     writeFileSync(
       policyFile,
-      `version: 1\nca: { dir: ${JSON.stringify(caDir)} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\npassthrough: { hosts: [localhost] }\n`,
+      `version: 1\nca: { dir: ${JSON.stringify(caDir)} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\npassthrough: { hosts: [localhost] }\n`,
     );
     proxy.child.kill("SIGHUP");
     await proxy.waitForOutput(/policy reloaded/);

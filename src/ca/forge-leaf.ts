@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { isIP } from "node:net";
 import forge from "node-forge";
+import { normaliseHost } from "../policy/hosts.js";
 import type { CertificateAuthority } from "./authority.js";
 import { randomSerialHex, signCertificate } from "./native-sign.js";
 
@@ -11,13 +12,6 @@ export const LEAF_BACKDATE_MS = 2 * DAY_MS;
 export const LEAF_LIFETIME_MS = 180 * DAY_MS;
 const COMMON_NAME_MAX = 64;
 
-/** Lower-case, no brackets around IPv6, no trailing dot: the form certificates are cached under. */
-export function normaliseHost(host: string): string {
-  let name = host.trim().toLowerCase();
-  if (name.startsWith("[") && name.endsWith("]")) name = name.slice(1, -1);
-  if (name.endsWith(".")) name = name.slice(0, -1);
-  return name;
-}
 
 /** Forges a serverAuth leaf for host, signed natively by the CA; returns the certificate PEM. */
 export async function forgeLeafCertificate(ca: CertificateAuthority, host: string, now = Date.now()): Promise<string> {

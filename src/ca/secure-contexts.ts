@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
 import { LRUCache } from "lru-cache";
 import type { CertificateAuthority } from "./authority.js";
-import { forgeLeafCertificate, normaliseHost } from "./forge-leaf.js";
+import { normaliseHost } from "../policy/hosts.js";
+import { forgeLeafCertificate } from "./forge-leaf.js";
 
 /** A cached certificate is re-forged when it has less than this left. */
 const RENEW_BEFORE_MS = 7 * 24 * 3600 * 1000;

@@ -1,14 +1,29 @@
+import { isIP } from "node:net";
 import type { Exchange } from "../proxy/exchange.js";
-import type { OutgoingRequest } from "../proxy/rewrite.js";
 import type { PolicyState } from "../proxy/runtime.js";
+import { decide, decideConnect, type Decision } from "./rules.js";
 
-export interface Decision {
-  action: "allow" | "deny";
-  rule: string | null;
-  reason: string;
+export type { Decision };
+
+export const PRIVATE_DESTINATION_RULE = "network.private_destinations";
+
+/** An IP literal is checked here; a name is checked on every address it resolves to, when it is dialled. */
+function literalDestination(state: PolicyState, host: string): Decision | undefined {
+  if (!isIP(host)) return undefined;
+  const why = state.guard.check(host);
+  return why ? { action: "deny", rule: PRIVATE_DESTINATION_RULE, reason: why } : undefined;
 }
 
-/** Third stage: whether the request may leave. Until network rules exist, everything may. */
-export function decideRequest(_exchange: Exchange, _outgoing: OutgoingRequest, _state: PolicyState): Decision {
-  return { action: "allow", rule: null, reason: "no network rules configured" };
+/** The policy stage for one request: destination, then the network rules (first match wins). */
+export function decideRequest(exchange: Exchange, state: PolicyState, normalisedPath: string): Decision {
+  const { host, port } = exchange.target;
+  return (
+    literalDestination(state, host) ??
+    decide(state.policy, { host, port, client: exchange.tunnel.client, method: exchange.method, path: normalisedPath })
+  );
+}
+
+/** The policy stage for a CONNECT: refused when nothing inside the tunnel could be allowed. */
+export function decideTunnel(state: PolicyState, host: string, port: number, client: string | null): Decision {
+  return literalDestination(state, host) ?? decideConnect(state.policy, { host, port, client });
 }

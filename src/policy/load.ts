@@ -3,6 +3,7 @@ import { isAbsolute, resolve as resolvePath } from "node:path";
 import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from "yaml";
 import type { z } from "zod";
 import { policySchema, type Policy } from "./schema.js";
+import { validateSemantics } from "./validate.js";
 
 export interface PolicyError {
   file: string;
@@ -85,6 +86,14 @@ export function parsePolicy(text: string, file = "<inline>", baseDir = process.c
       const pos = position(lineCounter, locate(doc, path));
       errors.push({ file, ...pos, message: describeIssue(issue) });
     }
+    errors.sort((a, b) => a.line - b.line || a.col - b.col);
+    throw new PolicyInvalidError(errors);
+  }
+  for (const issue of validateSemantics(result.data)) {
+    const pos = position(lineCounter, locate(doc, issue.path));
+    errors.push({ file, ...pos, message: `${issue.path.join(".")}: ${issue.message}` });
+  }
+  if (errors.length) {
     errors.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new PolicyInvalidError(errors);
   }

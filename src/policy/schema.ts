@@ -39,14 +39,90 @@ export const passthroughSection = z.strictObject({
   hosts: z.array(hostName).default([]),
 });
 
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "expected a name of letters, digits, '_', '.', '-'");
+
+/** Where a secret's value comes from: exactly one of env, file, command. */
+export const secretSource = z
+  .strictObject({
+    env: z.string().min(1).optional(),
+    file: z.string().min(1).optional(),
+    command: z.string().min(1).optional(),
+    ttl: duration.optional(),
+  })
+  .superRefine((source, ctx) => {
+    const kinds = ["env", "file", "command"].filter((kind) => source[kind as "env"] !== undefined);
+    if (kinds.length !== 1) ctx.addIssue({ code: "custom", message: `expected exactly one of env, file or command${kinds.length ? ` (got ${kinds.join(", ")})` : ""}` });
+  });
+
+/** "api.github.com", "*.githubusercontent.com" or an IP address. */
+const hostPattern = z.string().regex(/^(\*\.)?[^\s*/:@]+\.?$|^\[?[0-9a-fA-F:.]+\]?$/, 'expected a host name, "*.suffix" or an IP address');
+const port = z.number().int().min(1).max(65535);
+const method = z.string().regex(/^[A-Za-z]+$/, "expected an HTTP method").transform((text) => text.toUpperCase());
+const pathGlob = z.string().startsWith("/", 'expected a path glob starting with "/"');
+const cidr = z.string().min(1);
+
+export const clientSchema = z.strictObject({ name, token: secretSource });
+
+export const ruleSchema = z.strictObject({
+  name,
+  action: z.enum(["allow", "deny"]),
+  hosts: z.array(hostPattern).min(1),
+  ports: z.array(port).min(1).optional(),
+  methods: z.array(method).min(1).optional(),
+  paths: z.array(pathGlob).min(1).optional(),
+  clients: z.array(name).min(1).optional(),
+});
+
+export const networkSection = z.strictObject({
+  default: z.enum(["deny", "allow"]).default("deny"),
+  private_destinations: z.enum(["deny", "allow"]).default("deny"),
+  allow_ips: z.array(cidr).default([]),
+  rules: z.array(ruleSchema).default([]),
+});
+
+const nameValue = z.strictObject({ name: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header or parameter name"), value: z.string() });
+
+export const credentialSchema = z
+  .strictObject({
+    name,
+    hosts: z.array(hostPattern).min(1),
+    paths: z.array(pathGlob).min(1).optional(),
+    header: nameValue.optional(),
+    query: nameValue.optional(),
+  })
+  .superRefine((credential, ctx) => {
+    if ((credential.header === undefined) === (credential.query === undefined)) {
+      ctx.addIssue({ code: "custom", message: "expected exactly one of header or query" });
+    }
+  });
+
+export const placeholderSchema = z.strictObject({
+  name,
+  placeholder: z.string().min(8, "a placeholder must be at least 8 characters, so it cannot occur by accident"),
+  secret: name,
+  hosts: z.array(hostPattern).min(1),
+  in: z.array(z.enum(["header", "query", "path", "body"])).min(1).default(["header", "query", "path"]),
+});
+
 export const policySchema = z.strictObject({
   version: z.literal(1, { message: "expected version: 1" }),
   proxy: proxySection.default({ listen: "127.0.0.1:8080" }),
   ca: caSection.default({ dir: "certs" }),
   upstream: upstreamSection.prefault({}),
   log: logSection.prefault({}),
+  secrets: z.record(name, secretSource).default({}),
+  clients: z.array(clientSchema).default([]),
+  network: networkSection.prefault({}),
+  credentials: z.array(credentialSchema).default([]),
+  placeholders: z.array(placeholderSchema).default([]),
   passthrough: passthroughSection.prefault({}),
 });
+
+export type SecretSource = z.output<typeof secretSource>;
+export type Rule = z.output<typeof ruleSchema>;
+export type Credential = z.output<typeof credentialSchema>;
+export type Placeholder = z.output<typeof placeholderSchema>;
+export type ClientIdentity = z.output<typeof clientSchema>;
 
 /** The policy as written in the file (durations as text). */
 export type PolicyInput = z.input<typeof policySchema>;

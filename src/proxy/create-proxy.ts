@@ -5,7 +5,11 @@ import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { SecureContextStore } from "../ca/secure-contexts.js";
 import { createDiagnostics, AuditLog } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
-import { normaliseHost } from "../ca/forge-leaf.js";
+import { normaliseHost } from "../policy/hosts.js";
+import ipaddr from "ipaddr.js";
+import { SecretStore } from "../credentials/secrets.js";
+import { DestinationGuard } from "../policy/destinations.js";
+import { Identities, tokenSecretName } from "../policy/identity.js";
 import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { createServers } from "./listener.js";
 import type { ClientTimeouts, PolicyState, Runtime } from "./runtime.js";
@@ -28,7 +32,7 @@ export interface Proxy {
   /** Stops accepting, lets in-flight requests finish for up to graceMs, then cuts what is left. */
   close(options?: { graceMs?: number }): Promise<void>;
   /** Swaps the policy for new tunnels and requests; in-flight ones finish on the old one. */
-  reload(policy: LoadedPolicy): void;
+  reload(policy: LoadedPolicy): Promise<void>;
   /** Reopens the audit file (logrotate). */
   reopenLogs(): void;
   readonly address: AddressInfo | undefined;
@@ -39,14 +43,42 @@ export interface Proxy {
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber): PolicyState {
   const { policy } = loaded;
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
+  const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips);
+  const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
   return {
     policy,
-    upstream: new UpstreamPool(createLookup(policy.upstream.resolve), trust),
+    upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust),
     passthrough: new Set(policy.passthrough.hosts.map(normaliseHost)),
+    secrets: new SecretStore(policy.secrets, scrubber),
+    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
+    guard,
   };
+}
+
+function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  return ipaddr.isValid(host) && ipaddr.process(host).range() === "loopback";
+}
+
+/** Without clients nobody authenticates: that is only safe where only this machine can connect. */
+export function assertNotOpenProxy(loaded: LoadedPolicy, listen: string): void {
+  const { host } = parseListen(listen);
+  if (loaded.policy.clients.length === 0 && !isLoopback(host)) {
+    throw new Error(
+      `refusing to listen on ${listen} without proxy authentication: anyone who can reach it could use it as an open proxy. ` +
+        "Add clients to the policy, or listen on a loopback address (127.0.0.1:PORT).",
+    );
+  }
+}
+
+/** Resolves every secret once so a broken one is reported at once; a failure is a warning, never fatal. */
+async function warmUpSecrets(state: PolicyState, diagnostics: Logger): Promise<void> {
+  for (const failure of await state.secrets.warmUp()) {
+    diagnostics.warn({ secret: failure.secret }, `${failure.message}; requests that need it will get 502 credential_unavailable`);
+  }
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -70,8 +102,10 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     scrubber,
     options.auditStream,
   );
+  const listen = options.listen ?? loaded.policy.proxy.listen;
+  assertNotOpenProxy(loaded, listen);
   const runtime: Runtime = {
-    state: buildState(loaded),
+    state: buildState(loaded, scrubber),
     contexts,
     audit,
     diagnostics,
@@ -85,7 +119,8 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     clientSockets.add(socket);
     socket.once("close", () => clientSockets.delete(socket));
   });
-  const listenAt = parseListen(options.listen ?? loaded.policy.proxy.listen);
+  await warmUpSecrets(runtime.state, diagnostics);
+  const listenAt = parseListen(listen);
   let address: AddressInfo | undefined;
 
   return {
@@ -104,8 +139,10 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
           resolve(address);
         });
       }),
-    reload(policy) {
-      runtime.state = buildState(policy);
+    async reload(policy) {
+      assertNotOpenProxy(policy, listen);
+      runtime.state = buildState(policy, scrubber);
+      await warmUpSecrets(runtime.state, diagnostics);
     },
     reopenLogs() {
       audit.reopen();

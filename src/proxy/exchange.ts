@@ -41,6 +41,8 @@ export class Exchange {
   reason: string | null = null;
   readonly credentials: string[] = [];
   readonly placeholders: string[] = [];
+  /** Secret values put on this request; an upstream echoing one back has it scrubbed from the response. */
+  readonly injectedSecrets: string[] = [];
   /** Lower-case names shown as [REDACTED] in req_headers: the fixed three plus every injected header. */
   readonly redactedHeaders = new Set(ALWAYS_REDACTED);
   error: AuditError | undefined;

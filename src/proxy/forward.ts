@@ -5,7 +5,7 @@ import { pipeline } from "node:stream";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
 import { formatDuration } from "../policy/duration.js";
 import type { Exchange } from "./exchange.js";
-import { modifyResponseHeaders } from "./modify-response.js";
+import { modifyResponse } from "./modify-response.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerError } from "./respond.js";
@@ -75,13 +75,6 @@ export function forwardHttp(
   outgoing: OutgoingRequest,
   state: PolicyState,
 ): void {
-  const captureLimit = state.policy.log.capture_body_bytes;
-  const sample = captureLimit > 0 && isTextContentType(getHeader(req.rawHeaders, "content-type")) ? new BodySample(captureLimit) : undefined;
-  req.on("data", (chunk: Buffer) => {
-    exchange.reqBytes += chunk.length;
-    sample?.add(chunk);
-  });
-
   const upstreamReq = openUpstreamRequest(exchange, outgoing, state);
   upstreamReq.on("continue", () => res.writeContinue());
   upstreamReq.on("response", (upstreamRes) => relayResponse(exchange, upstreamRes, res));
@@ -94,6 +87,15 @@ export function forwardHttp(
   res.on("close", () => {
     if (!res.writableFinished) upstreamReq.destroy();
   });
+  if (outgoing.body !== undefined) {
+    upstreamReq.end(outgoing.body);
+    return;
+  }
+  const sample = bodySampler(req, state);
+  req.on("data", (chunk: Buffer) => {
+    exchange.reqBytes += chunk.length;
+    sample?.add(chunk);
+  });
   req.on("end", () => {
     if (sample) exchange.reqBody = sample.text();
     if (req.rawTrailers.length) upstreamReq.addTrailers(pairs(req.rawTrailers));
@@ -101,21 +103,30 @@ export function forwardHttp(
   req.pipe(upstreamReq);
 }
 
+/** A sampler for the audit line's req_body: text bodies only, up to log.capture_body_bytes. */
+export function bodySampler(req: IncomingMessage, state: PolicyState): BodySample | undefined {
+  const limit = state.policy.log.capture_body_bytes;
+  return limit > 0 && isTextContentType(getHeader(req.rawHeaders, "content-type")) ? new BodySample(limit) : undefined;
+}
+
 function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse): void {
   res.sendDate = false;
-  res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, modifyResponseHeaders(exchange, upstreamRes.rawHeaders));
+  const modified = modifyResponse(exchange, upstreamRes);
+  res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, modified.headers);
   upstreamRes.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
   });
   upstreamRes.on("end", () => {
     if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(upstreamRes.rawTrailers));
   });
-  pipeline(upstreamRes, res, (error) => {
+  const done = (error: Error | null) => {
     if (!error) return;
     // A body cut short upstream must reach the client as a broken transfer, never a short success.
     if (!res.writableFinished && !exchange.error) {
       exchange.error = { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection mid-body` };
     }
     res.destroy();
-  });
+  };
+  if (modified.transform) pipeline(upstreamRes, modified.transform, res, done);
+  else pipeline(upstreamRes, res, done);
 }

@@ -4,7 +4,8 @@ import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import type { TunnelContext } from "./exchange.js";
 import { passthroughTunnel, tunnelRecord } from "./passthrough.js";
-import { clientAddress, handleRequest, handleUpgrade } from "./pipeline.js";
+import { decideTunnel } from "../policy/decide.js";
+import { authenticate, clientAddress, handleRequest, handleUpgrade } from "./pipeline.js";
 import { ProxyError } from "./proxy-error.js";
 import { answerErrorOnSocket } from "./respond.js";
 import type { Runtime } from "./runtime.js";
@@ -61,27 +62,58 @@ export function createServers(runtime: Runtime): ProxyServers {
   inner.emit("listening");
   const listener = createHttpServer(runtime);
   listener.on("connect", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    socket.setNoDelay(true);
-    socket.on("error", () => socket.destroy());
-    const authority = parseConnectAuthority(req.url ?? "");
-    const clientAddr = clientAddress(socket);
-    if (!authority) {
-      const error = new ProxyError("bad_request", `CONNECT needs host:port, got "${(req.url ?? "").slice(0, 100)}"`);
-      const status = answerErrorOnSocket(socket, error, null);
-      runtime.audit.write(
-        tunnelRecord({ host: "", port: 0, client: null, clientAddr }, performance.now(), { status, error: { type: error.type, message: error.message } }),
-      );
-      return;
-    }
-    const tunnel: TunnelContext = { host: authority.host, port: authority.port, client: null, clientAddr };
-    if (runtime.state.passthrough.has(authority.host)) {
-      passthroughTunnel(runtime, tunnel, socket, head);
-      return;
-    }
-    interceptTunnel(runtime, inner, tunnel, socket, head).catch((error: unknown) => {
+    onConnect(runtime, inner, req, socket, head).catch((error: unknown) => {
       runtime.diagnostics.error({ err: error }, "tunnel failed");
       socket.destroy();
     });
   });
   return { listener, inner };
+}
+
+/** Answers a CONNECT with a SPEC error and writes its one audit line. */
+function refuseConnect(runtime: Runtime, socket: Socket, tunnel: TunnelContext, startedAt: number, error: ProxyError): void {
+  const status = answerErrorOnSocket(socket, error, null);
+  const denied = error.type === "policy_denied" || error.type === "proxy_auth_required";
+  runtime.audit.write(
+    tunnelRecord(tunnel, startedAt, {
+      msg: denied ? "denied" : "tunnel",
+      status,
+      decision: denied ? "deny" : "allow",
+      rule: error.rule,
+      reason: denied ? error.message : null,
+      error: { type: error.type, message: error.message },
+    }),
+  );
+}
+
+/** CONNECT: authority, identity, host-level policy, then passthrough or interception. */
+async function onConnect(runtime: Runtime, inner: Server, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+  const startedAt = performance.now();
+  socket.setNoDelay(true);
+  socket.on("error", () => socket.destroy());
+  const state = runtime.state;
+  const clientAddr = clientAddress(socket);
+  const authority = parseConnectAuthority(req.url ?? "");
+  if (!authority) {
+    const error = new ProxyError("bad_request", `CONNECT needs host:port, got "${(req.url ?? "").slice(0, 100)}"`);
+    refuseConnect(runtime, socket, { host: "", port: 0, client: null, clientAddr }, startedAt, error);
+    return;
+  }
+  const tunnel: TunnelContext = { host: authority.host, port: authority.port, client: null, clientAddr };
+  try {
+    tunnel.client = await authenticate(state, req);
+  } catch (error) {
+    refuseConnect(runtime, socket, tunnel, startedAt, error as ProxyError);
+    return;
+  }
+  const decision = decideTunnel(state, tunnel.host, tunnel.port, tunnel.client);
+  if (decision.action === "deny") {
+    refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("policy_denied", decision.reason, decision.rule));
+    return;
+  }
+  if (state.passthrough.has(tunnel.host)) {
+    passthroughTunnel(runtime, tunnel, socket, head);
+    return;
+  }
+  await interceptTunnel(runtime, inner, tunnel, socket, head);
 }

@@ -2,11 +2,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { TLSSocket } from "node:tls";
-import { injectCredentials } from "../credentials/inject.js";
+import { injectCredentials, planCredentials } from "../credentials/inject.js";
+import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, readBody, substitutePlaceholders } from "../credentials/placeholders.js";
 import type { AuditMessage } from "../log/audit-record.js";
 import { decideRequest } from "../policy/decide.js";
+import { normalisePath } from "../policy/paths.js";
 import { Exchange, requestIdFrom, type Target, type TunnelContext } from "./exchange.js";
-import { forwardHttp } from "./forward.js";
+import { bodySampler, forwardHttp } from "./forward.js";
 import { ProxyError } from "./proxy-error.js";
 import { answerError, answerErrorOnSocket, recordError, toProxyError } from "./respond.js";
 import { rewriteRequest, type OutgoingRequest } from "./rewrite.js";
@@ -28,7 +30,7 @@ export function clientAddress(socket: Socket | Duplex): string {
 }
 
 /** Where a request goes: the CONNECT authority of its tunnel, or the URL of an absolute-form request. */
-function locate(runtime: Runtime, req: IncomingMessage): Located {
+async function locate(runtime: Runtime, req: IncomingMessage): Promise<Located> {
   const tunnel = runtime.tunnels.get(req.socket);
   if (tunnel) {
     const target: Target = { scheme: req.socket instanceof TLSSocket ? "https" : "http", host: tunnel.host, port: tunnel.port };
@@ -39,18 +41,26 @@ function locate(runtime: Runtime, req: IncomingMessage): Located {
     throw new ProxyError("bad_request", "portcullis is a proxy: send absolute-form requests (GET http://host/path) or CONNECT host:port");
   }
   const { host, port } = absolute.target;
+  const client = await authenticate(runtime.state, req);
   return {
-    tunnel: { host, port, client: null, clientAddr: clientAddress(req.socket) },
+    tunnel: { host, port, client, clientAddr: clientAddress(req.socket) },
     target: absolute.target,
     path: absolute.path,
     hostHeader: absolute.authority,
   };
 }
 
-function openExchange(runtime: Runtime, req: IncomingMessage): { exchange: Exchange; located?: Located; error?: ProxyError } {
+/** The identity a Proxy-Authorization header proves; throws 407 when the policy requires one and it does not. */
+export async function authenticate(state: PolicyState, req: IncomingMessage): Promise<string | null> {
+  const result = await state.identities.authenticate(req.headers["proxy-authorization"]);
+  if (!result.ok) throw new ProxyError("proxy_auth_required", `proxy authentication failed: ${result.reason}`);
+  return result.client;
+}
+
+async function openExchange(runtime: Runtime, req: IncomingMessage): Promise<{ exchange: Exchange; located?: Located; error?: ProxyError }> {
   const requestId = requestIdFrom(req.headers["x-request-id"] as string | undefined);
   try {
-    const located = locate(runtime, req);
+    const located = await locate(runtime, req);
     const exchange = new Exchange(requestId, located.tunnel, located.target, req.method ?? "GET", located.path, req.rawHeaders);
     return { exchange, located };
   } catch (error) {
@@ -61,15 +71,37 @@ function openExchange(runtime: Runtime, req: IncomingMessage): { exchange: Excha
   }
 }
 
-/** rewrite -> credentials -> policy: everything before the request leaves. Throws the ProxyError that answers it. */
+/** A body the placeholder stage must see is read before anything is decided (text, at most 64 KiB). */
+async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState): Promise<void> {
+  if (!bodyNeedsReading(state, req)) return;
+  outgoing.body = await readBody(req);
+  exchange.reqBytes = outgoing.body.length;
+  const sample = bodySampler(req, state);
+  sample?.add(outgoing.body);
+  exchange.reqBody = sample?.text();
+}
+
+/**
+ * rewrite -> credentials -> policy, everything before the request leaves; throws the
+ * ProxyError that answers it. The credential stage picks the credentials that apply, the
+ * policy stage decides, and only an allowed request has its secrets resolved and put on.
+ */
 async function prepare(req: IncomingMessage, exchange: Exchange, located: Located, state: PolicyState, upgrade: boolean): Promise<OutgoingRequest> {
   const outgoing = rewriteRequest(req, exchange, located.path, located.hostHeader, upgrade);
-  await injectCredentials(exchange, outgoing, state);
-  const decision = decideRequest(exchange, outgoing, state);
+  const normalisedPath = normalisePath(located.path);
+  const credentials = planCredentials(state, exchange.target.host, normalisedPath);
+  await readBodyIfNeeded(req, exchange, outgoing, state);
+  const placeholders = findPlaceholders(state, outgoing);
+
+  checkPlaceholderHosts(placeholders, exchange);
+  const decision = decideRequest(exchange, state, normalisedPath);
   exchange.decision = decision.action;
   exchange.rule = decision.rule;
   exchange.reason = decision.reason;
   if (decision.action === "deny") throw new ProxyError("policy_denied", decision.reason, decision.rule);
+
+  await injectCredentials(credentials, exchange, outgoing, state);
+  await substitutePlaceholders(placeholders, exchange, outgoing, state);
   return outgoing;
 }
 
@@ -85,7 +117,7 @@ function reportInternal(runtime: Runtime, error: unknown, exchange: Exchange): v
 /** An HTTP exchange: the full pipeline, then one audit line when the response is over. */
 export async function handleRequest(runtime: Runtime, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const state = runtime.state;
-  const { exchange, located, error } = openExchange(runtime, req);
+  const { exchange, located, error } = await openExchange(runtime, req);
   res.once("close", () => {
     if (res.headersSent) exchange.status = res.statusCode;
     if (!res.writableFinished && !exchange.error) {
@@ -109,7 +141,7 @@ export async function handleRequest(runtime: Runtime, req: IncomingMessage, res:
 /** An upgrade handshake (WebSocket or other): the same stages, then the upstream decides. */
 export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
   const state = runtime.state;
-  const { exchange, located, error } = openExchange(runtime, req);
+  const { exchange, located, error } = await openExchange(runtime, req);
   const isWebSocket = String(req.headers.upgrade ?? "").toLowerCase() === "websocket";
   const finish = () => writeAudit(runtime, exchange, isWebSocket && exchange.status === 101 ? "websocket" : "http");
   socket.on("error", () => socket.destroy());

@@ -63,6 +63,7 @@ export function classifyUpstreamError(error: unknown, target: string): ProxyErro
   if (error instanceof ProxyError) return error;
   const err = error as NodeJS.ErrnoException & { library?: string; reason?: string };
   const code = err.code ?? "";
+  if (code === "EPORTCULLIS_DESTINATION") return new ProxyError("policy_denied", err.message, "network.private_destinations");
   if (UNREACHABLE_CODES.has(code)) {
     return new ProxyError("upstream_unreachable", `cannot connect to ${target}: ${code}`);
   }

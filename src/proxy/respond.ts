@@ -6,7 +6,7 @@ import { errorAnswer, ProxyError } from "./proxy-error.js";
 /** Notes a proxy error on the exchange so its audit line says what happened. */
 export function recordError(exchange: Exchange, error: ProxyError): void {
   exchange.error = { type: error.type, message: error.message };
-  if (error.type === "policy_denied") {
+  if (error.type === "policy_denied" || error.type === "proxy_auth_required") {
     exchange.decision = "deny";
     exchange.rule = error.rule;
     exchange.reason = error.message;

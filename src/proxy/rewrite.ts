@@ -9,6 +9,8 @@ export interface OutgoingRequest {
   path: string;
   headers: RawHeaders;
   hasBody: boolean;
+  /** Set when the body had to be read before forwarding (placeholder substitution); sent instead of streaming. */
+  body?: Buffer;
 }
 
 /**

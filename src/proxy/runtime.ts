@@ -3,6 +3,9 @@ import type { Logger } from "pino";
 import type { SecureContextStore } from "../ca/secure-contexts.js";
 import type { AuditLog } from "../log/loggers.js";
 import type { Scrubber } from "../log/scrub.js";
+import type { SecretStore } from "../credentials/secrets.js";
+import type { DestinationGuard } from "../policy/destinations.js";
+import type { Identities } from "../policy/identity.js";
 import type { Policy } from "../policy/schema.js";
 import type { TunnelContext } from "./exchange.js";
 import type { UpstreamPool } from "./upstream-pool.js";
@@ -12,6 +15,9 @@ export interface PolicyState {
   readonly policy: Policy;
   readonly upstream: UpstreamPool;
   readonly passthrough: ReadonlySet<string>;
+  readonly secrets: SecretStore;
+  readonly identities: Identities;
+  readonly guard: DestinationGuard;
 }
 
 /** Client-side timeouts of the listener and the tunnels. */

@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import { normaliseHost } from "../ca/forge-leaf.js";
+import { normaliseHost } from "../policy/hosts.js";
 import type { Scheme, Target } from "./exchange.js";
 import { ProxyError } from "./proxy-error.js";
 

@@ -4,7 +4,7 @@ import type { Duplex } from "node:stream";
 import type { WebSocketSummary } from "../log/audit-record.js";
 import type { Exchange } from "./exchange.js";
 import { openUpstreamRequest, upstreamName } from "./forward.js";
-import { modifyResponseHeaders } from "./modify-response.js";
+import { modifyResponse } from "./modify-response.js";
 import { classifyUpstreamError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerErrorOnSocket, recordError } from "./respond.js";
@@ -52,7 +52,7 @@ export function forwardUpgrade(
     settled = true;
     client.off("close", abandon);
     exchange.status = upstreamRes.statusCode ?? 101;
-    const headers = modifyResponseHeaders(exchange, upstreamRes.rawHeaders, { upgrade: true });
+    const { headers } = modifyResponse(exchange, upstreamRes, { upgrade: true });
     if (isWebSocket) {
       exchange.ws = {
         protocol: getHeader(upstreamRes.rawHeaders, "sec-websocket-protocol") ?? null,
@@ -86,14 +86,15 @@ export function forwardUpgrade(
 /** A handshake the upstream turned down reaches the client exactly as the upstream sent it. */
 function relayRefusal(exchange: Exchange, upstreamRes: IncomingMessage, client: Duplex, done: () => void): void {
   exchange.status = upstreamRes.statusCode ?? 502;
-  const headers = modifyResponseHeaders(exchange, upstreamRes.rawHeaders);
+  const { headers, transform } = modifyResponse(exchange, upstreamRes);
   // The body is framed by closing the connection: the handshake connection ends here anyway.
   headers.push("Connection", "close");
   client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "", headers));
   upstreamRes.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
   });
-  upstreamRes.pipe(client);
+  if (transform) upstreamRes.pipe(transform).pipe(client);
+  else upstreamRes.pipe(client);
   let finished = false;
   const finish = () => {
     if (finished) return;

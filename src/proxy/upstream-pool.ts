@@ -4,6 +4,8 @@ import http from "node:http";
 import https from "node:https";
 import { isIP } from "node:net";
 import { createSecureContext, rootCertificates, type SecureContext } from "node:tls";
+import { DestinationDenied, type DestinationGuard } from "../policy/destinations.js";
+import { normaliseHost } from "../policy/hosts.js";
 
 /** Debian/Ubuntu, Fedora/RHEL, Alpine and macOS (Homebrew OpenSSL) locations of the system trust bundle. */
 const SYSTEM_BUNDLES = [
@@ -33,18 +35,32 @@ export function buildUpstreamTrust(trustFiles: string[]): SecureContext {
   return createSecureContext({ ca, minVersion: "TLSv1.2" });
 }
 
-/** Name resolution with the policy's static overrides in front of the system resolver. */
-export function createLookup(resolve: Record<string, string>): LookupFunction {
-  const overrides = new Map(Object.entries(resolve).map(([name, address]) => [name.toLowerCase().replace(/\.$/, ""), address]));
+/**
+ * Name resolution as portcullis dials: the policy's static overrides in front of the system
+ * resolver, then every resolved address checked by the destination guard. The socket
+ * connects to exactly the addresses checked here: there is no second lookup a DNS
+ * rebinding could slip between.
+ */
+export function createLookup(resolve: Record<string, string>, guard: DestinationGuard): LookupFunction {
+  const overrides = new Map(Object.entries(resolve).map(([name, address]) => [normaliseHost(name), address]));
   return (hostname, options, callback) => {
-    const address = overrides.get(hostname.toLowerCase().replace(/\.$/, ""));
-    if (address === undefined) {
-      dnsLookup(hostname, options, (error, address, family) => callback(error, address, family));
+    const answer = (error: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => {
+      if (error) return callback(error, options.all ? [] : "", 0);
+      for (const { address } of addresses) {
+        const why = guard.check(address);
+        if (why) return callback(new DestinationDenied(`${hostname} resolves to ${address}: ${why}`), options.all ? [] : "", 0);
+      }
+      if (options.all) callback(null, addresses);
+      else callback(null, addresses[0]!.address, addresses[0]!.family);
+    };
+    const override = overrides.get(normaliseHost(hostname));
+    if (override !== undefined) {
+      answer(null, [{ address: override, family: isIP(override) }]);
       return;
     }
-    const family = isIP(address);
-    if (options.all) callback(null, [{ address, family }]);
-    else callback(null, address, family);
+    // Every address is resolved and checked, even when the caller wants one: a name must not
+    // pass with one public address while also pointing somewhere private.
+    dnsLookup(hostname, { ...options, all: true }, (error, addresses) => answer(error, addresses));
   };
 }
 

@@ -88,7 +88,10 @@ export async function startProxy(policyYaml: string, options: { timeouts?: Parti
   };
 }
 
-/** The upstream section every test policy needs: trust the upstream test CA. */
-export function policyTrusting(caFile: string, extra = ""): string {
-  return `version: 1\nupstream:\n  trust: [${JSON.stringify(caFile)}]\n  connect_timeout: 2s\n  response_timeout: 5s\n${extra}`;
+/**
+ * A policy for tests of forwarding itself: trusts the upstream test CA and lets everything
+ * through to the loopback test servers (network rules have tests of their own).
+ */
+export function policyTrusting(caFile: string, extra = "", network = "network:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n"): string {
+  return `version: 1\nupstream:\n  trust: [${JSON.stringify(caFile)}]\n  connect_timeout: 2s\n  response_timeout: 5s\n${network}${extra}`;
 }

@@ -1,0 +1,65 @@
+import { Transform, type TransformCallback } from "node:stream";
+import { REDACTED } from "../log/scrub.js";
+import type { RawHeaders } from "../proxy/raw-headers.js";
+
+function escape(value: string): string {
+  return value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Secrets as latin1 strings of their UTF-8 bytes, so a byte stream can be searched as text. */
+function byteForms(values: readonly string[]): string[] {
+  return [...new Set(values.filter((value) => value.length > 0).map((value) => Buffer.from(value, "utf8").toString("latin1")))].sort(
+    (a, b) => b.length - a.length,
+  );
+}
+
+export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
+  if (values.length === 0) return headers;
+  const pattern = new RegExp(values.map(escape).join("|"), "g");
+  return headers.map((item, index) => (index % 2 === 1 ? item.replace(pattern, REDACTED) : item));
+}
+
+/**
+ * Replaces secrets echoed by an upstream in a streaming body. Chunks flow on at once; only
+ * a tail that could be the start of a secret split across chunks is held back.
+ */
+export class EchoScrubber extends Transform {
+  private readonly secrets: string[];
+  private readonly pattern: RegExp;
+  private pending = "";
+  replaced = 0;
+
+  constructor(values: readonly string[]) {
+    super();
+    this.secrets = byteForms(values);
+    this.pattern = new RegExp(this.secrets.map(escape).join("|"), "g");
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    const text = (this.pending + chunk.toString("latin1")).replace(this.pattern, () => (this.replaced++, REDACTED));
+    const hold = this.partialSecretAtEnd(text);
+    this.pending = text.slice(text.length - hold);
+    const ready = text.slice(0, text.length - hold);
+    if (ready.length) this.push(Buffer.from(ready, "latin1"));
+    callback();
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.pending.length) this.push(Buffer.from(this.pending, "latin1"));
+    callback();
+  }
+
+  /** Length of the longest end of text that a secret starts with. */
+  private partialSecretAtEnd(text: string): number {
+    let longest = 0;
+    for (const secret of this.secrets) {
+      for (let k = Math.min(secret.length - 1, text.length); k > longest; k--) {
+        if (text.endsWith(secret.slice(0, k))) {
+          longest = k;
+          break;
+        }
+      }
+    }
+    return longest;
+  }
+}

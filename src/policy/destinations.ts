@@ -1,0 +1,76 @@
+import ipaddr from "ipaddr.js";
+
+type Address = ipaddr.IPv4 | ipaddr.IPv6;
+
+/** The IPv4 address an IPv6 address carries inside it (mapped, NAT64, 6to4), if any. */
+function embeddedIpv4(address: ipaddr.IPv6): ipaddr.IPv4 | undefined {
+  const range = address.range();
+  const bytes = address.toByteArray();
+  if (range === "ipv4Mapped") return address.toIPv4Address();
+  if (range === "rfc6052") return new ipaddr.IPv4(bytes.slice(12, 16));
+  if (range === "6to4") return new ipaddr.IPv4(bytes.slice(2, 6));
+  return undefined;
+}
+
+export interface Classification {
+  /** true for a global unicast address */
+  public: boolean;
+  /** ipaddr.js' name for the range, e.g. "loopback", "linkLocal", "private", "unicast" */
+  range: string;
+}
+
+/**
+ * Public means global unicast: loopback, RFC 1918, link-local (169.254.169.254), CGNAT,
+ * ULA, multicast, reserved and unspecified (0.0.0.0, ::) are private, and so is an IPv6
+ * form that embeds one of them (IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16).
+ */
+export function classifyAddress(text: string): Classification {
+  const address = ipaddr.parse(text);
+  if (address.kind() === "ipv6") {
+    const v4 = embeddedIpv4(address as ipaddr.IPv6);
+    if (v4) {
+      const inner = classifyAddress(v4.toString());
+      return { public: inner.public, range: `${(address as ipaddr.IPv6).range()}(${inner.range})` };
+    }
+  }
+  const range = address.range();
+  return { public: range === "unicast", range };
+}
+
+export class DestinationDenied extends Error {
+  readonly code = "EPORTCULLIS_DESTINATION";
+  constructor(message: string) {
+    super(message);
+    this.name = "DestinationDenied";
+  }
+}
+
+/** network.private_destinations and network.allow_ips, checked on every address portcullis dials. */
+export class DestinationGuard {
+  private readonly allowed: [Address, number][];
+
+  constructor(
+    private readonly privateDestinations: "deny" | "allow",
+    allowIps: readonly string[],
+  ) {
+    this.allowed = allowIps.map((entry) => {
+      if (entry.includes("/")) return ipaddr.parseCIDR(entry);
+      const address = ipaddr.parse(entry);
+      return [address, address.kind() === "ipv4" ? 32 : 128];
+    });
+  }
+
+  /** Why this address may not be dialled, or undefined if it may. */
+  check(text: string): string | undefined {
+    if (this.privateDestinations === "allow") return undefined;
+    const address = ipaddr.process(text);
+    if (this.isAllowListed(address)) return undefined;
+    const { public: isPublic, range } = classifyAddress(address.toString());
+    if (isPublic) return undefined;
+    return `destination ${address.toString()} is a private address (${range}); network.private_destinations is deny and it is not in network.allow_ips`;
+  }
+
+  private isAllowListed(address: Address): boolean {
+    return this.allowed.some(([network, bits]) => address.kind() === network.kind() && address.match(network, bits));
+  }
+}

@@ -1,0 +1,69 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { SecretStore } from "../credentials/secrets.js";
+import type { ClientIdentity } from "./schema.js";
+
+export type Authentication = { ok: true; client: string | null } | { ok: false; reason: string };
+
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+/** Equal-length digests compared in constant time: neither the token nor its length leaks through timing. */
+function sameSecret(a: string, b: string): boolean {
+  return timingSafeEqual(digest(a), digest(b));
+}
+
+export function tokenSecretName(client: string): string {
+  return `client-token.${client}`;
+}
+
+/**
+ * Sandbox identities from Proxy-Authorization: `Basic base64(name:token)` or `Bearer token`.
+ * With no clients in the policy nobody authenticates and every request is anonymous.
+ */
+export class Identities {
+  constructor(
+    private readonly clients: readonly ClientIdentity[],
+    private readonly tokens: SecretStore,
+  ) {}
+
+  get required(): boolean {
+    return this.clients.length > 0;
+  }
+
+  async authenticate(header: string | undefined): Promise<Authentication> {
+    if (!this.required) return { ok: true, client: null };
+    if (!header) return { ok: false, reason: "Proxy-Authorization is required" };
+    const [scheme, ...rest] = header.trim().split(/\s+/);
+    const credential = rest.join(" ");
+    if (/^basic$/i.test(scheme ?? "")) {
+      const decoded = Buffer.from(credential, "base64").toString("utf8");
+      const colon = decoded.indexOf(":");
+      if (colon < 0) return { ok: false, reason: "malformed Basic credentials" };
+      const name = decoded.slice(0, colon);
+      const token = decoded.slice(colon + 1);
+      const client = this.clients.find((candidate) => candidate.name === name);
+      // Unknown names still cost a comparison, so they look like wrong tokens.
+      const expected = client ? await this.tokenOf(client.name) : undefined;
+      const ok = sameSecret(token, expected ?? `\u0000${token}`) && expected !== undefined;
+      return ok ? { ok: true, client: name } : { ok: false, reason: "unknown client or wrong token" };
+    }
+    if (/^bearer$/i.test(scheme ?? "")) {
+      let match: string | null = null;
+      for (const client of this.clients) {
+        const expected = await this.tokenOf(client.name);
+        if (expected !== undefined && sameSecret(credential, expected) && match === null) match = client.name;
+      }
+      return match ? { ok: true, client: match } : { ok: false, reason: "unknown token" };
+    }
+    return { ok: false, reason: `unsupported Proxy-Authorization scheme "${scheme ?? ""}"` };
+  }
+
+  private async tokenOf(name: string): Promise<string | undefined> {
+    try {
+      return await this.tokens.resolve(tokenSecretName(name));
+    } catch {
+      return undefined;
+    }
+  }
+}
