@@ -5,6 +5,7 @@ import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import { createProxy } from "./proxy/create-proxy.js";
 import { formatAuthority } from "./proxy/target.js";
 import { formatPolicyError, loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { explain } from "./policy/explain.js";
 import { watchFile } from "./policy/watch.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
@@ -15,6 +16,8 @@ commands:
   init-ca [--dir certs] [--force]                 create the CA that sandboxes trust
   start [--policy FILE] [--listen HOST:PORT]      run the proxy
   check [--policy FILE]                           validate a policy file
+  explain [--policy FILE] [--client NAME] METHOD URL
+                                                  what the policy would do with a request (JSON)
 `;
 
 class UsageError extends Error {}
@@ -77,6 +80,22 @@ async function commandCheck(args: string[]): Promise<number> {
   return 0;
 }
 
+async function commandExplain(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, client: { type: "string" } });
+  if (positionals.length !== 2) throw new UsageError("explain needs METHOD and URL, e.g. explain GET https://api.github.com/zen");
+  const loaded = await loadOrReport(values.policy as string);
+  if (!loaded) return 1;
+  let explanation;
+  try {
+    explanation = explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null);
+  } catch (error) {
+    process.stderr.write(`portcullis: ${(error as Error).message}\n`);
+    return 1;
+  }
+  process.stdout.write(`${JSON.stringify(explanation, null, 2)}\n`);
+  return 0;
+}
+
 async function commandStart(args: string[]): Promise<number> {
   const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" } });
   const policyFile = values.policy as string;
@@ -122,6 +141,8 @@ async function main(argv: string[]): Promise<number> {
       return commandStart(rest);
     case "check":
       return commandCheck(rest);
+    case "explain":
+      return commandExplain(rest);
     case "help":
     case "--help":
     case "-h":
