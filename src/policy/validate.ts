@@ -31,10 +31,10 @@ export function isIpOrCidr(text: string): boolean {
   }
 }
 
-function duplicates<T extends { name: string }>(items: T[], section: string, issues: SemanticIssue[]): void {
+function duplicates<T extends { name: string }>(items: T[], section: string[], issues: SemanticIssue[]): void {
   const seen = new Set<string>();
   items.forEach((item, index) => {
-    if (seen.has(item.name)) issues.push({ path: [section, index, "name"], message: `duplicate name "${item.name}" in ${section}` });
+    if (seen.has(item.name)) issues.push({ path: [...section, index, "name"], message: `duplicate name "${item.name}" in ${section.join(".")}` });
     seen.add(item.name);
   });
 }
@@ -45,10 +45,10 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   const secretNames = new Set(Object.keys(policy.secrets));
   const clientNames = new Set(policy.clients.map((client) => client.name));
 
-  duplicates(policy.clients, "clients", issues);
-  duplicates(policy.credentials, "credentials", issues);
-  duplicates(policy.placeholders, "placeholders", issues);
-  duplicates(policy.network.rules, "network.rules", issues);
+  duplicates(policy.clients, ["clients"], issues);
+  duplicates(policy.credentials, ["credentials"], issues);
+  duplicates(policy.placeholders, ["placeholders"], issues);
+  duplicates(policy.network.rules, ["network", "rules"], issues);
 
   policy.credentials.forEach((credential, index) => {
     const part = credential.header ? "header" : "query";

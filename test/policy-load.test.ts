@@ -1,0 +1,104 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { renderPolicyJsonSchema } from "../src/policy/json-schema.js";
+import { parsePolicy, PolicyInvalidError } from "../src/policy/load.js";
+
+const root = join(import.meta.dirname, "..");
+
+function errorsOf(text: string): string[] {
+  try {
+    parsePolicy(text, "p.yaml");
+  } catch (error) {
+    if (error instanceof PolicyInvalidError) return error.errors.map((e) => `${e.line}:${e.col}: ${e.message}`);
+    throw error;
+  }
+  return [];
+}
+
+describe("policy validation", () => {
+  it("reports every error at once, each with its line and column, unknown keys included", () => {
+    const errors = errorsOf(
+      [
+        "version: 1",
+        "secrets:",
+        "  gh: { env: GH }",
+        "  both: { env: A, file: /b }",
+        "clients:",
+        "  - { name: a1, token: { env: T } }",
+        "network:",
+        "  defualt: allow",
+        "  allow_ips: [not-an-ip]",
+        "  rules:",
+        "    - { name: r1, action: allow, hosts: [x.test], clients: [ghost] }",
+        "    - { name: r1, action: maybe, hosts: [y.test] }",
+        "credentials:",
+        '  - { name: c1, hosts: [x.test], header: { name: Authorization, value: "Bearer ${secrets.nope}" } }',
+        "  - { name: c2, hosts: [x.test] }",
+        "placeholders:",
+        "  - { name: p1, placeholder: SHORT, secret: gh, hosts: [x.test] }",
+        "upstream:",
+        "  resolve: { a.test: nowhere }",
+      ].join("\n"),
+    );
+    expect(errors).toEqual([
+      expect.stringMatching(/^4:9: secrets\.both: expected exactly one of env, file or command \(got env, file\)/),
+      expect.stringMatching(/^8:3: network\.defualt: unknown key "defualt"/),
+      expect.stringMatching(/^12:27: network\.rules\.1\.action: /),
+      expect.stringMatching(/^15:5: credentials\.1: expected exactly one of header or query/),
+      expect.stringMatching(/^17:30: placeholders\.0\.placeholder: a placeholder must be at least 8 characters/),
+    ]);
+  });
+
+  it("checks references between sections once the shape is right", () => {
+    const errors = errorsOf(
+      [
+        "version: 1",
+        "secrets:",
+        "  gh: { env: GH }",
+        "network:",
+        "  allow_ips: [10.0.0.0/8, not-an-ip]",
+        "  rules:",
+        "    - { name: r1, action: allow, hosts: [x.test], clients: [ghost] }",
+        "    - { name: r1, action: deny, hosts: [y.test] }",
+        "credentials:",
+        '  - { name: c1, hosts: [x.test], header: { name: Authorization, value: "Bearer ${secrets.nope}" } }',
+        '  - { name: c2, hosts: [x.test], query: { name: token, value: "${env.HOME}" } }',
+        "placeholders:",
+        "  - { name: p1, placeholder: PCX_PLACEHOLDER_1, secret: missing, hosts: [x.test] }",
+        "upstream:",
+        "  resolve: { a.test: nowhere }",
+      ].join("\n"),
+    );
+    expect(errors).toEqual([
+      expect.stringMatching(/^5:27: network\.allow_ips\.1: "not-an-ip" is not an IP address or CIDR/),
+      expect.stringMatching(/^7:61: network\.rules\.0\.clients\.0: client "ghost" is not defined/),
+      expect.stringMatching(/^8:15: network\.rules\.1\.name: duplicate name "r1"/),
+      expect.stringMatching(/^10:72: credentials\.0\.header\.value: \$\{secrets\.nope\} names a secret that is not defined/),
+      expect.stringMatching(/^11:63: credentials\.1\.query\.value: malformed template \$\{env\.HOME\}/),
+      expect.stringMatching(/^13:57: placeholders\.0\.secret: secret "missing" is not defined/),
+      expect.stringMatching(/^15:22: upstream\.resolve\.a\.test: "nowhere" is not an IP address/),
+    ]);
+  });
+
+  it("fills defaults: deny by default, private destinations denied", () => {
+    const { policy } = parsePolicy("version: 1\n");
+    expect(policy.network).toMatchObject({ default: "deny", private_destinations: "deny", allow_ips: [], rules: [] });
+    expect(policy.upstream).toMatchObject({ connect_timeout: 10_000, response_timeout: 300_000 });
+  });
+
+  it("accepts the default policy and every worked example", () => {
+    const files = ["policies/default.yaml", ...readdirSync(join(root, "policies/examples")).map((f) => `policies/examples/${f}`)];
+    expect(files.length).toBeGreaterThanOrEqual(4);
+    for (const file of files) expect(() => parsePolicy(readFileSync(join(root, file), "utf8"), file)).not.toThrow();
+  });
+
+  it("ships policies/schema.json generated from the same schema (run `npm run schema` after changing it)", () => {
+    expect(readFileSync(join(root, "policies/schema.json"), "utf8")).toBe(renderPolicyJsonSchema());
+    const schema = JSON.parse(renderPolicyJsonSchema()) as { properties: Record<string, unknown>; additionalProperties: boolean };
+    expect(Object.keys(schema.properties)).toEqual(
+      expect.arrayContaining(["version", "proxy", "ca", "upstream", "log", "secrets", "clients", "network", "credentials", "placeholders", "passthrough"]),
+    );
+    expect(schema.additionalProperties).toBe(false);
+  });
+});
