@@ -12,7 +12,7 @@ export interface ServerPki {
   key: string;
   /** Certificate for 127.0.0.1 (served without SNI). */
   ipCert: string;
-  /** SNI context for "localhost". */
+  /** SNI contexts for localhost and any other name. */
   sniCallback: (servername: string, callback: (error: Error | null, context?: SecureContext) => void) => void;
 }
 
@@ -27,13 +27,21 @@ export async function makeUpstreamPki(name = "upstream"): Promise<ServerPki> {
   const ca = await loadCa(dir);
   const localhostCert = await forgeLeafCertificate(ca, "localhost");
   const ipCert = await forgeLeafCertificate(ca, "127.0.0.1");
-  const localhostContext = createSecureContext({ key: ca.leafKey.pem, cert: localhostCert });
+  const contexts = new Map<string, Promise<SecureContext>>([["localhost", Promise.resolve(createSecureContext({ key: ca.leafKey.pem, cert: localhostCert }))]]);
   return {
     dir,
     caFile: join(dir, "ca.pem"),
     caPem: ca.certPem,
     key: ca.leafKey.pem,
     ipCert,
-    sniCallback: (servername, callback) => callback(null, servername === "localhost" ? localhostContext : undefined),
+    // Any name the test maps to 127.0.0.1 gets a certificate from the upstream's CA.
+    sniCallback: (servername, callback) => {
+      let context = contexts.get(servername);
+      if (!context) {
+        context = forgeLeafCertificate(ca, servername).then((cert) => createSecureContext({ key: ca.leafKey.pem, cert }));
+        contexts.set(servername, context);
+      }
+      context.then((ready) => callback(null, ready), (error: Error) => callback(error));
+    },
   };
 }
