@@ -30,6 +30,7 @@ system-tools:
 	fi
 
 test: build system-tools
+	npm run typecheck
 	npx vitest run
 
 bench: build

@@ -1,7 +1,7 @@
 import http, { type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
-import { WebSocketServer, type WebSocketServerOptions } from "ws";
+import { WebSocketServer, type ServerOptions as WebSocketServerOptions } from "ws";
 import type { ServerPki } from "./pki.js";
 
 export interface TestUpstream {
