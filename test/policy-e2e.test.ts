@@ -211,6 +211,11 @@ describe("destination guard (SSRF)", () => {
     expect(upstream.seen).not.toContainEqual(expect.objectContaining({ url: "/ssrf" }));
   });
 
+  it("refuses its own listener even where allow_ips admits loopback", async () => {
+    const error = (await openConnect(proxy.port, `127.0.0.1:${proxy.port}`, `Proxy-Authorization: ${basic("agent-1", SECRETS.PCX_E2E_T1)}\r\n`).catch((e: unknown) => e)) as { response: string };
+    expect(error.response).toMatch(/^HTTP\/1\.1 403 [\s\S]*own listener/);
+  });
+
   it("checks the address a name resolves to (here via upstream.resolve) when dialling, and answers 403 inside the tunnel", async () => {
     const before = upstream.seen.length;
     const dispatcher = new ProxyAgent({ uri: ssrf.url, requestTls: { ca: ssrf.caPem } });

@@ -275,3 +275,14 @@ describe("proxy identities", () => {
     else expect(result.ok).toBe(false);
   });
 });
+
+describe("the proxy's own listener", () => {
+  it("is refused as a destination whatever allow_ips says", () => {
+    const guard = new DestinationGuard("deny", ["127.0.0.0/8"], { host: "127.0.0.1", port: 8080 });
+    expect(guard.checkSelf("127.0.0.1", 8080)).toMatch(/own listener/);
+    expect(guard.checkSelf("localhost", 8080)).toMatch(/own listener/);
+    expect(guard.checkSelf("0.0.0.0", 8080)).toMatch(/own listener/);
+    expect(guard.checkSelf("127.0.0.1", 8081)).toBeUndefined();
+    expect(guard.checkSelf("example.com", 8080)).toBeUndefined();
+  });
+});

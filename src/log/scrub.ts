@@ -23,7 +23,8 @@ export class Scrubber {
     return this.values.size;
   }
 
-  scrub(text: string): string {
+  /** Bound, so it can be handed around as a plain function. */
+  readonly scrub = (text: string): string => {
     if (this.values.size === 0) return text;
     this.pattern ??= new RegExp(
       [...this.values]
@@ -33,5 +34,5 @@ export class Scrubber {
       "g",
     );
     return text.replace(this.pattern, REDACTED);
-  }
+  };
 }

@@ -8,9 +8,8 @@ export type { Decision };
 export const PRIVATE_DESTINATION_RULE = "network.private_destinations";
 
 /** An IP literal is checked here; a name is checked on every address it resolves to, when it is dialled. */
-function literalDestination(state: PolicyState, host: string): Decision | undefined {
-  if (!isIP(host)) return undefined;
-  const why = state.guard.check(host);
+function literalDestination(state: PolicyState, host: string, port: number): Decision | undefined {
+  const why = state.guard.checkSelf(host, port) ?? (isIP(host) ? state.guard.check(host) : undefined);
   return why ? { action: "deny", rule: PRIVATE_DESTINATION_RULE, reason: why } : undefined;
 }
 
@@ -18,12 +17,12 @@ function literalDestination(state: PolicyState, host: string): Decision | undefi
 export function decideRequest(exchange: Exchange, state: PolicyState, normalisedPath: string): Decision {
   const { host, port } = exchange.target;
   return (
-    literalDestination(state, host) ??
+    literalDestination(state, host, port) ??
     decide(state.policy, { host, port, client: exchange.tunnel.client, method: exchange.method, path: normalisedPath })
   );
 }
 
 /** The policy stage for a CONNECT: refused when nothing inside the tunnel could be allowed. */
 export function decideTunnel(state: PolicyState, host: string, port: number, client: string | null): Decision {
-  return literalDestination(state, host) ?? decideConnect(state.policy, { host, port, client });
+  return literalDestination(state, host, port) ?? decideConnect(state.policy, { host, port, client });
 }

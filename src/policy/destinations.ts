@@ -45,6 +45,12 @@ export class DestinationDenied extends Error {
   }
 }
 
+/** Where portcullis itself listens, once it does. */
+export interface SelfAddress {
+  host?: string;
+  port?: number;
+}
+
 /** network.private_destinations and network.allow_ips, checked on every address portcullis dials. */
 export class DestinationGuard {
   private readonly allowed: [Address, number][];
@@ -52,6 +58,7 @@ export class DestinationGuard {
   constructor(
     private readonly privateDestinations: "deny" | "allow",
     allowIps: readonly string[],
+    private readonly self: SelfAddress = {},
   ) {
     this.allowed = allowIps.map((entry) => {
       if (entry.includes("/")) return ipaddr.parseCIDR(entry);
@@ -68,6 +75,14 @@ export class DestinationGuard {
     const { public: isPublic, range } = classifyAddress(address.toString());
     if (isPublic) return undefined;
     return `destination ${address.toString()} is a private address (${range}); network.private_destinations is deny and it is not in network.allow_ips`;
+  }
+
+  /** A request to portcullis' own listener would loop through it; refused whatever allow_ips says. */
+  checkSelf(host: string, port: number): string | undefined {
+    if (this.self.port !== port) return undefined;
+    const isLocal = host === "localhost" || (ipaddr.isValid(host) && ["loopback", "unspecified"].includes(ipaddr.process(host).range()));
+    if (!isLocal && host !== this.self.host) return undefined;
+    return `destination ${host}:${port} is portcullis' own listener`;
   }
 
   private isAllowListed(address: Address): boolean {

@@ -8,7 +8,7 @@ import { Scrubber } from "../log/scrub.js";
 import { normaliseHost } from "../policy/hosts.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
-import { DestinationGuard } from "../policy/destinations.js";
+import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../policy/identity.js";
 import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { createServers } from "./listener.js";
@@ -43,10 +43,10 @@ export interface Proxy {
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress): PolicyState {
   const { policy } = loaded;
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
-  const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips);
+  const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
   return {
     policy,
@@ -104,8 +104,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   );
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
+  const self: SelfAddress = {};
   const runtime: Runtime = {
-    state: buildState(loaded, scrubber),
+    state: buildState(loaded, scrubber, self),
     contexts,
     audit,
     diagnostics,
@@ -136,12 +137,14 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
         listener.listen(listenAt.port, listenAt.host, () => {
           listener.off("error", reject);
           address = listener.address() as AddressInfo;
+          self.host = address.address;
+          self.port = address.port;
           resolve(address);
         });
       }),
     async reload(policy) {
       assertNotOpenProxy(policy, listen);
-      runtime.state = buildState(policy, scrubber);
+      runtime.state = buildState(policy, scrubber, self);
       await warmUpSecrets(runtime.state, diagnostics);
     },
     reopenLogs() {

@@ -58,6 +58,8 @@ export class Exchange {
     /** The path and query exactly as the client sent them, before any substitution. */
     readonly path: string,
     readonly clientHeaders: RawHeaders,
+    /** Removes every known secret value from text portcullis writes itself (error bodies). */
+    readonly scrub: (text: string) => string = (text) => text,
   ) {}
 
   /** Marks the exchange logged; false when it already was. */

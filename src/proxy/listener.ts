@@ -40,7 +40,7 @@ function onClientError(runtime: Runtime, error: NodeJS.ErrnoException, socket: D
   const timedOut = error.code === "ERR_HTTP_REQUEST_TIMEOUT" || error.code === "ERR_HTTP_HEADERS_TIMEOUT";
   const tunnel: TunnelContext = runtime.tunnels.get(socket as Socket) ?? { host: "", port: 0, client: null, clientAddr: clientAddress(socket) };
   const proxyError = new ProxyError("bad_request", timedOut ? "request headers not received in time" : `malformed HTTP request (${error.code ?? error.message})`);
-  const status = answerErrorOnSocket(socket, proxyError, null);
+  const status = answerErrorOnSocket(socket, proxyError, null, runtime.scrubber.scrub);
   runtime.audit.write(
     tunnelRecord(tunnel, performance.now(), { msg: "http", method: null, status, error: { type: proxyError.type, message: proxyError.message } }),
   );
@@ -72,7 +72,7 @@ export function createServers(runtime: Runtime): ProxyServers {
 
 /** Answers a CONNECT with a SPEC error and writes its one audit line. */
 function refuseConnect(runtime: Runtime, socket: Socket, tunnel: TunnelContext, startedAt: number, error: ProxyError): void {
-  const status = answerErrorOnSocket(socket, error, null);
+  const status = answerErrorOnSocket(socket, error, null, runtime.scrubber.scrub);
   const denied = error.type === "policy_denied" || error.type === "proxy_auth_required";
   runtime.audit.write(
     tunnelRecord(tunnel, startedAt, {

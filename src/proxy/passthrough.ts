@@ -64,7 +64,7 @@ export function passthroughTunnel(runtime: Runtime, tunnel: TunnelContext, clien
   });
   upstream.on("error", (caught) => {
     error = classifyUpstreamError(caught, name);
-    if (!established) answerErrorOnSocket(client, error, null);
+    if (!established) answerErrorOnSocket(client, error, null, runtime.scrubber.scrub);
     else client.destroy();
   });
   client.on("error", () => upstream.destroy());

@@ -61,12 +61,12 @@ async function openExchange(runtime: Runtime, req: IncomingMessage): Promise<{ e
   const requestId = requestIdFrom(req.headers["x-request-id"] as string | undefined);
   try {
     const located = await locate(runtime, req);
-    const exchange = new Exchange(requestId, located.tunnel, located.target, req.method ?? "GET", located.path, req.rawHeaders);
+    const exchange = new Exchange(requestId, located.tunnel, located.target, req.method ?? "GET", located.path, req.rawHeaders, runtime.scrubber.scrub);
     return { exchange, located };
   } catch (error) {
     const tunnel = runtime.tunnels.get(req.socket) ?? { host: "", port: 0, client: null, clientAddr: clientAddress(req.socket) };
     const target: Target = { scheme: req.socket instanceof TLSSocket ? "https" : "http", host: tunnel.host, port: tunnel.port };
-    const exchange = new Exchange(requestId, tunnel, target, req.method ?? "GET", req.url ?? "", req.rawHeaders);
+    const exchange = new Exchange(requestId, tunnel, target, req.method ?? "GET", req.url ?? "", req.rawHeaders, runtime.scrubber.scrub);
     return { exchange, error: toProxyError(error) };
   }
 }
@@ -147,7 +147,7 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
   socket.on("error", () => socket.destroy());
   const refuse = (proxyError: ProxyError) => {
     recordError(exchange, proxyError);
-    exchange.status = answerErrorOnSocket(socket, proxyError, exchange.requestId);
+    exchange.status = answerErrorOnSocket(socket, proxyError, exchange.requestId, exchange.scrub);
     finish();
   };
   if (error || !located) {

@@ -40,9 +40,10 @@ export interface ErrorAnswer {
   body: string;
 }
 
-export function errorAnswer(error: ProxyError, requestId: string | null): ErrorAnswer {
+/** The SPEC error answer; `scrub` removes any secret value that found its way into the message. */
+export function errorAnswer(error: ProxyError, requestId: string | null, scrub: (text: string) => string): ErrorAnswer {
   const body = JSON.stringify({
-    error: { type: error.type, message: error.message, rule: error.rule, request_id: requestId },
+    error: { type: error.type, message: scrub(error.message), rule: error.rule, request_id: requestId },
   });
   const headers: Record<string, string> = {
     "Content-Type": "application/json",

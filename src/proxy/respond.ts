@@ -20,7 +20,7 @@ export function answerError(res: ServerResponse, exchange: Exchange, error: Prox
     res.destroy();
     return;
   }
-  const answer = errorAnswer(error, exchange.requestId);
+  const answer = errorAnswer(error, exchange.requestId, exchange.scrub);
   // A request refused as malformed may have left bytes we never read; start afresh.
   if (error.type === "bad_request") answer.headers.Connection = "close";
   res.writeHead(answer.status, answer.headers);
@@ -37,8 +37,8 @@ const REASON: Record<number, string> = {
 };
 
 /** The same answer written straight onto a socket that has no ServerResponse (CONNECT, upgrade). */
-export function answerErrorOnSocket(socket: Duplex, error: ProxyError, requestId: string | null): number {
-  const answer = errorAnswer(error, requestId);
+export function answerErrorOnSocket(socket: Duplex, error: ProxyError, requestId: string | null, scrub: (text: string) => string): number {
+  const answer = errorAnswer(error, requestId, scrub);
   if (socket.writable) {
     const head = [`HTTP/1.1 ${answer.status} ${REASON[answer.status] ?? "Error"}`, ...Object.entries(answer.headers).map(([k, v]) => `${k}: ${v}`), "Connection: close"];
     socket.end(`${head.join("\r\n")}\r\n\r\n${answer.body}`);

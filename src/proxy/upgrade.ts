@@ -77,7 +77,7 @@ export function forwardUpgrade(
     client.off("close", abandon);
     const proxyError = classifyUpstreamError(error, upstreamName(exchange));
     recordError(exchange, proxyError);
-    exchange.status = answerErrorOnSocket(client, proxyError, exchange.requestId);
+    exchange.status = answerErrorOnSocket(client, proxyError, exchange.requestId, exchange.scrub);
     done();
   });
   upstreamReq.end();
