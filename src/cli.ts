@@ -5,6 +5,7 @@ import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import { createProxy } from "./proxy/create-proxy.js";
 import { formatAuthority } from "./proxy/target.js";
 import { formatPolicyError, loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { tailFile, tailStream } from "./log/tail.js";
 import { explain } from "./policy/explain.js";
 import { watchFile } from "./policy/watch.js";
 
@@ -18,6 +19,8 @@ commands:
   check [--policy FILE]                           validate a policy file
   explain [--policy FILE] [--client NAME] METHOD URL
                                                   what the policy would do with a request (JSON)
+  tail [FILE|-] [--denied] [--host H] [--client C] [--status 4xx] [--json] [--once] [--color|--no-color]
+                                                  follow an audit log, one line per event (stdin when no FILE)
 `;
 
 class UsageError extends Error {}
@@ -96,6 +99,48 @@ async function commandExplain(args: string[]): Promise<number> {
   return 0;
 }
 
+async function commandTail(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    denied: { type: "boolean", default: false },
+    host: { type: "string" },
+    client: { type: "string" },
+    status: { type: "string" },
+    json: { type: "boolean", default: false },
+    once: { type: "boolean", default: false },
+    color: { type: "boolean" },
+    "no-color": { type: "boolean" },
+  });
+  if (positionals.length > 1) throw new UsageError("tail takes at most one FILE");
+  if (values.status !== undefined && !/^([1-5]xx|\d{3})(,([1-5]xx|\d{3}))*$/i.test(values.status as string)) {
+    throw new UsageError(`--status expects codes or classes like 403 or 4xx,5xx, got "${values.status}"`);
+  }
+  const colour = values["no-color"] ? false : ((values.color as boolean | undefined) ?? (process.stdout.isTTY && !process.env.NO_COLOR));
+  const options = {
+    denied: values.denied as boolean,
+    host: values.host as string | undefined,
+    client: values.client as string | undefined,
+    status: values.status as string | undefined,
+    json: values.json as boolean,
+    colour: Boolean(colour),
+    follow: !(values.once as boolean),
+  };
+  const file = positionals[0];
+  if (file === undefined || file === "-") {
+    await tailStream(process.stdin, process.stdout, options);
+    return 0;
+  }
+  const stop = new AbortController();
+  process.once("SIGINT", () => stop.abort());
+  process.once("SIGTERM", () => stop.abort());
+  try {
+    await tailFile(file, process.stdout, options, stop.signal);
+  } catch (error) {
+    process.stderr.write(`portcullis: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}\n`);
+    return 1;
+  }
+  return 0;
+}
+
 async function commandStart(args: string[]): Promise<number> {
   const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" } });
   const policyFile = values.policy as string;
@@ -143,6 +188,8 @@ async function main(argv: string[]): Promise<number> {
       return commandCheck(rest);
     case "explain":
       return commandExplain(rest);
+    case "tail":
+      return commandTail(rest);
     case "help":
     case "--help":
     case "-h":

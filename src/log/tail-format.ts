@@ -1,0 +1,92 @@
+import { hostMatches, normaliseHost } from "../policy/hosts.js";
+
+export interface TailFilters {
+  denied?: boolean;
+  host?: string;
+  client?: string;
+  /** "403", "4xx", or a comma list of either */
+  status?: string;
+}
+
+export interface AuditLineFields {
+  time?: number;
+  msg?: string;
+  level?: number;
+  client?: string | null;
+  decision?: string;
+  status?: number | null;
+  method?: string | null;
+  scheme?: string | null;
+  host?: string;
+  port?: number;
+  path?: string | null;
+  duration_ms?: number;
+  req_bytes?: number;
+  resp_bytes?: number;
+  rule?: string | null;
+  reason?: string | null;
+  error?: { type?: string; message?: string };
+  ws?: { close_code?: number | null; closed_by?: string | null };
+}
+
+function statusMatches(spec: string, status: number | null | undefined): boolean {
+  if (status === null || status === undefined) return false;
+  return spec.split(",").some((part) => {
+    const wanted = part.trim().toLowerCase();
+    if (/^[1-5]xx$/.test(wanted)) return Math.floor(status / 100) === Number(wanted[0]);
+    return Number(wanted) === status;
+  });
+}
+
+export function matchesFilters(line: AuditLineFields, filters: TailFilters): boolean {
+  if (filters.denied && line.decision !== "deny") return false;
+  if (filters.client !== undefined && line.client !== filters.client) return false;
+  if (filters.host !== undefined && !(line.host && hostMatches(filters.host, normaliseHost(line.host)))) return false;
+  if (filters.status !== undefined && !statusMatches(filters.status, line.status)) return false;
+  return true;
+}
+
+const COLOURS = { red: 31, green: 32, yellow: 33, blue: 34, grey: 90, bold: 1 } as const;
+type Colour = keyof typeof COLOURS;
+
+export function humanBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+function clock(time: number | undefined): string {
+  if (time === undefined) return "--:--:--.---";
+  return new Date(time).toISOString().slice(11, 23);
+}
+
+/** One audit line as a person reads it: time, client, decision, status, method, URL, duration, bytes, why. */
+export function formatLine(line: AuditLineFields, colour: boolean): string {
+  const paint = (text: string, name: Colour) => (colour ? `\x1b[${COLOURS[name]}m${text}\x1b[0m` : text);
+  const denied = line.decision === "deny";
+  const status = line.status ?? 0;
+  const tone: Colour = denied || status >= 500 || (line.level ?? 30) >= 50 ? "red" : status >= 400 || (line.level ?? 30) >= 40 ? "yellow" : "green";
+  const defaultPort = line.scheme === "http" ? 80 : 443;
+  const authority = line.port && line.port !== defaultPort ? `${line.host}:${line.port}` : (line.host ?? "");
+  const target = line.msg === "tunnel" || line.method === "CONNECT" ? authority : `${authority}${line.path ?? ""}`;
+  const parts = [
+    paint(clock(line.time), "grey"),
+    (line.client ?? "-").padEnd(10),
+    paint((denied ? "DENY" : "allow").padEnd(5), tone),
+    paint(String(line.status ?? "---"), tone),
+    (line.method ?? "-").padEnd(7),
+    line.msg === "websocket" ? `${paint("ws", "blue")} ${target}` : target,
+    `${Math.round(line.duration_ms ?? 0)}ms`,
+    `↑${humanBytes(line.req_bytes ?? 0)} ↓${humanBytes(line.resp_bytes ?? 0)}`,
+  ];
+  if (denied) parts.push(paint(`${line.rule ? `[${line.rule}] ` : ""}${line.reason ?? ""}`, "red"));
+  else if (line.error) parts.push(paint(`${line.error.type ?? "error"}: ${line.error.message ?? ""}`, tone));
+  if (line.msg === "websocket" && line.ws) parts.push(paint(`close ${line.ws.close_code ?? "-"} by ${line.ws.closed_by ?? "-"}`, "grey"));
+  return parts.join("  ");
+}
