@@ -4,7 +4,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import { createProxy } from "./proxy/create-proxy.js";
 import { formatAuthority } from "./proxy/target.js";
-import { formatPolicyError, loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 import { tailFile, tailStream } from "./log/tail.js";
 import { explain } from "./policy/explain.js";
 import { watchFile } from "./policy/watch.js";
@@ -149,17 +149,9 @@ async function commandStart(args: string[]): Promise<number> {
   const proxy = await createProxy({ policy: loaded, ...(values.listen ? { listen: values.listen as string } : {}) });
   const address = await proxy.listen();
   process.stderr.write(`portcullis listening on ${formatAuthority(address.address, address.port)}\n`);
+  if (proxy.adminAddress) process.stderr.write(`portcullis admin on ${formatAuthority(proxy.adminAddress.address, proxy.adminAddress.port)} (/healthz /readyz /metrics)\n`);
 
-  const reload = (why: string) =>
-    loadPolicyFile(policyFile)
-      .then(async (next) => {
-        await proxy.reload(next);
-        proxy.diagnostics.info({ policy: policyFile, trigger: why }, "policy reloaded");
-      })
-      .catch((error: Error) => {
-        const errors = error instanceof PolicyInvalidError ? error.errors.map(formatPolicyError) : error.message;
-        proxy.diagnostics.error({ policy: policyFile, trigger: why, errors }, "policy reload rejected; keeping the running policy");
-      });
+  const reload = (why: string) => proxy.reloadFromFile(policyFile, why);
   process.on("SIGHUP", () => {
     proxy.reopenLogs();
     void reload("SIGHUP");

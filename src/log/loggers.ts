@@ -18,6 +18,8 @@ export class AuditLog {
     readonly target: string,
     scrubber: Scrubber,
     stream?: DestinationStream,
+    /** Sees every record written (metrics). */
+    private readonly onRecord: (record: AuditRecord) => void = () => undefined,
   ) {
     this.stream = (stream as ReopenableStream) ?? openDestination(target);
     this.logger = pino(
@@ -29,6 +31,7 @@ export class AuditLog {
   write(record: AuditRecord): void {
     const { msg, ...fields } = record;
     this.logger[levelFor(record)](fields, msg);
+    this.onRecord(record);
   }
 
   /** Reopen the file after logrotate moved it. */

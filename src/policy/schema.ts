@@ -104,6 +104,11 @@ export const placeholderSchema = z.strictObject({
   in: z.array(z.enum(["header", "query", "path", "body"])).min(1).default(["header", "query", "path"]),
 });
 
+export const adminSection = z.strictObject({
+  /** /healthz, /readyz and /metrics; no admin listener when absent */
+  listen: hostPort.optional(),
+});
+
 export const policySchema = z.strictObject({
   version: z.literal(1, { message: "expected version: 1" }),
   proxy: proxySection.default({ listen: "127.0.0.1:8080" }),
@@ -116,6 +121,7 @@ export const policySchema = z.strictObject({
   credentials: z.array(credentialSchema).default([]),
   placeholders: z.array(placeholderSchema).default([]),
   passthrough: passthroughSection.prefault({}),
+  admin: adminSection.prefault({}),
 });
 
 export type SecretSource = z.output<typeof secretSource>;

@@ -10,10 +10,13 @@ import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../policy/identity.js";
-import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { formatPolicyError, loadPolicyFile, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import type { Registry } from "prom-client";
+import { ProxyMetrics } from "../admin/metrics.js";
+import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { createServers } from "./listener.js";
 import type { ClientTimeouts, PolicyState, Runtime } from "./runtime.js";
-import { parseAuthority } from "./target.js";
+import { formatAuthority, parseAuthority } from "./target.js";
 import { buildUpstreamTrust, createLookup, UpstreamPool } from "./upstream-pool.js";
 
 export interface ProxyOptions {
@@ -24,6 +27,10 @@ export interface ProxyOptions {
   auditStream?: DestinationStream;
   diagnosticsStream?: DestinationStream;
   timeouts?: Partial<ClientTimeouts>;
+  /** Overrides admin.listen; null turns the admin listener off. */
+  adminListen?: string | null;
+  /** A prom-client registry to register metrics in (cluster workers use one the primary aggregates). */
+  metricsRegistry?: Registry;
 }
 
 export interface Proxy {
@@ -33,9 +40,13 @@ export interface Proxy {
   close(options?: { graceMs?: number }): Promise<void>;
   /** Swaps the policy for new tunnels and requests; in-flight ones finish on the old one. */
   reload(policy: LoadedPolicy): Promise<void>;
+  /** Loads, validates and swaps in a policy file; an invalid one is logged and counted, and the running policy kept. */
+  reloadFromFile(file: string, trigger: string): Promise<boolean>;
   /** Reopens the audit file (logrotate). */
   reopenLogs(): void;
   readonly address: AddressInfo | undefined;
+  readonly adminAddress: AddressInfo | undefined;
+  readonly metrics: ProxyMetrics;
   readonly caCertPem: string;
   readonly diagnostics: Logger;
   readonly certificateStats: SecureContextStore["stats"];
@@ -97,10 +108,12 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     diagnostics.info({ dir: caDir }, "created a new CA; sandboxes must trust ca.pem");
   }
   const contexts = new SecureContextStore(await loadCa(caDir));
+  const metrics = new ProxyMetrics(() => contexts.stats, options.metricsRegistry);
   const audit = new AuditLog(
     options.auditStream ? "stream" : loaded.policy.log.audit === "-" ? "-" : resolveFrom(loaded, loaded.policy.log.audit),
     scrubber,
     options.auditStream,
+    (record) => metrics.observe(record),
   );
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
@@ -113,6 +126,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     scrubber,
     timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
     tunnels: new WeakMap(),
+    metrics,
   };
   const { listener, inner } = createServers(runtime);
   const clientSockets = new Set<Socket>();
@@ -123,37 +137,81 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   await warmUpSecrets(runtime.state, diagnostics);
   const listenAt = parseListen(listen);
   let address: AddressInfo | undefined;
+  let draining = false;
+  let policyFile = loaded.file;
+  let lastReload: { ok: boolean; at: string; errors?: string[] } | undefined;
+  const adminListen = options.adminListen === undefined ? loaded.policy.admin.listen : (options.adminListen ?? undefined);
+  const admin = adminListen
+    ? createAdminServer({
+        ready: () => address !== undefined && !draining,
+        details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
+        metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+      })
+    : undefined;
+  let adminAddress: AddressInfo | undefined;
+
+  const reload = async (policy: LoadedPolicy) => {
+    assertNotOpenProxy(policy, listen);
+    runtime.state = buildState(policy, scrubber, self);
+    policyFile = policy.file;
+    await warmUpSecrets(runtime.state, diagnostics);
+  };
 
   return {
     get address() {
       return address;
     },
+    get adminAddress() {
+      return adminAddress;
+    },
     caCertPem: contexts.caCertPem,
     diagnostics,
+    metrics,
     certificateStats: contexts.stats,
-    listen: () =>
-      new Promise((resolve, reject) => {
+    async listen() {
+      address = await new Promise<AddressInfo>((resolve, reject) => {
         listener.once("error", reject);
         listener.listen(listenAt.port, listenAt.host, () => {
           listener.off("error", reject);
-          address = listener.address() as AddressInfo;
-          self.host = address.address;
-          self.port = address.port;
-          resolve(address);
+          resolve(listener.address() as AddressInfo);
         });
-      }),
-    async reload(policy) {
-      assertNotOpenProxy(policy, listen);
-      runtime.state = buildState(policy, scrubber, self);
-      await warmUpSecrets(runtime.state, diagnostics);
+      });
+      self.host = address.address;
+      self.port = address.port;
+      if (admin && adminListen) {
+        const at = parseListen(adminListen);
+        adminAddress = await listenAdmin(admin, at.host, at.port);
+      }
+      return address;
+    },
+    reload,
+    async reloadFromFile(file, trigger) {
+      try {
+        await reload(await loadPolicyFile(file));
+        lastReload = { ok: true, at: new Date().toISOString() };
+        metrics.reloaded(true);
+        diagnostics.info({ policy: file, trigger }, "policy reloaded");
+        return true;
+      } catch (error) {
+        const errors = error instanceof PolicyInvalidError ? error.errors.map(formatPolicyError) : [(error as Error).message];
+        lastReload = { ok: false, at: new Date().toISOString(), errors };
+        metrics.reloaded(false);
+        diagnostics.error({ policy: file, trigger, errors }, "policy reload rejected; keeping the running policy");
+        return false;
+      }
     },
     reopenLogs() {
       audit.reopen();
     },
     async close({ graceMs = 10_000 } = {}) {
+      draining = true;
       await drain(listener, inner, clientSockets, graceMs);
       runtime.state.upstream.destroy();
       audit.flush();
+      if (admin?.listening) {
+        admin.closeAllConnections();
+        await new Promise<void>((resolve) => admin.close(() => resolve()));
+      }
     },
   };
 }

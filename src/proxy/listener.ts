@@ -111,6 +111,7 @@ async function onConnect(runtime: Runtime, inner: Server, req: IncomingMessage, 
     refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("policy_denied", decision.reason, decision.rule));
     return;
   }
+  socket.once("close", runtime.metrics.tunnelOpened());
   if (state.passthrough.has(tunnel.host)) {
     passthroughTunnel(runtime, tunnel, socket, head);
     return;

@@ -156,7 +156,7 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
   }
   try {
     const outgoing = await prepare(req, exchange, located, state, true);
-    forwardUpgrade(exchange, req, socket, head, outgoing, state, finish);
+    forwardUpgrade(exchange, req, socket, head, outgoing, state, finish, () => runtime.metrics.webSocketOpened());
   } catch (caught) {
     reportInternal(runtime, caught, exchange);
     refuse(toProxyError(caught));

@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
+import type { ProxyMetrics } from "../admin/metrics.js";
 import type { SecureContextStore } from "../ca/secure-contexts.js";
 import type { AuditLog } from "../log/loggers.js";
 import type { Scrubber } from "../log/scrub.js";
@@ -38,4 +39,5 @@ export interface Runtime {
   readonly timeouts: ClientTimeouts;
   /** The CONNECT that opened each tunnel socket, looked up by every request on it. */
   readonly tunnels: WeakMap<Socket, TunnelContext>;
+  readonly metrics: ProxyMetrics;
 }

@@ -34,6 +34,8 @@ export function forwardUpgrade(
   outgoing: OutgoingRequest,
   state: PolicyState,
   done: () => void,
+  /** Called when a session starts relaying; returns what to call when it ends (metrics). */
+  onSessionOpen: () => () => void = () => () => undefined,
 ): void {
   const isWebSocket = getHeader(req.rawHeaders, "upgrade")?.toLowerCase() === "websocket";
   let settled = false;
@@ -62,7 +64,11 @@ export function forwardUpgrade(
       };
     }
     client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "Switching Protocols", headers));
-    relay(exchange, client, upstreamSocket, head, upstreamHead, done);
+    const closed = onSessionOpen();
+    relay(exchange, client, upstreamSocket, head, upstreamHead, () => {
+      closed();
+      done();
+    });
   });
 
   upstreamReq.on("response", (upstreamRes) => {

@@ -56,12 +56,12 @@ export interface TestProxy {
 }
 
 /** Starts portcullis in-process on 127.0.0.1:0 with the given policy YAML (ca.dir is filled in). */
-export async function startProxy(policyYaml: string, options: { timeouts?: Partial<ClientTimeouts>; caDir?: string } = {}): Promise<TestProxy> {
+export async function startProxy(policyYaml: string, options: { timeouts?: Partial<ClientTimeouts>; caDir?: string; adminListen?: string } = {}): Promise<TestProxy> {
   const caDir = options.caDir ?? tempDir("proxy-ca");
   const loaded = parsePolicy(`${policyYaml}\nca: { dir: ${JSON.stringify(caDir)} }\n`, "test-policy.yaml");
   const audit = new AuditCapture();
   const diagnostics = new AuditCapture();
-  const proxy = await createProxy({ policy: loaded, listen: "127.0.0.1:0", auditStream: audit, diagnosticsStream: diagnostics, timeouts: options.timeouts });
+  const proxy = await createProxy({ policy: loaded, listen: "127.0.0.1:0", auditStream: audit, diagnosticsStream: diagnostics, timeouts: options.timeouts, adminListen: options.adminListen ?? null });
   const address = await proxy.listen();
   const url = `http://127.0.0.1:${address.port}`;
   const dispatcher = new ProxyAgent({ uri: url, requestTls: { ca: proxy.caCertPem } });

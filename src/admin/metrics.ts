@@ -1,0 +1,100 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { SecureContextStats } from "../ca/secure-contexts.js";
+import type { AuditRecord } from "../log/audit-record.js";
+
+/** Distinct host label values kept before the rest are counted as "_other" (label cardinality stays bounded). */
+const MAX_HOST_LABELS = 500;
+
+function statusClass(status: number | null): string {
+  return status === null ? "none" : `${Math.floor(status / 100)}xx`;
+}
+
+/** The proxy's Prometheus metrics, fed by every audit record and by tunnel and WebSocket lifecycles. */
+export class ProxyMetrics {
+  readonly registry: Registry;
+  private readonly requests: Counter<"decision" | "status_class" | "host" | "kind">;
+  private readonly duration: Histogram<"decision" | "status_class" | "kind">;
+  private readonly upstreamErrors: Counter<"type">;
+  private readonly reloads: Counter<"result">;
+  private readonly openTunnels: Gauge;
+  private readonly openWebSockets: Gauge;
+  private readonly hosts = new Set<string>();
+
+  constructor(certificateStats: () => SecureContextStats, registry = new Registry()) {
+    this.registry = registry;
+    collectDefaultMetrics({ register: registry, prefix: "portcullis_process_" });
+    this.requests = new Counter({
+      name: "portcullis_requests_total",
+      help: "Finished events (HTTP exchanges, WebSocket sessions, tunnels, denials) by decision, status class and host",
+      labelNames: ["decision", "status_class", "host", "kind"],
+      registers: [registry],
+    });
+    this.duration = new Histogram({
+      name: "portcullis_request_duration_seconds",
+      help: "Time from request start to the end of the response body (or the session)",
+      labelNames: ["decision", "status_class", "kind"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    });
+    this.upstreamErrors = new Counter({
+      name: "portcullis_upstream_errors_total",
+      help: "Errors answered or recorded, by type (upstream_unreachable, upstream_tls_error, credential_unavailable, ...)",
+      labelNames: ["type"],
+      registers: [registry],
+    });
+    this.reloads = new Counter({ name: "portcullis_policy_reloads_total", help: "Policy reloads by result", labelNames: ["result"], registers: [registry] });
+    this.openTunnels = new Gauge({ name: "portcullis_open_tunnels", help: "CONNECT tunnels currently open", registers: [registry] });
+    this.openWebSockets = new Gauge({ name: "portcullis_open_websockets", help: "WebSocket sessions currently relayed", registers: [registry] });
+    new Gauge({
+      name: "portcullis_certificate_cache",
+      help: "Forged-certificate cache: hits and misses of the in-memory LRU, forgeries and reuses from disk, since start",
+      labelNames: ["event"],
+      registers: [registry],
+      collect() {
+        const stats = certificateStats();
+        this.set({ event: "hit" }, stats.hits);
+        this.set({ event: "miss" }, stats.misses);
+        this.set({ event: "forged" }, stats.forged);
+        this.set({ event: "disk_hit" }, stats.diskHits);
+      },
+    });
+  }
+
+  private hostLabel(host: string): string {
+    if (this.hosts.has(host)) return host;
+    if (this.hosts.size >= MAX_HOST_LABELS) return "_other";
+    this.hosts.add(host);
+    return host;
+  }
+
+  observe(record: AuditRecord): void {
+    const status = statusClass(record.status);
+    this.requests.inc({ decision: record.decision, status_class: status, host: this.hostLabel(record.host || "-"), kind: record.msg });
+    this.duration.observe({ decision: record.decision, status_class: status, kind: record.msg }, record.duration_ms / 1000);
+    if (record.error && record.error.type !== "policy_denied" && record.error.type !== "proxy_auth_required") {
+      this.upstreamErrors.inc({ type: record.error.type });
+    }
+  }
+
+  tunnelOpened(): () => void {
+    this.openTunnels.inc();
+    let open = true;
+    return () => {
+      if (open) this.openTunnels.dec();
+      open = false;
+    };
+  }
+
+  webSocketOpened(): () => void {
+    this.openWebSockets.inc();
+    let open = true;
+    return () => {
+      if (open) this.openWebSockets.dec();
+      open = false;
+    };
+  }
+
+  reloaded(ok: boolean): void {
+    this.reloads.inc({ result: ok ? "success" : "failure" });
+  }
+}
