@@ -13,10 +13,14 @@ function byteForms(values: readonly string[]): string[] {
   );
 }
 
+export function scrubText(text: string, values: readonly string[]): string {
+  if (values.length === 0) return text;
+  return text.replace(new RegExp([...values].sort((a, b) => b.length - a.length).map(escape).join("|"), "g"), REDACTED);
+}
+
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
   if (values.length === 0) return headers;
-  const pattern = new RegExp(values.map(escape).join("|"), "g");
-  return headers.map((item, index) => (index % 2 === 1 ? item.replace(pattern, REDACTED) : item));
+  return headers.map((item, index) => (index % 2 === 1 ? scrubText(item, values) : item));
 }
 
 /**

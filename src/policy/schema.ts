@@ -104,6 +104,47 @@ export const placeholderSchema = z.strictObject({
   in: z.array(z.enum(["header", "query", "path", "body"])).min(1).default(["header", "query", "path"]),
 });
 
+const regex = z.string().min(1).superRefine((text, ctx) => {
+  try {
+    new RegExp(text);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: `invalid regular expression: ${(error as Error).message}` });
+  }
+});
+
+export const llmRuleSchema = z.strictObject({
+  name,
+  hosts: z.array(hostPattern).min(1),
+  paths: z.array(pathGlob).min(1).optional(),
+  deny_tools: z
+    .array(
+      z.strictObject({
+        /** glob on the tool name */
+        tool: z.string().min(1),
+        /** optional: a regex on one field of the tool input, by dotted path ("command", "args.0") */
+        when: z.strictObject({ path: z.string().min(1), matches: regex }).optional(),
+        message: z.string().min(1).default("this tool call is blocked by policy"),
+      }),
+    )
+    .min(1),
+});
+
+export const responseRuleSchema = z
+  .strictObject({
+    name,
+    hosts: z.array(hostPattern).min(1),
+    paths: z.array(pathGlob).min(1).optional(),
+    set_headers: z.record(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name"), z.string()).optional(),
+    remove_headers: z.array(z.string().min(1)).optional(),
+    /** regex replacements in text bodies; a pattern matches within one line */
+    replace: z.array(z.strictObject({ pattern: regex, with: z.string(), flags: z.string().regex(/^[imsu]*$/, "flags may be i, m, s, u").default("") })).optional(),
+  })
+  .superRefine((rule, ctx) => {
+    if (!rule.set_headers && !rule.remove_headers && !rule.replace) {
+      ctx.addIssue({ code: "custom", message: "expected at least one of set_headers, remove_headers, replace" });
+    }
+  });
+
 export const adminSection = z.strictObject({
   /** /healthz, /readyz and /metrics; no admin listener when absent */
   listen: hostPort.optional(),
@@ -122,12 +163,16 @@ export const policySchema = z.strictObject({
   placeholders: z.array(placeholderSchema).default([]),
   passthrough: passthroughSection.prefault({}),
   admin: adminSection.prefault({}),
+  llm: z.array(llmRuleSchema).default([]),
+  responses: z.array(responseRuleSchema).default([]),
 });
 
 export type SecretSource = z.output<typeof secretSource>;
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
 export type Placeholder = z.output<typeof placeholderSchema>;
+export type LlmRule = z.output<typeof llmRuleSchema>;
+export type ResponseRule = z.output<typeof responseRuleSchema>;
 export type ClientIdentity = z.output<typeof clientSchema>;
 
 /** The policy as written in the file (durations as text). */

@@ -1,11 +1,11 @@
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import { isIP } from "node:net";
-import { pipeline } from "node:stream";
+import { pipeline, type Readable } from "node:stream";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
 import { formatDuration } from "../policy/duration.js";
 import type { Exchange } from "./exchange.js";
-import { modifyResponse } from "./modify-response.js";
+import { planResponse, type BufferPlan } from "./modify-response.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerError } from "./respond.js";
@@ -77,7 +77,7 @@ export function forwardHttp(
 ): void {
   const upstreamReq = openUpstreamRequest(exchange, outgoing, state);
   upstreamReq.on("continue", () => res.writeContinue());
-  upstreamReq.on("response", (upstreamRes) => relayResponse(exchange, upstreamRes, res));
+  upstreamReq.on("response", (upstreamRes) => relayResponse(exchange, upstreamRes, res, state));
   upstreamReq.on("error", (error) => {
     // Destroyed because the client left: nobody is listening for an answer.
     if (res.destroyed) return;
@@ -109,24 +109,67 @@ export function bodySampler(req: IncomingMessage, state: PolicyState): BodySampl
   return limit > 0 && isTextContentType(getHeader(req.rawHeaders, "content-type")) ? new BodySample(limit) : undefined;
 }
 
-function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse): void {
+function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, state: PolicyState): void {
   res.sendDate = false;
-  const modified = modifyResponse(exchange, upstreamRes);
-  res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, modified.headers);
-  upstreamRes.on("data", (chunk: Buffer) => {
+  const plan = planResponse(exchange, upstreamRes, state);
+  if (plan.kind === "buffer") {
+    answerWhole(exchange, upstreamRes, res, plan);
+    return;
+  }
+  res.writeHead(plan.status, plan.statusMessage, plan.headers);
+  const last = plan.transforms.at(-1) ?? upstreamRes;
+  last.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
   });
   upstreamRes.on("end", () => {
     if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(upstreamRes.rawTrailers));
   });
-  const done = (error: Error | null) => {
-    if (!error) return;
+  // An LLM guard that ends the stream early leaves the rest of the upstream's answer unread.
+  plan.onCut?.(() => res.once("finish", () => upstreamRes.destroy()));
+  pipeline([upstreamRes, ...plan.transforms, res], (error) => {
+    if (!error || res.writableFinished) return;
     // A body cut short upstream must reach the client as a broken transfer, never a short success.
-    if (!res.writableFinished && !exchange.error) {
-      exchange.error = { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection mid-body` };
-    }
+    exchange.error ??= { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection mid-body` };
+    res.destroy();
+  });
+}
+
+/** A body a policy must see whole (an LLM JSON response): read it (decoded, bounded), then answer. */
+function answerWhole(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, plan: BufferPlan): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let overflow = false;
+  const source: Readable = plan.decoder ? upstreamRes.pipe(plan.decoder) : upstreamRes;
+  const fail = () => {
+    if (!res.headersSent) exchange.error ??= { type: "upstream_protocol_error", message: `${upstreamName(exchange)} sent a body that could not be read` };
     res.destroy();
   };
-  if (modified.transform) pipeline(upstreamRes, modified.transform, res, done);
-  else pipeline(upstreamRes, res, done);
+  upstreamRes.once("error", fail);
+  plan.decoder?.once("error", () => {
+    upstreamRes.destroy();
+    // A body that does not decode cannot be checked: the plan denies it.
+    send(plan.finish(undefined));
+  });
+  source.on("data", (chunk: Buffer) => {
+    if (overflow) return;
+    size += chunk.length;
+    if (size > plan.limit) {
+      overflow = true;
+      upstreamRes.destroy();
+      send(plan.finish(undefined));
+      return;
+    }
+    chunks.push(chunk);
+  });
+  source.once("end", () => {
+    if (!overflow) send(plan.finish(Buffer.concat(chunks)));
+  });
+  let sent = false;
+  function send(answer: ReturnType<BufferPlan["finish"]>): void {
+    if (sent || res.destroyed) return;
+    sent = true;
+    res.writeHead(answer.status, answer.statusMessage, answer.headers);
+    res.end(answer.body);
+    exchange.respBytes = answer.body.length;
+  }
 }

@@ -1,34 +1,168 @@
 import type { IncomingMessage } from "node:http";
 import type { Transform } from "node:stream";
-import { EchoScrubber, scrubHeaderValues } from "../credentials/echo-scrub.js";
+import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { EchoScrubber, scrubHeaderValues, scrubText } from "../credentials/echo-scrub.js";
+import { apiErrorBody } from "../llm/api-errors.js";
+import { describeVerdict, evaluateToolCall, llmRulesFor } from "../llm/evaluate.js";
+import { LlmSseGuard, MAX_LLM_BODY_BYTES, type Denial } from "../llm/sse-guard.js";
+import { apiForBody, apiForPath, toolCallsInBody, UnparseableLlmResponse, type LlmApi } from "../llm/tool-calls.js";
 import { isTextContentType } from "../log/body-sample.js";
+import { normalisePath } from "../policy/paths.js";
+import type { LlmRule } from "../policy/schema.js";
 import type { Exchange } from "./exchange.js";
 import { getHeader, removeHeaders, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
+import { applyHeaderRules, LineReplacer, replaceAll, replacementsOf, responseRulesFor, type Replacement } from "./response-rules.js";
+import type { PolicyState } from "./runtime.js";
 
-export interface ModifiedResponse {
+export interface Answer {
+  status: number;
+  statusMessage?: string;
   headers: RawHeaders;
-  /** Set when the body must pass through a transformer on its way to the client. */
-  transform?: Transform;
 }
 
+/** Stream the body through `transforms` (none: untouched) after sending `answer`. */
+export interface StreamPlan extends Answer {
+  kind: "stream";
+  transforms: Transform[];
+  /** Set when an LLM stream guard may cut the stream; the upstream is then abandoned. */
+  onCut?: (abandon: () => void) => void;
+}
+
+/** Read the whole (decoded) body first, then answer with what `finish` makes of it. */
+export interface BufferPlan {
+  kind: "buffer";
+  decoder: Transform | undefined;
+  limit: number;
+  finish(body: Buffer | undefined): Answer & { body: Buffer };
+}
+
+export type ResponsePlan = StreamPlan | BufferPlan;
+
+const DROPPED_WHEN_DECODED = new Set(["content-length", "content-encoding"]);
 const CONTENT_LENGTH = new Set(["content-length"]);
 
+function decoderFor(encoding: string | undefined): Transform | undefined | "unsupported" {
+  if (encoding === undefined || encoding === "" || encoding === "identity") return undefined;
+  if (encoding === "gzip" || encoding === "x-gzip") return createGunzip();
+  if (encoding === "deflate") return createInflate();
+  if (encoding === "br") return createBrotliDecompress();
+  return "unsupported";
+}
+
+/** Records an LLM denial on the exchange: one `denied` audit line naming the tool and rule. */
+function recordLlmDenial(exchange: Exchange, reason: string, rule: string | null): void {
+  exchange.decision = "deny";
+  exchange.rule = rule;
+  exchange.reason = reason;
+  exchange.error = { type: "policy_denied", message: reason };
+}
+
+function denialAnswer(exchange: Exchange, api: LlmApi | undefined, reason: string, rule: string | null): Answer & { body: Buffer } {
+  recordLlmDenial(exchange, reason, rule);
+  const body = Buffer.from(apiErrorBody(api, reason, rule));
+  return {
+    status: 400,
+    headers: ["Content-Type", "application/json", "Content-Length", String(body.length), "X-Portcullis-Error", "policy_denied", "X-Request-Id", exchange.requestId],
+    body,
+  };
+}
+
+/** Judges a complete JSON response of an LLM API; any doubt denies. */
+function judgeJson(exchange: Exchange, rules: readonly LlmRule[], pathApi: LlmApi | undefined, body: Buffer | undefined): { api: LlmApi | undefined; denial?: { reason: string; rule: string | null } } {
+  if (body === undefined) return { api: pathApi, denial: { reason: "LLM response over 10 MiB could not be checked", rule: null } };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString("utf8"));
+  } catch {
+    return { api: pathApi, denial: { reason: "LLM response could not be checked: body is not valid JSON", rule: null } };
+  }
+  const api = pathApi ?? apiForBody(parsed);
+  if (!api) return { api, denial: undefined };
+  try {
+    for (const call of toolCallsInBody(api, parsed)) {
+      const verdict = evaluateToolCall(rules, call);
+      if (verdict) return { api, denial: { reason: describeVerdict(verdict), rule: verdict.rule } };
+    }
+  } catch (error) {
+    if (error instanceof UnparseableLlmResponse) return { api, denial: { reason: `LLM response could not be checked: ${error.message}`, rule: null } };
+    throw error;
+  }
+  return { api };
+}
+
 /**
- * The stage between the upstream's answer and the client: hop-by-hop headers go, announced
- * trailers stay announced, the request id comes back, and a secret the upstream echoes
- * (in a header or an uncompressed text body) is replaced by [REDACTED] before the sandbox sees it.
+ * The modifyResponse stage. Headers: hop-by-hop dropped, announced trailers kept, request id
+ * returned, `responses` header rules applied, echoed secrets scrubbed. Body: left untouched
+ * unless a policy needs it — an `llm` rule (tool calls judged; JSON read whole, streams
+ * watched event by event), a `responses` replacement, or a secret to scrub from an echo.
  */
-export function modifyResponse(exchange: Exchange, upstreamRes: IncomingMessage, options: { upgrade?: boolean } = {}): ModifiedResponse {
+export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, state: PolicyState, options: { upgrade?: boolean } = {}): ResponsePlan {
+  const status = upstreamRes.statusCode ?? 502;
   let headers = stripHopByHop(upstreamRes.rawHeaders, options);
   const trailer = getHeader(upstreamRes.rawHeaders, "trailer");
   if (trailer !== undefined) headers.push("Trailer", trailer);
   headers = setHeader(headers, "X-Request-Id", exchange.requestId);
-  if (exchange.injectedSecrets.length === 0) return { headers };
+  const { host } = exchange.target;
+  const path = normalisePath(exchange.path);
+  const responseRules = state.policy.responses.length ? responseRulesFor(state.policy, host, path) : [];
+  headers = applyHeaderRules(headers, responseRules);
+  if (exchange.injectedSecrets.length) headers = scrubHeaderValues(headers, exchange.injectedSecrets);
+  const plain: StreamPlan = { kind: "stream", status, statusMessage: upstreamRes.statusMessage, headers, transforms: [] };
+  if (options.upgrade) return plain;
 
-  headers = scrubHeaderValues(headers, exchange.injectedSecrets);
-  const encoding = getHeader(upstreamRes.rawHeaders, "content-encoding")?.trim().toLowerCase();
-  const scannable = (encoding === undefined || encoding === "identity") && isTextContentType(getHeader(upstreamRes.rawHeaders, "content-type"));
-  if (!scannable || options.upgrade) return { headers };
-  // A replacement changes the length: the body is re-framed (chunked) by Node.
-  return { headers: removeHeaders(headers, CONTENT_LENGTH), transform: new EchoScrubber(exchange.injectedSecrets) };
+  const contentType = getHeader(upstreamRes.rawHeaders, "content-type")?.toLowerCase() ?? "";
+  const isSse = contentType.startsWith("text/event-stream");
+  const isJson = /^application\/([\w.+-]*\+)?json/.test(contentType);
+  const llmRules = status >= 200 && status < 300 && state.policy.llm.length && (isSse || isJson) ? llmRulesFor(state.policy, host, path) : [];
+  const replacements: Replacement[] = isTextContentType(contentType) ? replacementsOf(responseRules) : [];
+  const scrubEcho = exchange.injectedSecrets.length > 0 && isTextContentType(contentType);
+  if (llmRules.length === 0 && replacements.length === 0 && !scrubEcho) return plain;
+
+  const decoder = decoderFor(getHeader(upstreamRes.rawHeaders, "content-encoding")?.trim().toLowerCase());
+  const pathApi = apiForPath(exchange.path);
+  if (decoder === "unsupported") {
+    if (llmRules.length === 0) return plain; // cannot read it, and nothing requires that we do
+    return { kind: "buffer", decoder: undefined, limit: 0, finish: () => denialAnswer(exchange, pathApi, "LLM response could not be checked: unsupported Content-Encoding", null) };
+  }
+  const bodyHeaders = removeHeaders(headers, decoder ? DROPPED_WHEN_DECODED : CONTENT_LENGTH);
+
+  if (llmRules.length && isJson) {
+    return {
+      kind: "buffer",
+      decoder,
+      limit: MAX_LLM_BODY_BYTES,
+      finish(body) {
+        const { api, denial } = judgeJson(exchange, llmRules, pathApi, body);
+        if (denial) return denialAnswer(exchange, api, denial.reason, denial.rule);
+        let text = body!.toString("utf8");
+        if (replacements.length) text = replaceAll(text, replacements);
+        if (scrubEcho) text = scrubText(text, exchange.injectedSecrets);
+        const final = Buffer.from(text, "utf8");
+        return { status, statusMessage: upstreamRes.statusMessage, headers: setHeader(bodyHeaders, "Content-Length", String(final.length)), body: final };
+      },
+    };
+  }
+
+  const transforms: Transform[] = [];
+  if (decoder) transforms.push(decoder);
+  let onCut: StreamPlan["onCut"];
+  if (llmRules.length) {
+    let abandon: () => void = () => undefined;
+    const guard = new LlmSseGuard(
+      pathApi,
+      (call) => {
+        const verdict = evaluateToolCall(llmRules, call);
+        return verdict && { message: describeVerdict(verdict), rule: verdict.rule };
+      },
+      (denial: Denial) => {
+        recordLlmDenial(exchange, denial.message, denial.kind === "tool" ? denial.rule : null);
+        abandon();
+      },
+    );
+    transforms.push(guard);
+    onCut = (fn) => (abandon = fn);
+  }
+  if (replacements.length) transforms.push(new LineReplacer(replacements));
+  if (scrubEcho) transforms.push(new EchoScrubber(exchange.injectedSecrets));
+  return { kind: "stream", status, statusMessage: upstreamRes.statusMessage, headers: bodyHeaders, transforms, onCut };
 }

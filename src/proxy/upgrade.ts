@@ -4,7 +4,7 @@ import type { Duplex } from "node:stream";
 import type { WebSocketSummary } from "../log/audit-record.js";
 import type { Exchange } from "./exchange.js";
 import { openUpstreamRequest, upstreamName } from "./forward.js";
-import { modifyResponse } from "./modify-response.js";
+import { planResponse } from "./modify-response.js";
 import { classifyUpstreamError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerErrorOnSocket, recordError } from "./respond.js";
@@ -54,7 +54,7 @@ export function forwardUpgrade(
     settled = true;
     client.off("close", abandon);
     exchange.status = upstreamRes.statusCode ?? 101;
-    const { headers } = modifyResponse(exchange, upstreamRes, { upgrade: true });
+    const { headers } = planResponse(exchange, upstreamRes, state, { upgrade: true }) as { headers: RawHeaders };
     if (isWebSocket) {
       exchange.ws = {
         protocol: getHeader(upstreamRes.rawHeaders, "sec-websocket-protocol") ?? null,
@@ -74,7 +74,7 @@ export function forwardUpgrade(
   upstreamReq.on("response", (upstreamRes) => {
     settled = true;
     client.off("close", abandon);
-    relayRefusal(exchange, upstreamRes, client, done);
+    relayRefusal(exchange, upstreamRes, client, state, done);
   });
 
   upstreamReq.on("error", (error) => {
@@ -90,17 +90,20 @@ export function forwardUpgrade(
 }
 
 /** A handshake the upstream turned down reaches the client exactly as the upstream sent it. */
-function relayRefusal(exchange: Exchange, upstreamRes: IncomingMessage, client: Duplex, done: () => void): void {
+function relayRefusal(exchange: Exchange, upstreamRes: IncomingMessage, client: Duplex, state: PolicyState, done: () => void): void {
   exchange.status = upstreamRes.statusCode ?? 502;
-  const { headers, transform } = modifyResponse(exchange, upstreamRes);
+  const plan = planResponse(exchange, upstreamRes, state);
+  // A refused handshake is never an LLM response: no plan reads it whole.
+  const { headers, transforms } = plan.kind === "stream" ? plan : { headers: [] as RawHeaders, transforms: [] };
   // The body is framed by closing the connection: the handshake connection ends here anyway.
   headers.push("Connection", "close");
   client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "", headers));
   upstreamRes.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
   });
-  if (transform) upstreamRes.pipe(transform).pipe(client);
-  else upstreamRes.pipe(client);
+  let source: NodeJS.ReadableStream = upstreamRes;
+  for (const transform of transforms) source = source.pipe(transform);
+  source.pipe(client);
   let finished = false;
   const finish = () => {
     if (finished) return;

@@ -1,0 +1,52 @@
+import picomatch from "picomatch";
+import { anyHostMatches } from "../policy/hosts.js";
+import { pathMatches } from "../policy/paths.js";
+import type { LlmRule, Policy } from "../policy/schema.js";
+import type { ToolCall } from "./tool-calls.js";
+
+export interface ToolVerdict {
+  rule: string;
+  tool: string;
+  message: string;
+}
+
+export function llmRulesFor(policy: Policy, host: string, normalisedPath: string): LlmRule[] {
+  return policy.llm.filter((rule) => anyHostMatches(rule.hosts, host) && (!rule.paths || rule.paths.some((glob) => pathMatches(glob, normalisedPath))));
+}
+
+/** The value at a dotted path ("command", "args.0") of a tool's input, as text; undefined if absent. */
+export function fieldText(input: unknown, path: string): string | undefined {
+  let value: unknown = input;
+  for (const key of path.split(".")) {
+    if (value === null || typeof value !== "object") return undefined;
+    value = (value as Record<string, unknown>)[key];
+  }
+  if (value === undefined) return undefined;
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+const toolMatchers = new Map<string, (name: string) => boolean>();
+const patterns = new Map<string, RegExp>();
+
+/** The first deny_tools entry (rules in order) that this call matches, if any. */
+export function evaluateToolCall(rules: readonly LlmRule[], call: ToolCall): ToolVerdict | undefined {
+  for (const rule of rules) {
+    for (const deny of rule.deny_tools) {
+      let matcher = toolMatchers.get(deny.tool);
+      if (!matcher) toolMatchers.set(deny.tool, (matcher = picomatch(deny.tool, { dot: true })));
+      if (!matcher(call.name)) continue;
+      if (deny.when) {
+        const text = fieldText(call.input, deny.when.path);
+        let pattern = patterns.get(deny.when.matches);
+        if (!pattern) patterns.set(deny.when.matches, (pattern = new RegExp(deny.when.matches)));
+        if (text === undefined || !pattern.test(text)) continue;
+      }
+      return { rule: rule.name, tool: call.name, message: deny.message };
+    }
+  }
+  return undefined;
+}
+
+export function describeVerdict(verdict: ToolVerdict): string {
+  return `tool call "${verdict.tool}" denied by llm rule ${verdict.rule}: ${verdict.message}`;
+}
