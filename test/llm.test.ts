@@ -1,0 +1,179 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { request } from "undici";
+import { fakeLlmHandler, PATHS, release, type Api, type FakeRequest } from "./helpers/fake-llm.js";
+import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
+import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
+import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+
+let pki: ServerPki;
+let upstream: TestUpstream;
+let proxy: TestProxy;
+const APIS: Api[] = ["anthropic", "openai-chat", "openai-responses"];
+
+beforeAll(async () => {
+  pki = await makeUpstreamPki();
+  upstream = await startUpstream(fakeLlmHandler, pki);
+  proxy = await startProxy(
+    policyTrusting(
+      pki.caFile,
+      `llm:
+  - name: no-destructive-shell
+    hosts: [localhost]
+    deny_tools:
+      - tool: "bash"
+        when: { path: "command", matches: "rm\\\\s+-rf|mkfs|dd\\\\s+if=" }
+        message: "destructive shell commands are blocked"
+      - tool: "delete_*"
+        message: "deleting is not allowed"
+`,
+    ),
+  );
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  await upstream?.close();
+});
+
+async function ask(api: Api, body: FakeRequest, requestId: string) {
+  const res = await request(`https://localhost:${upstream.port}${PATHS[api]}`, {
+    method: "POST",
+    dispatcher: proxy.dispatcher,
+    body: JSON.stringify(body),
+    headers: { "content-type": "application/json", "x-request-id": requestId },
+  });
+  return res;
+}
+
+describe("LLM tool-call policy, JSON responses", () => {
+  it.each(APIS)("%s: an allowed tool call passes untouched", async (api) => {
+    const res = await ask(api, { command: "ls -la" }, `json-ok-${api}`);
+    expect(res.statusCode).toBe(200);
+    const text = await res.body.text();
+    expect(text).toContain("ls -la");
+    expect(Number(res.headers["content-length"])).toBe(Buffer.byteLength(text));
+    const line = await proxy.audit.waitFor((l) => l.req_id === `json-ok-${api}`);
+    expect(line).toMatchObject({ msg: "http", decision: "allow" });
+  });
+
+  it.each(APIS)("%s: a denied call replaces the response with the API's own 400 error", async (api) => {
+    const res = await ask(api, { command: "rm -rf /" }, `json-deny-${api}`);
+    expect(res.statusCode).toBe(400);
+    expect(res.headers["x-portcullis-error"]).toBe("policy_denied");
+    const body = (await res.body.json()) as { type?: string; error: { type: string; message: string; rule: string } };
+    if (api === "anthropic") expect(body.type).toBe("error");
+    expect(body.error).toMatchObject({ type: "policy_denied", rule: "no-destructive-shell" });
+    expect(body.error.message).toContain("destructive shell commands are blocked");
+    expect(JSON.stringify(body)).not.toContain("rm -rf");
+    const line = await proxy.audit.waitFor((l) => l.req_id === `json-deny-${api}`);
+    expect(line).toMatchObject({ msg: "denied", decision: "deny", rule: "no-destructive-shell", status: 400 });
+    expect(line.reason).toContain('tool call "bash"');
+  });
+
+  it("matches tool names by glob without a condition", async () => {
+    const res = await ask("openai-chat", { tool: "delete_repository", command: "x" }, "json-glob");
+    expect(res.statusCode).toBe(400);
+    expect(((await res.body.json()) as { error: { message: string } }).error.message).toContain("deleting is not allowed");
+  });
+
+  it.each(["gzip", "br", "deflate"] as const)("decodes %s bodies to judge them", async (encoding) => {
+    const denied = await ask("anthropic", { command: "mkfs /dev/sda", encoding }, `enc-deny-${encoding}`);
+    expect(denied.statusCode).toBe(400);
+    await denied.body.text();
+    const allowed = await ask("anthropic", { command: "echo hi", encoding }, `enc-ok-${encoding}`);
+    expect(allowed.statusCode).toBe(200);
+    expect(allowed.headers["content-encoding"]).toBeUndefined();
+    expect(((await allowed.body.json()) as { content: { input?: { command: string } }[] }).content[1]!.input!.command).toBe("echo hi");
+  });
+
+  it("fails closed on a body it cannot parse", async () => {
+    const res = await ask("openai-chat", { raw: '{"choices": [ {"message": ' }, "json-broken");
+    expect(res.statusCode).toBe(400);
+    expect(((await res.body.json()) as { error: { message: string } }).error.message).toMatch(/could not be checked/);
+    const args = await ask("openai-chat", { raw: JSON.stringify({ object: "chat.completion", choices: [{ message: { tool_calls: [{ function: { name: "bash", arguments: "{not json" } }] } }] }) }, "json-args");
+    expect(args.statusCode).toBe(400);
+    await args.body.text();
+    await proxy.audit.waitFor((l) => l.req_id === "json-args" && l.msg === "denied");
+  });
+
+  it("fails closed on a body over 10 MiB", async () => {
+    const big = JSON.stringify({ type: "message", content: [{ type: "text", text: "x".repeat(11 * 1024 * 1024) }] });
+    const res = await ask("anthropic", { raw: big }, "json-huge");
+    expect(res.statusCode).toBe(400);
+    expect(((await res.body.json()) as { error: { message: string } }).error.message).toMatch(/over 10 MiB/);
+  });
+});
+
+describe("LLM tool-call policy, streams", () => {
+  it.each(APIS)("%s: text flows as it arrives and an allowed tool call follows", async (api) => {
+    const hold = `sse-ok-${api}`;
+    const res = await ask(api, { stream: true, command: "ls -la", hold }, hold);
+    expect(res.statusCode).toBe(200);
+    const iterator = res.body[Symbol.asyncIterator]();
+    let seen = "";
+    while (!seen.includes("Running it. ✓")) seen += Buffer.from((await iterator.next()).value as Buffer).toString();
+    // The upstream has not sent the tool call yet: the text reached the client before the stream ended.
+    release(hold);
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) seen += Buffer.from(next.value as Buffer).toString();
+    expect(seen).toContain("ls -la".replace(/ /g, " "));
+    expect(seen).not.toContain("policy_denied");
+  });
+
+  it.each(APIS)("%s: a denied tool call never reaches the client; the stream ends with the API's error event", async (api) => {
+    const hold = `sse-deny-${api}`;
+    const res = await ask(api, { stream: true, command: "rm -rf /", hold }, hold);
+    const iterator = res.body[Symbol.asyncIterator]();
+    let seen = "";
+    while (!seen.includes("Running it. ✓")) seen += Buffer.from((await iterator.next()).value as Buffer).toString();
+    release(hold);
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) seen += Buffer.from(next.value as Buffer).toString();
+    expect(seen).not.toContain("rm -");
+    expect(seen).not.toContain('"bash"');
+    const last = seen.trim().split("\n\n").at(-1)!;
+    expect(last).toContain("policy_denied");
+    expect(last).toContain("destructive shell commands are blocked");
+    if (api !== "openai-chat") expect(last.startsWith("event: error\n")).toBe(true);
+    const line = await proxy.audit.waitFor((l) => l.req_id === hold);
+    expect(line).toMatchObject({ msg: "denied", rule: "no-destructive-shell", status: 200 });
+  });
+
+  it.each([1, 3, 7, 64])("judges correctly when the stream is cut into %i-byte pieces", async (size) => {
+    for (const api of APIS) {
+      const denied = await ask(api, { stream: true, command: "dd if=/dev/zero of=/dev/sda", chunk: size }, `cut-${size}-${api}`);
+      const text = await denied.body.text();
+      expect(text).not.toContain("dd if");
+      expect(text).toContain("policy_denied");
+      const allowed = await ask(api, { stream: true, command: "cat ünïcode.txt", chunk: size }, `cut-ok-${size}-${api}`);
+      const fine = await allowed.body.text();
+      expect(fine).toContain("Running it. ✓");
+      expect(fine).not.toContain("policy_denied");
+    }
+  });
+
+  it("decodes a gzip stream to judge it", async () => {
+    const res = await ask("anthropic", { stream: true, command: "rm -rf ~", encoding: "gzip", chunk: 5 }, "sse-gzip");
+    expect(res.headers["content-encoding"]).toBeUndefined();
+    const text = await res.body.text();
+    expect(text).toContain("Running it. ✓");
+    expect(text).toContain("policy_denied");
+    expect(text).not.toContain("rm -rf");
+  });
+
+  it("ends the stream with an error when an event cannot be parsed", async () => {
+    const res = await ask("anthropic", { stream: true, raw: "event: content_block_delta\ndata: {broken\n\n" }, "sse-broken");
+    const text = await res.body.text();
+    expect(text).toMatch(/event: error\ndata: .*could not be checked/);
+    await proxy.audit.waitFor((l) => l.req_id === "sse-broken" && l.msg === "denied");
+  });
+
+  it("leaves hosts without an llm rule alone", async () => {
+    const other = await startProxy(policyTrusting(pki.caFile));
+    try {
+      const res = await request(`https://localhost:${upstream.port}${PATHS.anthropic}`, { method: "POST", dispatcher: other.dispatcher, body: JSON.stringify({ command: "rm -rf /" }) });
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toContain("rm -rf /");
+    } finally {
+      await other.close();
+    }
+  });
+});
