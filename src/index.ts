@@ -3,3 +3,4 @@ export { loadPolicyFile, parsePolicy, PolicyInvalidError, type LoadedPolicy } fr
 export type { Policy, PolicyInput } from "./policy/schema.js";
 export { initCa } from "./ca/authority.js";
 export type { AuditRecord } from "./log/audit-record.js";
+export type { Hook, Hooks, HeaderMap, RequestContext, RequestInfo, ResponseContext } from "./proxy/hooks.js";

@@ -10,7 +10,10 @@ import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../policy/identity.js";
-import { formatPolicyError, loadPolicyFile, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { stringify as stringifyYaml } from "yaml";
+import { formatPolicyError, loadPolicyFile, parsePolicy, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import type { PolicyInput } from "../policy/schema.js";
+import type { Hook, Hooks, RequestContext, ResponseContext } from "./hooks.js";
 import type { Registry } from "prom-client";
 import { ProxyMetrics } from "../admin/metrics.js";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
@@ -20,7 +23,10 @@ import { formatAuthority, parseAuthority } from "./target.js";
 import { buildUpstreamTrust, createLookup, UpstreamPool } from "./upstream-pool.js";
 
 export interface ProxyOptions {
-  policy: LoadedPolicy;
+  /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
+  policy: LoadedPolicy | string | PolicyInput;
+  /** Hooks that run in the pipeline at their stage (more can be added with proxy.onRequest etc.). */
+  hooks?: Hooks;
   /** Overrides proxy.listen. */
   listen?: string;
   /** Where audit lines go instead of log.audit (tests, embedding). */
@@ -50,6 +56,22 @@ export interface Proxy {
   readonly caCertPem: string;
   readonly diagnostics: Logger;
   readonly certificateStats: SecureContextStore["stats"];
+  /** Runs after the policy allowed a request, before secrets are put on it: may change path and headers, or deny. */
+  onRequest(hook: Hook<RequestContext>): Proxy;
+  /** Runs when the upstream's response headers arrive: may change status and headers. */
+  onResponse(hook: Hook<ResponseContext>): Proxy;
+  /** Runs on a WebSocket (or other upgrade) handshake the policy allowed: may change path and headers, or deny. */
+  onWebSocket(hook: Hook<RequestContext>): Proxy;
+}
+
+function isLoadedPolicy(value: ProxyOptions["policy"]): value is LoadedPolicy {
+  return typeof value === "object" && value !== null && "policy" in value && "file" in value && "baseDir" in value;
+}
+
+async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPolicy> {
+  if (typeof policy === "string") return loadPolicyFile(policy);
+  if (isLoadedPolicy(policy)) return policy;
+  return parsePolicy(stringifyYaml(policy), "<object>");
 }
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
@@ -99,7 +121,7 @@ export function parseListen(text: string): { host: string; port: number } {
 }
 
 export async function createProxy(options: ProxyOptions): Promise<Proxy> {
-  const loaded = options.policy;
+  const loaded = await resolvePolicy(options.policy);
   const scrubber = new Scrubber();
   const diagnostics = createDiagnostics(loaded.policy.log.level, scrubber, options.diagnosticsStream);
   const caDir = resolveFrom(loaded, loaded.policy.ca.dir);
@@ -127,6 +149,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
     tunnels: new WeakMap(),
     metrics,
+    hooks: options.hooks ? [options.hooks] : [],
   };
   const { listener, inner } = createServers(runtime);
   const clientSockets = new Set<Socket>();
@@ -157,7 +180,19 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     await warmUpSecrets(runtime.state, diagnostics);
   };
 
-  return {
+  const proxy: Proxy = {
+    onRequest(hook) {
+      runtime.hooks.push({ onRequest: hook });
+      return proxy;
+    },
+    onResponse(hook) {
+      runtime.hooks.push({ onResponse: hook });
+      return proxy;
+    },
+    onWebSocket(hook) {
+      runtime.hooks.push({ onWebSocket: hook });
+      return proxy;
+    },
     get address() {
       return address;
     },
@@ -214,6 +249,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       }
     },
   };
+  return proxy;
 }
 
 async function drain(listener: Server, inner: Server, sockets: Set<Socket>, graceMs: number): Promise<void> {

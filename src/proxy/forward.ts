@@ -5,7 +5,8 @@ import { pipeline, type Readable } from "node:stream";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
 import { formatDuration } from "../policy/duration.js";
 import type { Exchange } from "./exchange.js";
-import { planResponse, type BufferPlan } from "./modify-response.js";
+import { planResponse, type Answer, type BufferPlan } from "./modify-response.js";
+import { headerMap, requestInfo, runHooks, type Hooks, type ResponseContext } from "./hooks.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerError } from "./respond.js";
@@ -74,10 +75,18 @@ export function forwardHttp(
   res: ServerResponse,
   outgoing: OutgoingRequest,
   state: PolicyState,
+  hooks: readonly Hooks[] = [],
 ): void {
   const upstreamReq = openUpstreamRequest(exchange, outgoing, state);
   upstreamReq.on("continue", () => res.writeContinue());
-  upstreamReq.on("response", (upstreamRes) => relayResponse(exchange, upstreamRes, res, state));
+  upstreamReq.on("response", (upstreamRes) => {
+    relayResponse(exchange, upstreamRes, res, state, hooks).catch((error: unknown) => {
+      exchange.error ??= { type: "upstream_protocol_error", message: `onResponse hook failed: ${(error as Error).message}` };
+      upstreamRes.destroy();
+      if (res.headersSent) res.destroy();
+      else answerError(res, exchange, new ProxyError("upstream_protocol_error", `onResponse hook failed: ${(error as Error).message}`));
+    });
+  });
   upstreamReq.on("error", (error) => {
     // Destroyed because the client left: nobody is listening for an answer.
     if (res.destroyed) return;
@@ -109,13 +118,31 @@ export function bodySampler(req: IncomingMessage, state: PolicyState): BodySampl
   return limit > 0 && isTextContentType(getHeader(req.rawHeaders, "content-type")) ? new BodySample(limit) : undefined;
 }
 
-function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, state: PolicyState): void {
+/** onResponse hooks see (and may change) the status and headers about to be sent. */
+async function applyResponseHooks(hooks: readonly Hooks[], exchange: Exchange, answer: Answer): Promise<void> {
+  if (!hooks.some((set) => set.onResponse)) return;
+  const ctx: ResponseContext = {
+    request: { ...requestInfo(exchange), path: exchange.path },
+    status: answer.status,
+    headers: headerMap(
+      () => answer.headers,
+      (headers) => (answer.headers = headers),
+    ),
+  };
+  await runHooks(hooks, (set) => set.onResponse, ctx);
+  answer.status = ctx.status;
+}
+
+async function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, state: PolicyState, hooks: readonly Hooks[]): Promise<void> {
   res.sendDate = false;
   const plan = planResponse(exchange, upstreamRes, state);
   if (plan.kind === "buffer") {
-    answerWhole(exchange, upstreamRes, res, plan);
+    answerWhole(exchange, upstreamRes, res, plan, hooks);
     return;
   }
+  // Hold the body while hooks run; it flows once the head is sent.
+  upstreamRes.pause();
+  await applyResponseHooks(hooks, exchange, plan);
   res.writeHead(plan.status, plan.statusMessage, plan.headers);
   const last = plan.transforms.at(-1) ?? upstreamRes;
   last.on("data", (chunk: Buffer) => {
@@ -135,7 +162,7 @@ function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, res: Se
 }
 
 /** A body a policy must see whole (an LLM JSON response): read it (decoded, bounded), then answer. */
-function answerWhole(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, plan: BufferPlan): void {
+function answerWhole(exchange: Exchange, upstreamRes: IncomingMessage, res: ServerResponse, plan: BufferPlan, hooks: readonly Hooks[]): void {
   const chunks: Buffer[] = [];
   let size = 0;
   let overflow = false;
@@ -168,8 +195,13 @@ function answerWhole(exchange: Exchange, upstreamRes: IncomingMessage, res: Serv
   function send(answer: ReturnType<BufferPlan["finish"]>): void {
     if (sent || res.destroyed) return;
     sent = true;
-    res.writeHead(answer.status, answer.statusMessage, answer.headers);
-    res.end(answer.body);
-    exchange.respBytes = answer.body.length;
+    applyResponseHooks(hooks, exchange, answer).then(
+      () => {
+        res.writeHead(answer.status, answer.statusMessage, answer.headers);
+        res.end(answer.body);
+        exchange.respBytes = answer.body.length;
+      },
+      (error: Error) => answerError(res, exchange, new ProxyError("upstream_protocol_error", `onResponse hook failed: ${error.message}`)),
+    );
   }
 }

@@ -13,6 +13,7 @@ import { ProxyError } from "./proxy-error.js";
 import { answerError, answerErrorOnSocket, recordError, toProxyError } from "./respond.js";
 import { rewriteRequest, type OutgoingRequest } from "./rewrite.js";
 import { forwardUpgrade } from "./upgrade.js";
+import { headerMap, requestInfo, runHooks, type Hooks, type RequestContext } from "./hooks.js";
 import type { PolicyState, Runtime } from "./runtime.js";
 import { parseAbsoluteForm, pathInTunnel } from "./target.js";
 
@@ -86,7 +87,7 @@ async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoi
  * ProxyError that answers it. The credential stage picks the credentials that apply, the
  * policy stage decides, and only an allowed request has its secrets resolved and put on.
  */
-async function prepare(req: IncomingMessage, exchange: Exchange, located: Located, state: PolicyState, upgrade: boolean): Promise<OutgoingRequest> {
+async function prepare(req: IncomingMessage, exchange: Exchange, located: Located, state: PolicyState, upgrade: boolean, hooks: readonly Hooks[]): Promise<OutgoingRequest> {
   const outgoing = rewriteRequest(req, exchange, located.path, located.hostHeader, upgrade);
   const normalisedPath = normalisePath(located.path);
   const credentials = planCredentials(state, exchange.target.host, normalisedPath);
@@ -99,10 +100,39 @@ async function prepare(req: IncomingMessage, exchange: Exchange, located: Locate
   exchange.rule = decision.rule;
   exchange.reason = decision.reason;
   if (decision.action === "deny") throw new ProxyError("policy_denied", decision.reason, decision.rule);
+  if (hooks.length) await runRequestHooks(hooks, exchange, outgoing, upgrade);
 
   await injectCredentials(credentials, exchange, outgoing, state);
   await substitutePlaceholders(placeholders, exchange, outgoing, state);
   return outgoing;
+}
+
+/** onRequest / onWebSocket hooks: they see the request the policy allowed, before any secret is on it. */
+async function runRequestHooks(hooks: readonly Hooks[], exchange: Exchange, outgoing: OutgoingRequest, webSocket: boolean): Promise<void> {
+  let denial: string | undefined;
+  const ctx: RequestContext = {
+    ...requestInfo(exchange),
+    get path() {
+      return outgoing.path;
+    },
+    set path(value: string) {
+      outgoing.path = value;
+    },
+    headers: headerMap(
+      () => outgoing.headers,
+      (headers) => (outgoing.headers = headers),
+    ),
+    webSocket,
+    deny: (reason) => (denial ??= reason),
+  };
+  const stage = webSocket ? "onWebSocket" : "onRequest";
+  try {
+    await runHooks(hooks, (set) => (webSocket ? set.onWebSocket : set.onRequest), ctx);
+  } catch (error) {
+    // A hook that fails cannot vouch for the request: it is refused.
+    throw new ProxyError("policy_denied", `${stage} hook failed: ${(error as Error).message}`, `hook:${stage}`);
+  }
+  if (denial !== undefined) throw new ProxyError("policy_denied", denial, `hook:${stage}`);
 }
 
 function writeAudit(runtime: Runtime, exchange: Exchange, msg: AuditMessage): void {
@@ -130,8 +160,8 @@ export async function handleRequest(runtime: Runtime, req: IncomingMessage, res:
     return;
   }
   try {
-    const outgoing = await prepare(req, exchange, located, state, false);
-    forwardHttp(exchange, req, res, outgoing, state);
+    const outgoing = await prepare(req, exchange, located, state, false, runtime.hooks);
+    forwardHttp(exchange, req, res, outgoing, state, runtime.hooks);
   } catch (caught) {
     reportInternal(runtime, caught, exchange);
     answerError(res, exchange, toProxyError(caught));
@@ -155,7 +185,7 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
     return;
   }
   try {
-    const outgoing = await prepare(req, exchange, located, state, true);
+    const outgoing = await prepare(req, exchange, located, state, true, runtime.hooks);
     forwardUpgrade(exchange, req, socket, head, outgoing, state, finish, () => runtime.metrics.webSocketOpened());
   } catch (caught) {
     reportInternal(runtime, caught, exchange);

@@ -9,6 +9,7 @@ import type { DestinationGuard } from "../policy/destinations.js";
 import type { Identities } from "../policy/identity.js";
 import type { Policy } from "../policy/schema.js";
 import type { TunnelContext } from "./exchange.js";
+import type { Hooks } from "./hooks.js";
 import type { UpstreamPool } from "./upstream-pool.js";
 
 /** Everything that changes together when the policy is reloaded. */
@@ -40,4 +41,6 @@ export interface Runtime {
   /** The CONNECT that opened each tunnel socket, looked up by every request on it. */
   readonly tunnels: WeakMap<Socket, TunnelContext>;
   readonly metrics: ProxyMetrics;
+  /** Programmatic hooks (createProxy's onRequest/onResponse/onWebSocket), run in order. */
+  readonly hooks: Hooks[];
 }

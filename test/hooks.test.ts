@@ -1,0 +1,113 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+import { ProxyAgent, request } from "undici";
+import { HttpsProxyAgent } from "https-proxy-agent";
+import { createProxy, type Proxy } from "../src/index.js";
+import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
+import { AuditCapture } from "./helpers/proxy.js";
+import { startWsUpstream, type TestWsUpstream } from "./helpers/upstream.js";
+import { assertBuilt } from "./helpers/cli.js";
+
+let pki: ServerPki;
+let upstream: TestWsUpstream;
+let proxy: Proxy;
+let dispatcher: ProxyAgent;
+let url: string;
+const audit = new AuditCapture();
+
+beforeAll(async () => {
+  pki = await makeUpstreamPki();
+  upstream = await startWsUpstream(pki, {}, false);
+  upstream.server.removeAllListeners("request");
+  upstream.server.on("request", (req, res) => {
+    req.resume();
+    res.writeHead(200, { "Content-Type": "application/json", "Set-Cookie": "a=1" }).end(JSON.stringify({ url: req.url, rawHeaders: req.rawHeaders }));
+  });
+  upstream.wss.on("connection", (ws, req) => ws.send(JSON.stringify({ url: req.url, rawHeaders: req.rawHeaders })));
+  proxy = await createProxy({
+    policy: {
+      version: 1,
+      ca: { dir: tempDir("hooks-ca") },
+      upstream: { trust: [pki.caFile] },
+      network: { default: "allow", allow_ips: ["127.0.0.1/32"] },
+    },
+    auditStream: audit,
+    adminListen: null,
+    listen: "127.0.0.1:0",
+    hooks: {
+      onRequest(ctx) {
+        if (ctx.method === "DELETE") ctx.deny("no deleting from this sandbox");
+        if (ctx.path === "/explode") throw new Error("hook bug");
+        ctx.headers.set("X-Hooked", `${ctx.client ?? "anonymous"} ${ctx.method} ${ctx.host}`);
+        if (ctx.path.startsWith("/old/")) ctx.path = ctx.path.replace("/old/", "/new/");
+      },
+    },
+  });
+  proxy
+    .onResponse((ctx) => {
+      ctx.headers.remove("set-cookie");
+      ctx.headers.set("X-Seen-By-Hook", ctx.request.path);
+      if (ctx.request.path === "/teapot") ctx.status = 418;
+    })
+    .onWebSocket((ctx) => {
+      if (ctx.path.startsWith("/forbidden")) ctx.deny("not this socket");
+      ctx.headers.set("X-WS-Hooked", "yes");
+    });
+  const address = await proxy.listen();
+  url = `http://127.0.0.1:${address.port}`;
+  dispatcher = new ProxyAgent({ uri: url, requestTls: { ca: proxy.caCertPem } });
+});
+
+afterAll(async () => {
+  await dispatcher?.close();
+  await proxy?.close();
+  await upstream?.close();
+});
+
+const target = (path: string) => `https://localhost:${upstream.port}${path}`;
+
+describe("programmatic API and hooks", () => {
+  it("onRequest changes headers and path before forwarding; onResponse changes the answer", async () => {
+    const res = await request(target("/old/thing"), { dispatcher });
+    const body = (await res.body.json()) as { url: string; rawHeaders: string[] };
+    expect(body.url).toBe("/new/thing");
+    expect(body.rawHeaders).toContain(`anonymous GET localhost`);
+    expect(res.headers["set-cookie"]).toBeUndefined();
+    expect(res.headers["x-seen-by-hook"]).toBe("/old/thing");
+    const teapot = await request(target("/teapot"), { dispatcher });
+    expect(teapot.statusCode).toBe(418);
+    await teapot.body.text();
+  });
+
+  it("a hook's deny is a 403 with a denied audit line; a hook that throws refuses the request", async () => {
+    const denied = await request(target("/x"), { method: "DELETE", dispatcher });
+    expect(denied.statusCode).toBe(403);
+    const body = (await denied.body.json()) as { error: { message: string; rule: string; request_id: string } };
+    expect(body.error).toMatchObject({ message: "no deleting from this sandbox", rule: "hook:onRequest" });
+    await audit.waitFor((l) => l.req_id === body.error.request_id && l.msg === "denied");
+    const broken = await request(target("/explode"), { dispatcher });
+    expect(broken.statusCode).toBe(403);
+    expect(((await broken.body.json()) as { error: { message: string } }).error.message).toContain("hook bug");
+  });
+
+  it("onWebSocket sees the handshake: adds headers or denies", async () => {
+    const open = (path: string) => new WebSocket(`wss://localhost:${upstream.port}${path}`, { agent: new HttpsProxyAgent(url), ca: proxy.caCertPem });
+    const ws = open("/ws/ok");
+    const message = await new Promise<Buffer>((resolve, reject) => ws.once("message", (d) => resolve(d as Buffer)).once("error", reject));
+    expect((JSON.parse(message.toString()) as { rawHeaders: string[] }).rawHeaders).toContain("X-WS-Hooked");
+    ws.close();
+    const refused = open("/forbidden");
+    const status = await new Promise<number>((resolve) => refused.once("unexpected-response", (_req, res) => resolve(res.statusCode!)));
+    expect(status).toBe(403);
+  });
+
+  it("is importable by package name from the build, as `import { createProxy } from \"portcullis\"`", async () => {
+    assertBuilt();
+    const { stdout } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", 'import("portcullis").then((m) => console.log(typeof m.createProxy, typeof m.loadPolicyFile))'], {
+      cwd: `${import.meta.dirname}/..`,
+    });
+    expect(stdout.trim()).toBe("function function");
+  });
+});
