@@ -2,7 +2,9 @@
 import { join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
-import { createProxy } from "./proxy/create-proxy.js";
+import cluster from "node:cluster";
+import { assertNotOpenProxy, createProxy } from "./proxy/create-proxy.js";
+import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
 import { formatAuthority } from "./proxy/target.js";
 import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 import { tailFile, tailStream } from "./log/tail.js";
@@ -15,7 +17,8 @@ const USAGE = `usage: portcullis <command> [options]
 
 commands:
   init-ca [--dir certs] [--force]                 create the CA that sandboxes trust
-  start [--policy FILE] [--listen HOST:PORT]      run the proxy
+  start [--policy FILE] [--listen HOST:PORT] [--workers N|auto]
+                                                  run the proxy
   check [--policy FILE]                           validate a policy file
   explain [--policy FILE] [--client NAME] METHOD URL
                                                   what the policy would do with a request (JSON)
@@ -142,14 +145,30 @@ async function commandTail(args: string[]): Promise<number> {
 }
 
 async function commandStart(args: string[]): Promise<number> {
-  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" } });
+  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" }, workers: { type: "string", default: "1" } });
+  let workers: number;
+  try {
+    workers = parseWorkers(values.workers as string);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
   const policyFile = values.policy as string;
   const loaded = await loadOrReport(policyFile);
   if (!loaded) return 1;
-  const proxy = await createProxy({ policy: loaded, ...(values.listen ? { listen: values.listen as string } : {}) });
+  const listen = (values.listen as string | undefined) ?? loaded.policy.proxy.listen;
+  const isWorker = cluster.isWorker && process.env.PORTCULLIS_WORKER === "1";
+  if (workers > 1 && !isWorker) {
+    assertNotOpenProxy(loaded, listen);
+    return runPrimary(workers, loaded);
+  }
+  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : {}) });
   const address = await proxy.listen();
-  process.stderr.write(`portcullis listening on ${formatAuthority(address.address, address.port)}\n`);
-  if (proxy.adminAddress) process.stderr.write(`portcullis admin on ${formatAuthority(proxy.adminAddress.address, proxy.adminAddress.port)} (/healthz /readyz /metrics)\n`);
+  if (isWorker) {
+    reportToPrimary(address, proxy.metrics.registry);
+  } else {
+    process.stderr.write(`portcullis listening on ${formatAuthority(address.address, address.port)}\n`);
+    if (proxy.adminAddress) process.stderr.write(`portcullis admin on ${formatAuthority(proxy.adminAddress.address, proxy.adminAddress.port)} (/healthz /readyz /metrics)\n`);
+  }
 
   const reload = (why: string) => proxy.reloadFromFile(policyFile, why);
   process.on("SIGHUP", () => {

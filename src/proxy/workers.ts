@@ -1,0 +1,100 @@
+import cluster, { type Worker } from "node:cluster";
+import type { AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
+import { AggregatorRegistry, type Registry } from "prom-client";
+import { createAdminServer, listenAdmin } from "../admin/server.js";
+import { caExists, initCa, loadCa } from "../ca/authority.js";
+import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { parseListen } from "./create-proxy.js";
+import { formatAuthority } from "./target.js";
+
+const LISTENING = "portcullis:listening";
+
+export function parseWorkers(spec: string): number {
+  if (spec === "auto") return availableParallelism();
+  const count = Number(spec);
+  if (!Number.isInteger(count) || count < 1 || count > 256) throw new Error(`--workers expects a whole number from 1 to 256 or "auto", got "${spec}"`);
+  return count;
+}
+
+/** Worker side: tell the primary where this worker listens, and let it aggregate this worker's metrics. */
+export function reportToPrimary(address: AddressInfo, registry: Registry): void {
+  // Constructing an AggregatorRegistry is what makes prom-client answer the primary's metric requests.
+  new AggregatorRegistry();
+  AggregatorRegistry.setRegistries([registry]);
+  process.send?.({ type: LISTENING, address: address.address, port: address.port });
+}
+
+function write(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+/**
+ * The primary of `start --workers N`: creates the CA once, forks N workers that share the
+ * listening port (node:cluster), relays SIGHUP/SIGUSR2 to every worker, replaces a worker
+ * that dies, serves the admin endpoints with the workers' metrics summed, and on
+ * SIGTERM/SIGINT drains every worker before it exits 0.
+ */
+export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<number> {
+  const caDir = resolveFrom(loaded, loaded.policy.ca.dir);
+  if (!(await caExists(caDir))) await initCa(caDir);
+  await loadCa(caDir); // creates the shared leaf key before any worker races for it
+  const listening = new Map<Worker, string>();
+  let stopping = false;
+  let announced = false;
+  const aggregator = new AggregatorRegistry();
+  const adminListen = loaded.policy.admin.listen;
+  const admin = adminListen
+    ? createAdminServer({
+        ready: () => !stopping && listening.size === count,
+        details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
+        metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
+      })
+    : undefined;
+
+  const fork = () => {
+    const worker = cluster.fork({ PORTCULLIS_WORKER: "1" });
+    worker.on("message", (message: { type?: string; address?: string; port?: number }) => {
+      if (message?.type !== LISTENING) return;
+      listening.set(worker, formatAuthority(message.address!, message.port!));
+      if (!announced && listening.size === count) {
+        announced = true;
+        write(`portcullis listening on ${listening.get(worker)} (${count} workers)`);
+        void startAdmin();
+      }
+    });
+    worker.on("exit", (code, signal) => {
+      listening.delete(worker);
+      if (stopping) return;
+      write(`portcullis: worker ${worker.process.pid} exited (${signal ?? code}); starting another`);
+      fork();
+    });
+  };
+  const startAdmin = async () => {
+    if (!admin || !adminListen) return;
+    const at = parseListen(adminListen);
+    const address = await listenAdmin(admin, at.host, at.port);
+    write(`portcullis admin on ${formatAuthority(address.address, address.port)} (/healthz /readyz /metrics)`);
+  };
+
+  cluster.setupPrimary({ args: process.argv.slice(2) });
+  for (let i = 0; i < count; i++) fork();
+  const everyWorker = (signal: NodeJS.Signals) => {
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
+  };
+  process.on("SIGHUP", () => everyWorker("SIGHUP"));
+  process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
+  await new Promise<void>((resolve) => {
+    process.once("SIGTERM", resolve);
+    process.once("SIGINT", resolve);
+  });
+  stopping = true;
+  const exits = Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => (worker!.isDead() ? resolve() : worker!.once("exit", () => resolve()))));
+  everyWorker("SIGTERM");
+  await Promise.all(exits);
+  if (admin?.listening) {
+    admin.closeAllConnections();
+    await new Promise<void>((resolve) => admin.close(() => resolve()));
+  }
+  return 0;
+}
