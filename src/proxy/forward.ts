@@ -153,11 +153,24 @@ async function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, r
   });
   // An LLM guard that ends the stream early leaves the rest of the upstream's answer unread.
   plan.onCut?.(() => res.once("finish", () => upstreamRes.destroy()));
-  pipeline([upstreamRes, ...plan.transforms, res], (error) => {
-    if (!error || res.writableFinished) return;
-    // A body cut short upstream must reach the client as a broken transfer, never a short success.
+  // A body cut short upstream must reach the client as a broken transfer, never a short success.
+  const broken = () => {
+    if (res.writableFinished) return;
     exchange.error ??= { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection mid-body` };
     res.destroy();
+  };
+  if (plan.transforms.length === 0) {
+    // The common case, and the hot path: a plain pipe. (stream.pipeline costs ~30% of the proxy's
+    // CPU per small request in Node 20, mostly building an AbortSignal per call.)
+    upstreamRes.once("error", broken);
+    upstreamRes.once("close", () => {
+      if (!upstreamRes.complete) broken();
+    });
+    upstreamRes.pipe(res);
+    return;
+  }
+  pipeline([upstreamRes, ...plan.transforms, res], (error) => {
+    if (error) broken();
   });
 }
 

@@ -51,6 +51,8 @@ export function removeHeaders(raw: RawHeaders, names: ReadonlySet<string>): RawH
   return out;
 }
 
+const EMPTY: ReadonlySet<string> = new Set();
+
 function tokens(values: string[]): string[] {
   return values.flatMap((value) => value.split(",")).map((token) => token.trim().toLowerCase()).filter(Boolean);
 }
@@ -61,7 +63,9 @@ function tokens(values: string[]): string[] {
  * `TE: trailers` travels on, as in Go's ReverseProxy: it says the client can take trailers.
  */
 export function stripHopByHop(raw: RawHeaders, options: { upgrade?: boolean } = {}): RawHeaders {
-  const named = new Set(tokens(getHeaderValues(raw, "connection")));
+  // Most requests name nothing in Connection beyond keep-alive/close: skip building the set then.
+  const connection = getHeaderValues(raw, "connection");
+  const named = connection.length ? new Set(tokens(connection)) : EMPTY;
   const out: RawHeaders = [];
   let connectionPlaced = false;
   for (let i = 0; i < raw.length; i += 2) {

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import type { Exchange } from "./exchange.js";
-import { getHeader, isChunked, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
+import { isChunked, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
 
 /** The request portcullis will send upstream; later stages edit it before it leaves. */
 export interface OutgoingRequest {
@@ -20,13 +20,13 @@ export interface OutgoingRequest {
  */
 export function rewriteRequest(req: IncomingMessage, exchange: Exchange, path: string, hostHeader: string | undefined, upgrade: boolean): OutgoingRequest {
   let headers = stripHopByHop(req.rawHeaders, { upgrade });
-  const chunked = isChunked(req.rawHeaders);
+  const chunked = req.headers["transfer-encoding"] !== undefined && isChunked(req.rawHeaders);
   // Node frames the body itself; telling it "chunked" keeps a chunked body chunked whatever the method.
   if (chunked) headers.push("Transfer-Encoding", "chunked");
-  const trailer = getHeader(req.rawHeaders, "trailer");
+  const trailer = req.headers.trailer;
   if (trailer !== undefined && chunked) headers.push("Trailer", trailer);
   if (hostHeader !== undefined) headers = setHeader(headers, "Host", hostHeader);
   headers = setHeader(headers, "X-Request-Id", exchange.requestId);
-  const length = Number(getHeader(req.rawHeaders, "content-length") ?? 0);
+  const length = Number(req.headers["content-length"] ?? 0);
   return { method: req.method ?? "GET", path, headers, hasBody: chunked || length > 0 };
 }
