@@ -5,6 +5,15 @@ import type { AuditRecord } from "../log/audit-record.js";
 /** Distinct host label values kept before the rest are counted as "_other" (label cardinality stays bounded). */
 const MAX_HOST_LABELS = 500;
 
+function opened(gauge: Gauge): () => void {
+  gauge.inc();
+  let open = true;
+  return () => {
+    if (open) gauge.dec();
+    open = false;
+  };
+}
+
 function statusClass(status: number | null): string {
   return status === null ? "none" : `${Math.floor(status / 100)}xx`;
 }
@@ -76,22 +85,13 @@ export class ProxyMetrics {
     }
   }
 
+  /** Counts one more open tunnel; the returned function (safe to call twice) counts it closed. */
   tunnelOpened(): () => void {
-    this.openTunnels.inc();
-    let open = true;
-    return () => {
-      if (open) this.openTunnels.dec();
-      open = false;
-    };
+    return opened(this.openTunnels);
   }
 
   webSocketOpened(): () => void {
-    this.openWebSockets.inc();
-    let open = true;
-    return () => {
-      if (open) this.openWebSockets.dec();
-      open = false;
-    };
+    return opened(this.openWebSockets);
   }
 
   reloaded(ok: boolean): void {
