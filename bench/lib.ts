@@ -42,6 +42,12 @@ export interface ChildHandle<Ready extends ChildMessage = ChildMessage> {
 
 const running = new Set<ChildProcess>();
 
+/** Registers a child started elsewhere (not through startChild) for the last-resort kill. */
+export function trackChild(child: ChildProcess): void {
+  running.add(child);
+  child.once("exit", () => running.delete(child));
+}
+
 /** Last resort: nothing the benchmark started outlives it, whatever way it ends. */
 export function killAllChildren(): void {
   for (const child of running) {

@@ -1,10 +1,11 @@
-// portcullis in a process of its own, as in production: same createProxy the CLI's `start` uses,
-// the audit log written to the file the policy names. Prints nothing; reports over IPC.
-// Usage: node --import tsx bench/portcullis-child.ts POLICY_FILE
+// portcullis in a process of its own, as in production: the BUILT code (dist/, what `npm run
+// build` emits and `portcullis start` runs), same createProxy the CLI's `start` uses, the audit
+// log written to the file the policy names. Prints nothing; reports over IPC.
+// Usage: node --import tsx bench/portcullis-child.ts POLICY_FILE   (after `npm run build`)
+// (tsx only compiles this small wrapper; everything measured is plain JavaScript from dist/.)
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { createProxy } from "../src/proxy/create-proxy.js";
-import { parsePolicy } from "../src/policy/load.js";
+import { createProxy, parsePolicy } from "../dist/index.js";
 import { serveParent } from "./lib.js";
 
 const [policyFile] = process.argv.slice(2);

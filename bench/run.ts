@@ -1,22 +1,27 @@
 // portcullis benchmark: direct HTTPS vs. portcullis vs. http-mitm-proxy, on 127.0.0.1 only.
 //
-//   make bench                      (= node --import tsx bench/run.ts)
+//   make bench                      (= npm run build, then node --import tsx bench/run.ts)
 //   BENCH_ROUNDS=1 BENCH_QUICK=1 node --import tsx bench/run.ts     (smoke run, a few seconds)
 //
-// The upstream, portcullis and http-mitm-proxy each run in a child process of their own, so
-// each has its own event loop as in production; this process is only the client. Every loop
-// is bounded, every scenario has a deadline, and every server and child is closed at the end.
-// Progress goes to stderr; the results (a markdown table) go to stdout.
+// portcullis is measured as built: every portcullis process runs dist/ (run `npm run build`
+// first; make bench does). The upstream, portcullis and http-mitm-proxy each run in a child
+// process of their own, so each has its own event loop as in production; this process is only
+// the client. Two more portcullis instances are started through the CLI (`start --workers 1`
+// and `--workers 2`), and one with an `llm:` rule for the streaming scenario. Every loop is
+// bounded, every scenario has a deadline, and every server and child is closed at the end.
+// Progress goes to stderr; the results (markdown tables) go to stdout.
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { StringDecoder } from "node:string_decoder";
+import { fileURLToPath } from "node:url";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { Agent, ProxyAgent, type Dispatcher } from "undici";
 import WebSocket from "ws";
-import { parsePolicy } from "../src/policy/load.js";
 import {
   benchLookup,
   BENCH_DOMAIN,
@@ -27,10 +32,37 @@ import {
   median,
   percentile,
   startChild,
+  trackChild,
   withTimeout,
   type ChildHandle,
   type ChildMessage,
 } from "./lib.js";
+
+// ---------------------------------------------------------------------------------------------
+// The build under test. dist/ is imported dynamically so that a missing build is a clear message.
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const DIST_INDEX = join(ROOT, "dist", "index.js");
+const CLI = join(ROOT, "dist", "cli.js");
+
+/** The newest .ts file under src/ when it is newer than dist/index.js (a build that may not have every edit). */
+function staleSource(): string | undefined {
+  const built = statSync(DIST_INDEX).mtimeMs;
+  let newest: { file: string; mtime: number } | undefined;
+  const walk = (dir: string, depth: number) => {
+    if (depth > 6) return;
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path, depth + 1);
+      else if (entry.name.endsWith(".ts")) {
+        const mtime = statSync(path).mtimeMs;
+        if (!newest || mtime > newest.mtime) newest = { file: path, mtime };
+      }
+    }
+  };
+  walk(join(ROOT, "src"), 0);
+  return newest && newest.mtime > built ? newest.file.slice(ROOT.length) : undefined;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Parameters.
@@ -43,13 +75,35 @@ const P = {
   download: { bytes: (QUICK ? 16 : 100) * 1024 * 1024, warmupBytes: 16 * 1024 * 1024 },
   ws: { messages: QUICK ? 2000 : 100_000, size: 64, window: 32, warmup: QUICK ? 500 : 5000 },
   firstSeen: { hosts: QUICK ? 3 : 8 },
+  /** Per round, on one warm keep-alive connection; the table pools every round's samples. */
+  ttft: { requests: QUICK ? 10 : 40, warmup: QUICK ? 3 : 5 },
 };
 const SCENARIO_TIMEOUT_MS = 60_000;
 const WATCHDOG_MS = 300_000;
+/** The streaming scenario's host: under the llm rule's `*.bench.test`, not used elsewhere. */
+const LLM_HOST = `llm.${BENCH_DOMAIN}`;
+const LLM_REQUEST = JSON.stringify({
+  model: "bench-model",
+  max_tokens: 64,
+  stream: true,
+  messages: [{ role: "user", content: "say hi" }],
+});
 
-type TargetName = "direct" | "portcullis" | "mitm";
+/**
+ * direct, portcullis (portcullis-child.ts) and mitm: the main table. workers1 / workers2: the
+ * CLI, `portcullis start --workers 1|2`. llm: portcullis with an `llm:` rule (the SSE guard).
+ */
+type TargetName = "direct" | "portcullis" | "mitm" | "workers1" | "workers2" | "llm";
 const TARGETS: TargetName[] = ["direct", "portcullis", "mitm"];
-const COLUMN: Record<TargetName, string> = { direct: "direct", portcullis: "portcullis", mitm: "http-mitm-proxy" };
+const ALL_TARGETS: TargetName[] = ["direct", "portcullis", "mitm", "workers1", "workers2", "llm"];
+const COLUMN: Record<TargetName, string> = {
+  direct: "direct",
+  portcullis: "portcullis",
+  mitm: "http-mitm-proxy",
+  workers1: "CLI --workers 1",
+  workers2: "CLI --workers 2",
+  llm: "portcullis+llm",
+};
 
 interface Target {
   name: TargetName;
@@ -59,7 +113,20 @@ interface Target {
   ca: string;
 }
 
-type Metric = "ka_rps" | "ka_p50" | "ka_p99" | "tun_rps" | "tun_p50" | "dl_mbps" | "ws_mps" | "fs_first" | "fs_repeat" | "fs_added";
+type Metric =
+  | "ka_rps"
+  | "ka_p50"
+  | "ka_p99"
+  | "tun_rps"
+  | "tun_p50"
+  | "dl_mbps"
+  | "ws_mps"
+  | "fs_first"
+  | "fs_repeat"
+  | "fs_added"
+  | "ttft_p50"
+  | "ttft_p90"
+  | "stream_p50";
 
 const ROWS: { metric: Metric; label: string; ratios: boolean }[] = [
   { metric: "ka_rps", label: `small GET, keep-alive, ${P.keepAlive.concurrency} conns, ${P.keepAlive.requests} req — req/s ↑`, ratios: true },
@@ -74,12 +141,21 @@ const ROWS: { metric: Metric; label: string; ratios: boolean }[] = [
   { metric: "fs_added", label: "first-seen host: added cost — ms ↓", ratios: false },
 ];
 
-const results: Record<TargetName, Partial<Record<Metric, number[]>>> = { direct: {}, portcullis: {}, mitm: {} };
+const WORKER_ROWS: { metric: Metric; label: string }[] = [
+  { metric: "ka_rps", label: `small GET, keep-alive, ${P.keepAlive.concurrency} conns, ${P.keepAlive.requests} req — req/s ↑` },
+  { metric: "ka_p50", label: "  ″ latency p50 — ms ↓" },
+  { metric: "tun_rps", label: `new tunnel + full TLS handshake per request, ${P.tunnels.concurrency} conc, ${P.tunnels.requests} req — tunnels/s ↑` },
+  { metric: "tun_p50", label: "  ″ latency p50 — ms ↓" },
+];
+
+const results = Object.fromEntries(ALL_TARGETS.map((name) => [name, {}])) as Record<TargetName, Partial<Record<Metric, number[]>>>;
+/** Every measured time-to-first-text-token (ms) and whole-stream time, all rounds pooled. */
+const ttftSamples: Partial<Record<TargetName, { first: number[]; whole: number[] }>> = {};
 const anomalies: string[] = [];
 /** Scenario runs that produced no number; any makes the exit code 1. */
 let failures = 0;
-let portcullisRequests = 0;
-let portcullisWsSessions = 0;
+/** What each proxy should have written to its audit log: one line per HTTP request and WebSocket session. */
+const sent = Object.fromEntries(ALL_TARGETS.map((name) => [name, { requests: 0, ws: 0 }])) as Record<TargetName, { requests: number; ws: number }>;
 
 function record(target: TargetName, metric: Metric, value: number): void {
   (results[target][metric] ??= []).push(value);
@@ -95,6 +171,8 @@ function anomaly(message: string): void {
 // Clients.
 
 let upstreamPort = 0;
+/** The event stream the upstream sends for POST /v1/messages; a proxy must pass it on unchanged. */
+let sseBody = "";
 const origin = (host = BENCH_DOMAIN) => `https://${host}:${upstreamPort}`;
 
 function dispatcherFor(target: Target, options: { connections: number; resumeSessions?: boolean }): Dispatcher {
@@ -111,7 +189,7 @@ function dispatcherFor(target: Target, options: { connections: number; resumeSes
 }
 
 async function get(target: Target, dispatcher: Dispatcher, host: string, path: string, reset: boolean): Promise<void> {
-  if (target.name === "portcullis") portcullisRequests++;
+  sent[target.name].requests++;
   const { statusCode, body } = await dispatcher.request({ origin: origin(host), path, method: "GET", reset });
   const bytes = await body.arrayBuffer();
   if (statusCode !== 200) {
@@ -183,7 +261,7 @@ async function newTunnelPerRequest(target: Target): Promise<void> {
 }
 
 async function downloadOnce(target: Target, dispatcher: Dispatcher, bytes: number): Promise<number> {
-  if (target.name === "portcullis") portcullisRequests++;
+  sent[target.name].requests++;
   const started = performance.now();
   const { statusCode, body } = await dispatcher.request({ origin: origin(), path: `/download?bytes=${bytes}`, method: "GET" });
   let received = 0;
@@ -208,7 +286,7 @@ async function webSocketEcho(target: Target): Promise<void> {
   const agent = target.proxyUrl
     ? new HttpsProxyAgent(target.proxyUrl, { keepAlive: false })
     : new https.Agent({ keepAlive: false, lookup: benchLookup as unknown as https.AgentOptions["lookup"] });
-  if (target.name === "portcullis") portcullisWsSessions++;
+  sent[target.name].ws++;
   const ws = new WebSocket(`wss://${BENCH_DOMAIN}:${upstreamPort}/echo`, {
     agent,
     ca: target.ca,

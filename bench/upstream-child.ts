@@ -2,6 +2,8 @@
 //   GET /small                 a 64-byte JSON body, keep-alive
 //   GET /download?bytes=N      N bytes streamed from one reused buffer (backpressure respected)
 //   WebSocket upgrade /echo    ws echo server
+//   POST /v1/messages          an Anthropic-style event stream: one text event at once, more
+//                              events SSE_STEP_MS and 2 × SSE_STEP_MS later, then the end
 // Usage: node --import tsx bench/upstream-child.ts DIR NAME[,NAME...]
 // Certificates for every NAME (and 127.0.0.1) are forged before "ready", so that no upstream
 // certificate work is ever on the clock.
@@ -11,8 +13,8 @@ import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
 import { WebSocketServer } from "ws";
-import { initCa, loadCa } from "../src/ca/authority.js";
-import { forgeLeafCertificate } from "../src/ca/forge-leaf.js";
+import { initCa, loadCa } from "../dist/ca/authority.js";
+import { forgeLeafCertificate } from "../dist/ca/forge-leaf.js";
 import { serveParent } from "./lib.js";
 
 const [dir, namesArg] = process.argv.slice(2);
@@ -29,6 +31,39 @@ const ipCert = await forgeLeafCertificate(ca, "127.0.0.1");
 const SMALL_BODY = Buffer.from(JSON.stringify({ ok: true, pad: "x".repeat(64 - 23) }));
 const CHUNK = Buffer.alloc(256 * 1024, 0x61);
 let requests = 0;
+
+// The streamed LLM answer. The first write is exactly one text event, so the client's "first
+// text token" is the first thing on the wire; the rest follows on timers, as a model would.
+const SSE_STEP_MS = 5;
+const sse = (type: string, data: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
+const SSE_PARTS = [
+  sse("content_block_delta", { index: 0, delta: { type: "text_delta", text: "hi" } }),
+  sse("content_block_delta", { index: 0, delta: { type: "text_delta", text: " there" } }) +
+    sse("content_block_delta", { index: 0, delta: { type: "text_delta", text: ", how can I help?" } }),
+  sse("content_block_stop", { index: 0 }) +
+    sse("message_delta", { delta: { stop_reason: "end_turn", stop_sequence: null }, usage: { output_tokens: 8 } }) +
+    sse("message_stop", {}),
+];
+const SSE_BODY = SSE_PARTS.join("");
+
+function stream(req: IncomingMessage, res: ServerResponse): void {
+  // Read the whole request first, as an API server would; then answer.
+  req.resume();
+  req.once("end", () => {
+    res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
+    res.write(SSE_PARTS[0]);
+    let step = 1;
+    const timer = setInterval(() => {
+      if (res.destroyed) return clearInterval(timer);
+      res.write(SSE_PARTS[step]);
+      if (++step === SSE_PARTS.length) {
+        clearInterval(timer);
+        res.end();
+      }
+    }, SSE_STEP_MS);
+    res.once("close", () => clearInterval(timer));
+  });
+}
 
 function download(res: ServerResponse, total: number): void {
   res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(total) });
@@ -65,6 +100,10 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
     download(res, bytes);
     return;
   }
+  if (req.method === "POST" && url.pathname === "/v1/messages") {
+    stream(req, res);
+    return;
+  }
   res.writeHead(404, { "content-type": "text/plain" }).end("no such page");
 }
 
@@ -97,7 +136,7 @@ wss.on("connection", (ws) => {
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
 
 serveParent(
-  { type: "ready", port: (server.address() as AddressInfo).port, caFile: join(dir, "ca.pem"), caPem: ca.certPem },
+  { type: "ready", port: (server.address() as AddressInfo).port, caFile: join(dir, "ca.pem"), caPem: ca.certPem, sseBody: SSE_BODY },
   { stats: () => ({ type: "stats", requests, wsSessions, openSockets: sockets.size }) },
   async () => {
     for (const client of wss.clients) client.terminate();

@@ -160,6 +160,15 @@ describe("portcullis start", () => {
     expect(passthrough.stdout).toBe("upstream saw GET /passthrough");
     await proxy.waitForOutput(/"msg":"tunnel"/, "stdout");
 
+    // Saving the file reloads it too, without a signal.
+    writeFileSync(
+      policyFile,
+      `version: 1\nca: { dir: ${JSON.stringify(caDir)} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\n`,
+    );
+    await proxy.waitForOutput(/"trigger":"file changed"[^\n]*"msg":"policy reloaded"/);
+    const intercepted = await exec("curl", ["-sS", "--fail", "--cacert", caFile, "-x", `http://127.0.0.1:${proxy.port}`, `https://localhost:${upstream.port}/after-save`]);
+    expect(intercepted.stdout).toBe("upstream saw GET /after-save");
+
     proxy.child.kill("SIGTERM");
     expect(await proxy.exited).toBe(0);
     running = undefined;

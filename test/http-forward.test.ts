@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
-import { connect } from "node:net";
+import { connect, createServer, type AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request } from "undici";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
@@ -430,6 +430,46 @@ describe("errors portcullis answers", () => {
       expect(untrusted.seen).toHaveLength(0);
     } finally {
       await untrusted.close();
+    }
+  });
+
+  it("answers 502 upstream_unreachable within connect_timeout when the upstream never completes its handshake", async () => {
+    // Accepts TCP, never speaks TLS: the connect timer covers TCP and TLS.
+    const silent = createServer((socket) => socket.on("error", () => undefined).resume());
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const quick = await startProxy(policyTrusting(pki.caFile).replace("connect_timeout: 2s", "connect_timeout: 300ms"));
+    try {
+      const started = Date.now();
+      const res = await request(`https://localhost:${(silent.address() as AddressInfo).port}/`, { dispatcher: quick.dispatcher });
+      expect(res.statusCode).toBe(502);
+      const body = (await res.body.json()) as { error: { type: string; message: string } };
+      expect(body.error.type).toBe("upstream_unreachable");
+      expect(body.error.message).toMatch(/timed out after 300ms/);
+      expect(Date.now() - started).toBeLessThan(2000);
+    } finally {
+      await quick.close();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it("pools upstream connections across tunnels", async () => {
+    const connections = new Set<unknown>();
+    const onConnection = (socket: unknown) => connections.add(socket);
+    upstream.server.on("secureConnection", onConnection);
+    try {
+      for (let i = 0; i < 5; i++) {
+        // A fresh client (and so a fresh tunnel) each time.
+        const agent = proxy.agent();
+        await new Promise<void>((resolve, reject) =>
+          https.get(`${origin()}/echo?pool=${i}`, { agent, ca: proxy.caPem }, (res) => (res.resume(), res.on("end", () => resolve()))).on("error", reject),
+        );
+        agent.destroy();
+      }
+      const tunnels = new Set(proxy.audit.lines.filter((l) => String(l.path).startsWith("/echo?pool=")).map((l) => l.client_addr));
+      expect(tunnels.size).toBe(5);
+      expect(connections.size).toBe(1);
+    } finally {
+      upstream.server.off("secureConnection", onConnection);
     }
   });
 
