@@ -392,6 +392,67 @@ async function firstSeen(target: Target, round: number, portcullis?: ChildHandle
   }
 }
 
+/**
+ * One streamed POST /v1/messages on a warm connection: ms from sending the request to having
+ * the first complete text event (content_block_delta / text_delta), and to the end of the stream.
+ */
+async function streamOnce(target: Target, dispatcher: Dispatcher): Promise<{ first: number; whole: number }> {
+  sent[target.name].requests++;
+  const t0 = performance.now();
+  const { statusCode, headers, body } = await dispatcher.request({
+    origin: origin(LLM_HOST),
+    path: "/v1/messages",
+    method: "POST",
+    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+    body: LLM_REQUEST,
+  });
+  const decoder = new StringDecoder("utf8");
+  let text = "";
+  let scanned = 0;
+  let first = NaN;
+  for await (const chunk of body) {
+    text += decoder.write(chunk as Buffer);
+    // Look at complete events only, until the first text event has been seen.
+    for (let end = text.indexOf("\n\n", scanned); Number.isNaN(first) && end !== -1; end = text.indexOf("\n\n", scanned)) {
+      if (text.slice(scanned, end).includes('"text_delta"')) first = performance.now() - t0;
+      scanned = end + 2;
+    }
+  }
+  const whole = performance.now() - t0;
+  text += decoder.end();
+  const contentType = String(headers["content-type"] ?? "");
+  if (statusCode !== 200 || !contentType.startsWith("text/event-stream")) {
+    throw new Error(`POST /v1/messages answered ${statusCode} (${contentType}): ${text.slice(0, 200)}`);
+  }
+  if (text !== sseBody) throw new Error(`the event stream arrived altered: ${JSON.stringify(text.slice(0, 300))}`);
+  if (Number.isNaN(first)) throw new Error("no text event in the stream");
+  return { first, whole };
+}
+
+async function firstTextToken(target: Target): Promise<void> {
+  const dispatcher = dispatcherFor(target, { connections: 1 });
+  const first: number[] = [];
+  const whole: number[] = [];
+  try {
+    for (let i = 0; i < P.ttft.warmup; i++) await streamOnce(target, dispatcher);
+    for (let i = 0; i < P.ttft.requests; i++) {
+      const sample = await streamOnce(target, dispatcher);
+      first.push(sample.first);
+      whole.push(sample.whole);
+    }
+  } finally {
+    await dispatcher.close();
+  }
+  const pooled = (ttftSamples[target.name] ??= { first: [], whole: [] });
+  pooled.first.push(...first);
+  pooled.whole.push(...whole);
+  first.sort((a, b) => a - b);
+  whole.sort((a, b) => a - b);
+  record(target.name, "ttft_p50", percentile(first, 50));
+  record(target.name, "ttft_p90", percentile(first, 90));
+  record(target.name, "stream_p50", percentile(whole, 50));
+}
+
 interface CertificateStats {
   hits: number;
   misses: number;
@@ -407,7 +468,133 @@ async function certificateStats(child: ChildHandle): Promise<CertificateStats> {
 // ---------------------------------------------------------------------------------------------
 // Set-up.
 
-function portcullisPolicy(work: string, upstreamCaFile: string, hosts: string[], withNetwork: boolean): string {
+// ---------------------------------------------------------------------------------------------
+// portcullis through its command line: `node dist/cli.js start --workers N`.
+
+interface CliHandle {
+  name: string;
+  port: number;
+  caPem: string;
+  child: ChildProcess;
+  /** What the CLI wrote besides its "listening" line (warnings, worker restarts), bounded. */
+  output(): string;
+  /** CPU seconds (user + system) of the CLI process and of each of its child processes (the workers). */
+  cpu(): { primary: number; workers: number[] } | undefined;
+  close(): Promise<void>;
+}
+
+/** utime + stime of a process in seconds and its parent pid, from /proc (Linux; undefined elsewhere). */
+function procStat(pid: number): { ppid: number; cpu: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    return { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / 100 };
+  } catch {
+    return undefined;
+  }
+}
+
+function childPids(parent: number): number[] {
+  const pids: number[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return pids;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    if (procStat(Number(entry))?.ppid === parent) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+async function startCli(name: string, policyFile: string, caDir: string, workers: number): Promise<CliHandle> {
+  const child = spawn(process.execPath, [CLI, "start", "--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", String(workers)], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  trackChild(child);
+  let stderr = "";
+  let stdout = "";
+  child.stderr!.setEncoding("utf8");
+  child.stdout!.setEncoding("utf8");
+  child.stderr!.on("data", (text: string) => void (stderr.length < 20_000 && (stderr += text)));
+  child.stdout!.on("data", (text: string) => void (stdout.length < 20_000 && (stdout += text)));
+  const exited = new Promise<string>((resolve) => child.once("exit", (code, signal) => resolve(signal ?? String(code))));
+  const listening = /portcullis listening on 127\.0\.0\.1:(\d+)( \((\d+) workers\))?\n/;
+
+  const match = await new Promise<RegExpExecArray>((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`${name}: no "portcullis listening" line within 30 s; stderr: ${stderr.slice(0, 500)}`)), 30_000);
+    const onData = () => {
+      const found = listening.exec(stderr);
+      if (found) done(undefined, found);
+    };
+    const onExit = (code: number | null, signal: string | null) => done(new Error(`${name}: exited (${signal ?? code}) before listening; stderr: ${stderr.slice(0, 500)}`));
+    const done = (error?: Error, found?: RegExpExecArray) => {
+      clearTimeout(timer);
+      child.stderr!.off("data", onData);
+      child.off("exit", onExit);
+      if (error) {
+        child.kill("SIGKILL");
+        reject(error);
+      } else resolve(found!);
+    };
+    child.stderr!.on("data", onData);
+    child.once("exit", onExit);
+  });
+  const announced = match[3] ? Number(match[3]) : 1;
+  if (announced !== workers) anomaly(`${name}: started with --workers ${workers} but announced "${match[0].trim()}"`);
+  const caPem = readFileSync(join(caDir, "ca.pem"), "utf8");
+  let workerPids: number[] = [];
+
+  return {
+    name,
+    port: Number(match[1]),
+    caPem,
+    child,
+    output: () => `${stderr.replace(listening, "")}${stdout}`.trim(),
+    cpu() {
+      const primary = procStat(child.pid!);
+      if (!primary) return undefined;
+      workerPids = childPids(child.pid!);
+      return { primary: primary.cpu, workers: workerPids.map((pid) => procStat(pid)?.cpu ?? NaN) };
+    },
+    async close() {
+      if (child.exitCode === null && child.signalCode === null) {
+        if (workerPids.length === 0) workerPids = childPids(child.pid!);
+        child.kill("SIGTERM"); // drains and exits 0, the workers with it
+        const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+        const how = await exited;
+        clearTimeout(timer);
+        if (how !== "0") anomaly(`${name}: exited with ${how} after SIGTERM (0 expected)`);
+      }
+      // Workers must not outlive their primary; these pids are this benchmark's own processes.
+      for (const pid of workerPids) {
+        const alive = procStat(pid);
+        if (alive && alive.ppid === child.pid) {
+          anomaly(`${name}: worker ${pid} still running after the primary exited; killed`);
+          process.kill(pid, "SIGKILL");
+        }
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up.
+
+interface PolicyFiles {
+  /** portcullis-child.ts: the main portcullis column. */
+  main: string;
+  /** `start --workers 1` and `--workers 2`, each with its own CA directory and audit log. */
+  workers1: string;
+  workers2: string;
+  /** portcullis-child.ts with an `llm:` rule for *.bench.test. */
+  llm: string;
+}
+
+function portcullisPolicy(dir: string, upstreamCaFile: string, hosts: string[], withNetwork: boolean, withLlm: boolean): string {
   const resolve = hosts.map((host) => `    ${JSON.stringify(host)}: 127.0.0.1`).join("\n");
   // Once the policy has network rules (SPEC §3), the benchmark goes through a real rule match.
   const network = withNetwork
@@ -422,12 +609,23 @@ function portcullisPolicy(work: string, upstreamCaFile: string, hosts: string[],
       ports: [${upstreamPort}]
 `
     : "";
+  // The streaming scenario's rule, as a policy author would write it: tool calls are judged,
+  // so every event stream from a matching host goes through portcullis' SSE guard.
+  const llm = withLlm
+    ? `llm:
+  - name: no-rm
+    hosts: [${JSON.stringify(`*.${BENCH_DOMAIN}`)}]
+    deny_tools:
+      - tool: bash
+        when: { path: command, matches: "rm\\\\s+-rf" }
+`
+    : "";
   return `# written by bench/run.ts
 version: 1
 proxy:
   listen: 127.0.0.1:0
 ca:
-  dir: ${JSON.stringify(join(work, "portcullis-ca"))}
+  dir: ${JSON.stringify(join(dir, "ca"))}
 upstream:
   trust: [${JSON.stringify(upstreamCaFile)}]
   connect_timeout: 5s
@@ -435,27 +633,37 @@ upstream:
   resolve:
 ${resolve}
 log:
-  audit: ${JSON.stringify(join(work, "portcullis-audit.log"))}
+  audit: ${JSON.stringify(join(dir, "audit.log"))}
   level: warn
-${network}`;
+${network}${llm}`;
 }
 
-function choosePolicy(work: string, upstreamCaFile: string, hosts: string[]): { file: string; withNetwork: boolean } {
-  const file = join(work, "portcullis-policy.yaml");
-  for (const withNetwork of [true, false]) {
-    const text = portcullisPolicy(work, upstreamCaFile, hosts, withNetwork);
-    try {
-      parsePolicy(text, file, work);
-    } catch (error) {
-      if (!withNetwork) throw error;
-      // This build's policy has no network section yet (or spells it differently): say so.
-      log(`policy with network rules rejected, running without them: ${describe(error).split("\n")[0]}`);
-      continue;
-    }
-    writeFileSync(file, text);
-    return { file, withNetwork };
+type ParsePolicy = (text: string, file: string, baseDir: string) => unknown;
+
+/** Writes one policy per portcullis instance, each in its own directory (CA, audit log) under work. */
+function writePolicies(parsePolicy: ParsePolicy, work: string, upstreamCaFile: string, hosts: string[]): { files: PolicyFiles; withNetwork: boolean } {
+  let withNetwork = true;
+  try {
+    parsePolicy(portcullisPolicy(work, upstreamCaFile, hosts, true, false), join(work, "probe.yaml"), work);
+  } catch (error) {
+    // This build's policy has no network section yet (or spells it differently): say so.
+    log(`policy with network rules rejected, running without them: ${describe(error).split("\n")[0]}`);
+    withNetwork = false;
   }
-  throw new Error("unreachable");
+  const write = (name: string, withLlm: boolean) => {
+    const dir = join(work, name);
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, "policy.yaml");
+    const text = portcullisPolicy(dir, upstreamCaFile, hosts, withNetwork, withLlm);
+    parsePolicy(text, file, dir); // throws with FILE:LINE:COL when this build rejects it
+    writeFileSync(file, text);
+    return file;
+  };
+  return { files: { main: write("portcullis", false), workers1: write("workers1", false), workers2: write("workers2", false), llm: write("llm", true) }, withNetwork };
+}
+
+function auditLog(work: string, target: TargetName): string {
+  return join(work, target, "audit.log");
 }
 
 async function main(): Promise<number> {

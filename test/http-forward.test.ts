@@ -454,8 +454,10 @@ describe("errors portcullis answers", () => {
 
   it("pools upstream connections across tunnels", async () => {
     const connections = new Set<unknown>();
-    const onConnection = (socket: unknown) => connections.add(socket);
-    upstream.server.on("secureConnection", onConnection);
+    const onRequest = (req: http.IncomingMessage) => {
+      if (req.url?.startsWith("/echo?pool=")) connections.add(req.socket);
+    };
+    upstream.server.on("request", onRequest);
     try {
       for (let i = 0; i < 5; i++) {
         // A fresh client (and so a fresh tunnel) each time.
@@ -469,7 +471,7 @@ describe("errors portcullis answers", () => {
       expect(tunnels.size).toBe(5);
       expect(connections.size).toBe(1);
     } finally {
-      upstream.server.off("secureConnection", onConnection);
+      upstream.server.off("request", onRequest);
     }
   });
 
