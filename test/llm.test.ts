@@ -166,6 +166,12 @@ describe("LLM tool-call policy, streams", () => {
     await proxy.audit.waitFor((l) => l.req_id === "sse-broken" && l.msg === "denied");
   });
 
+  it("does not judge bodiless answers (HEAD)", async () => {
+    const res = await request(`https://localhost:${upstream.port}${PATHS.anthropic}`, { method: "HEAD", dispatcher: proxy.dispatcher });
+    expect(res.statusCode).toBe(200);
+    await res.body.text();
+  });
+
   it("leaves hosts without an llm rule alone", async () => {
     const other = await startProxy(policyTrusting(pki.caFile));
     try {

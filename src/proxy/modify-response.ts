@@ -113,7 +113,9 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
   const contentType = getHeader(upstreamRes.rawHeaders, "content-type")?.toLowerCase() ?? "";
   const isSse = contentType.startsWith("text/event-stream");
   const isJson = /^application\/([\w.+-]*\+)?json/.test(contentType);
-  const llmRules = status >= 200 && status < 300 && state.policy.llm.length && (isSse || isJson) ? llmRulesFor(state.policy, host, path) : [];
+  // HEAD, 204 and 304 carry no body to judge.
+  const hasBody = exchange.method !== "HEAD" && status !== 204 && status !== 304;
+  const llmRules = hasBody && status >= 200 && status < 300 && state.policy.llm.length && (isSse || isJson) ? llmRulesFor(state.policy, host, path) : [];
   const replacements: Replacement[] = isTextContentType(contentType) ? replacementsOf(responseRules) : [];
   const scrubEcho = exchange.injectedSecrets.length > 0 && isTextContentType(contentType);
   if (llmRules.length === 0 && replacements.length === 0 && !scrubEcho) return plain;
