@@ -211,6 +211,11 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A fault in one request's handling must never take the proxy down for everyone else.
+process.on("unhandledRejection", (reason) => {
+  process.stderr.write(`${JSON.stringify({ level: 50, time: Date.now(), name: "portcullis", msg: "unhandled rejection (kept running)", err: String((reason as Error)?.stack ?? reason) })}\n`);
+});
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {

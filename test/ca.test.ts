@@ -143,6 +143,14 @@ describe("secure context cache", () => {
     expect(afterNewCa.stats).toMatchObject({ forged: 1, diskHits: 0 });
   });
 
+  it("forges only for the CONNECT host, whatever SNI the client sends", async () => {
+    const before = proxy.proxy.certificateStats.forged;
+    const tls = await openTlsTunnel(proxy.port, "pinned.example:443", { ca: proxy.caPem, servername: "someone-else.example", checkServerIdentity: () => undefined });
+    expect(tls.getPeerX509Certificate()!.checkHost("pinned.example")).toBe("pinned.example");
+    tls.destroy();
+    expect(proxy.proxy.certificateStats.forged - before).toBe(1);
+  });
+
   it("serves the CONNECT host's certificate to a client that sends no SNI, and chains to the CA", async () => {
     const tls = await openTlsTunnel(proxy.port, "127.0.0.1:443", { ca: proxy.caPem, servername: "" as string, checkServerIdentity: () => undefined });
     const peer = tls.getPeerX509Certificate()!;

@@ -389,7 +389,7 @@ describe("plain HTTP", () => {
 describe("errors portcullis answers", () => {
   it("refuses a Host header that names another host than the tunnel (400)", async () => {
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-      const req = https.request(`${origin()}/echo`, { agent: proxy.agent(), ca: proxy.caPem, headers: { Host: "evil.example" } }, resolve);
+      const req = https.request(`${origin()}/echo`, { agent: proxy.agent(), ca: proxy.caPem, servername: "localhost", headers: { Host: "evil.example" } }, resolve);
       req.on("error", reject).end();
     });
     let body = "";
@@ -402,6 +402,22 @@ describe("errors portcullis answers", () => {
     expect(upstream.seen.some((seen) => seen.rawHeaders.includes("evil.example"))).toBe(false);
     const line = await proxy.audit.waitFor((l) => l.req_id === parsed.error.request_id);
     expect(line).toMatchObject({ status: 400, error: { type: "bad_request" }, level: 40 });
+  });
+
+  it.each([
+    ["a second Host header", (port: number) => `GET /echo HTTP/1.1\r\nHost: localhost:${port}\r\nHost: evil.example\r\n\r\n`, "more than one Host"],
+    ["OPTIONS * with another Host", () => "OPTIONS * HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
+    ["an absolute URL for another host", () => "GET https://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
+  ])("refuses %s inside a tunnel (400)", async (_name, raw, reason) => {
+    const { openTlsTunnel, readAll } = await import("./helpers/tunnel.js");
+    const before = upstream.seen.length;
+    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
+    const reply = readAll(tls as unknown as import("node:net").Socket);
+    tls.write(raw(upstream.port));
+    const text = await reply;
+    expect(text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(text).toContain(reason);
+    expect(upstream.seen.length).toBe(before);
   });
 
   it("answers 502 upstream_unreachable when the upstream refuses connections", async () => {

@@ -25,6 +25,9 @@ beforeAll(async () => {
         message: "destructive shell commands are blocked"
       - tool: "delete_*"
         message: "deleting is not allowed"
+      - tool: "local_shell"
+        when: { path: "command", matches: "rm" }
+        message: "local shell rm is blocked"
 `,
     ),
   );
@@ -101,6 +104,107 @@ describe("LLM tool-call policy, JSON responses", () => {
     const res = await ask("anthropic", { raw: big }, "json-huge");
     expect(res.statusCode).toBe(400);
     expect(((await res.body.json()) as { error: { message: string } }).error.message).toMatch(/over 10 MiB/);
+  });
+});
+
+describe("LLM guard: shapes and tricks that must not slip through", () => {
+  const chat = (delta: unknown, index = 0, finish: string | null = null) =>
+    `data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index, delta, finish_reason: finish }] })}\n\n`;
+
+  it("judges the legacy function_call shape, as JSON and as a stream", async () => {
+    const json = await ask("openai-chat", { raw: JSON.stringify({ object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", function_call: { name: "bash", arguments: '{"command":"rm -rf /"}' } } }] }) }, "legacy-json");
+    expect(json.statusCode).toBe(400);
+    await json.body.text();
+    const stream = await ask(
+      "openai-chat",
+      { stream: true, raw: chat({ function_call: { name: "bash", arguments: "" } }) + chat({ function_call: { arguments: '{"command":"rm -rf /"}' } }) + chat({}, 0, "function_call") + "data: [DONE]\n\n" },
+      "legacy-sse",
+    );
+    const text = await stream.body.text();
+    expect(text).not.toContain("rm -rf");
+    expect(text).toContain("policy_denied");
+  });
+
+  it("judges Responses call items beyond function_call (local_shell_call)", async () => {
+    const res = await ask("openai-responses", { raw: JSON.stringify({ object: "response", output: [{ type: "local_shell_call", id: "ls_1", call_id: "c", action: { type: "exec", command: ["rm", "-rf", "/"] } }] }) }, "local-shell");
+    expect(res.statusCode).toBe(400);
+    expect(((await res.body.json()) as { error: { message: string } }).error.message).toContain("local shell rm is blocked");
+  });
+
+  it("judges each choice's calls when that choice finishes, names kept (n=2)", async () => {
+    const raw =
+      chat({ tool_calls: [{ index: 0, id: "a", type: "function", function: { name: "bash", arguments: "" } }] }, 1) +
+      chat({ content: "done" }, 0, "stop") +
+      chat({ tool_calls: [{ index: 0, function: { arguments: '{"command":"rm -rf /"}' } }] }, 1) +
+      chat({}, 1, "tool_calls") +
+      "data: [DONE]\n\n";
+    const text = await (await ask("openai-chat", { stream: true, raw }, "two-choices")).body.text();
+    expect(text).not.toContain("rm -rf");
+    expect(text).toContain("destructive shell commands are blocked");
+  });
+
+  it("is not fooled by a byte-order mark, CRLF or lone-CR line endings", async () => {
+    for (const [name, eol] of [["crlf", "\r\n"], ["cr", "\r"]] as const) {
+      const raw = (`\uFEFF` + chat({ tool_calls: [{ index: 0, id: "a", type: "function", function: { name: "bash", arguments: '{"command":"rm -rf /"}' } }] }) + chat({}, 0, "tool_calls")).replace(/\n/g, eol);
+      const text = await (await ask("openai-chat", { stream: true, raw, chunk: 3 }, `eol-${name}`)).body.text();
+      expect(text).not.toContain("rm -rf");
+      expect(text).toContain("policy_denied");
+    }
+  });
+
+  it("fails closed when a stream changes API mid-way or an event has no known shape", async () => {
+    const mixed = `event: message_start\ndata: ${JSON.stringify({ type: "message_start", message: { type: "message" } })}\n\n` + chat({ tool_calls: [{ index: 0, function: { name: "bash", arguments: '{"command":"rm -rf /"}' } }] }, 0, "tool_calls");
+    const text = await (await ask("anthropic", { stream: true, raw: mixed }, "mixed")).body.text();
+    expect(text).not.toContain("rm -rf");
+    expect(text).toMatch(/could not be checked: a openai-chat event in a anthropic stream/);
+    const unknown = await (await ask("anthropic", { stream: true, raw: 'data: {"hello":"world"}\n\n' }, "unknown-shape")).body.text();
+    expect(unknown).toContain("policy_denied");
+  });
+
+  it("refuses a request target with a fragment (it could steer the API detection)", async () => {
+    const { openTlsTunnel } = await import("./helpers/tunnel.js");
+    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
+    const reply = new Promise<string>((resolve) => {
+      let data = "";
+      tls.on("data", (chunk: Buffer) => (data += chunk.toString()));
+      tls.once("close", () => resolve(data));
+    });
+    tls.write(`POST /v1/chat/completions#/messages HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`);
+    expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*fragment/);
+  });
+
+  it("does not relay an LLM JSON answer to an upgrade request unjudged", async () => {
+    const { openTlsTunnel } = await import("./helpers/tunnel.js");
+    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
+    const reply = new Promise<string>((resolve) => {
+      let data = "";
+      tls.on("data", (chunk: Buffer) => (data += chunk.toString()));
+      tls.once("close", () => resolve(data));
+    });
+    tls.write(`GET /v1/chat/completions HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n`);
+    const text = await reply;
+    expect(text).toMatch(/^HTTP\/1\.1 502 /);
+    expect(text).not.toContain('"bash"');
+  });
+
+  it("survives an upstream reason phrase Node cannot write back", async () => {
+    const { createServer } = await import("node:tls");
+    const raw = createServer({ key: pki.key, cert: pki.ipCert, SNICallback: pki.sniCallback }, (socket) => {
+      socket.once("data", () => socket.end("HTTP/1.1 200 O\x01K\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"));
+    });
+    await new Promise<void>((resolve) => raw.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (raw.address() as import("node:net").AddressInfo).port;
+      const res = await request(`https://localhost:${port}${PATHS.anthropic}`, { method: "POST", dispatcher: proxy.dispatcher, body: "{}" });
+      expect(res.statusCode).toBe(200);
+      expect(res.statusText).toBe("OK");
+      await res.body.text();
+      const again = await ask("anthropic", { command: "ls" }, "after-bad-reason");
+      expect(again.statusCode).toBe(200);
+      await again.body.text();
+    } finally {
+      await new Promise((resolve) => raw.close(resolve));
+    }
   });
 });
 

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import http, { type IncomingMessage } from "node:http";
+import https from "node:https";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -23,11 +24,12 @@ const SECRETS = {
   PCX_E2E_TERMINALS: secret("term"),
   PCX_E2E_OPENAI: secret("sk"),
   PCX_E2E_CRLF: `crlf-${randomBytes(6).toString("hex")}\r\nX-Smuggled: yes`,
+  PCX_E2E_SPECIAL: `sp3c+/ial=tok en/${randomBytes(6).toString("hex")}`,
   PCX_E2E_T1: secret("proxy-token-1"),
   PCX_E2E_T2: secret("proxy-token-2"),
 };
 const PLACEHOLDER = "PCX_OPENAI_KEY_PLACEHOLDER";
-const NAMES = ["api.test", "execd.test", "terminals.test", "openai.test", "other.test", "missing.test", "crlf.test", "local-name.test"];
+const NAMES = ["api.test", "execd.test", "terminals.test", "openai.test", "other.test", "missing.test", "crlf.test", "local-name.test", "special.test"];
 
 let pki: ServerPki;
 let upstream: TestWsUpstream;
@@ -50,6 +52,7 @@ secrets:
   openai: { env: PCX_E2E_OPENAI }
   missing: { env: PCX_E2E_NEVER_SET }
   crlf: { env: PCX_E2E_CRLF }
+  special: { env: PCX_E2E_SPECIAL }
 clients:
   - { name: agent-1, token: { env: PCX_E2E_T1 } }
   - { name: agent-2, token: { env: PCX_E2E_T2 } }
@@ -60,13 +63,15 @@ network:
 ${extraRules}    - { name: no-private, action: deny, hosts: [other.test], ${ports}, paths: ["/private/**"] }
     - { name: api-read, action: allow, hosts: [api.test], ${ports}, methods: [GET] }
     - { name: api-write-agent-2, action: allow, hosts: [api.test], ${ports}, methods: [POST], clients: [agent-2] }
-    - { name: services, action: allow, hosts: [execd.test, terminals.test, openai.test, other.test, missing.test, crlf.test], ${ports} }
+    - { name: services, action: allow, hosts: [execd.test, terminals.test, openai.test, other.test, missing.test, crlf.test, special.test], ${ports} }
 credentials:
   - { name: github, hosts: [api.test], header: { name: Authorization, value: "Bearer \${secrets.github}" } }
   - { name: execd, hosts: [execd.test], header: { name: X-EXECD-ACCESS-TOKEN, value: "\${secrets.execd}" } }
   - { name: terminals, hosts: [terminals.test], query: { name: token, value: "\${secrets.terminals}" } }
   - { name: needs-missing, hosts: [missing.test], header: { name: X-Key, value: "\${secrets.missing}" } }
   - { name: crlf, hosts: [crlf.test], header: { name: X-Key, value: "\${secrets.crlf}" } }
+  - { name: special-query, hosts: [special.test], query: { name: key, value: "\${secrets.special}" } }
+  - { name: special-header, hosts: [special.test], header: { name: X-Special, value: "\${secrets.special}" } }
 placeholders:
   - { name: openai, placeholder: ${PLACEHOLDER}, secret: openai, hosts: [openai.test], in: [header, query, path, body] }
 `;
@@ -84,6 +89,30 @@ beforeAll(async () => {
     const chunks: Buffer[] = [];
     req.on("data", (chunk: Buffer) => chunks.push(chunk));
     req.on("end", () => {
+      const special = String(req.headers["x-special"] ?? "");
+      if (req.url?.startsWith("/echo-bin")) {
+        res.writeHead(200, { "Content-Type": "application/octet-stream" }).end(Buffer.from(`bin:${special}`));
+        return;
+      }
+      if (req.url?.startsWith("/echo-b64")) {
+        res.writeHead(200, { "Content-Type": "text/plain" }).end(Buffer.from(special).toString("base64"));
+        return;
+      }
+      if (req.url?.startsWith("/echo-zstd")) {
+        res.writeHead(200, { "Content-Type": "text/plain", "Content-Encoding": "zstd" }).end(special);
+        return;
+      }
+      if (req.url?.startsWith("/echo-trailer")) {
+        res.writeHead(200, { "Content-Type": "text/plain", Trailer: "X-Echo" });
+        res.write("body");
+        res.addTrailers({ "X-Echo": special });
+        res.end();
+        return;
+      }
+      if (req.url?.startsWith("/echo-reason")) {
+        res.writeHead(401, `bad key ${special}`, { "Content-Type": "text/plain" }).end("no");
+        return;
+      }
       if (req.url === "/echo-auth") {
         const auth = String(req.headers.authorization);
         res.writeHead(200, { "Content-Type": "text/plain", "X-Seen-Auth": auth });
@@ -133,6 +162,10 @@ describe("proxy authentication", () => {
     }
     const line = await proxy.audit.waitFor((l) => l.status === 407 && l.msg === "denied");
     expect(line).toMatchObject({ decision: "deny", method: "CONNECT", host: "api.test", client: null, level: 40 });
+    // A token sent without a scheme is never quoted back into the log.
+    await openConnect(proxy.port, `api.test:${upstream.port}`, `Proxy-Authorization: ${SECRETS.PCX_E2E_T2}\r\n`).catch(() => undefined);
+    await proxy.audit.waitFor((l) => l.status === 407 && String(l.reason).includes("unsupported Proxy-Authorization scheme"));
+    expect(proxy.audit.raw.join("")).not.toContain(SECRETS.PCX_E2E_T2);
   });
 
   it("answers 407 to an absolute-form request without credentials", async () => {
@@ -140,6 +173,8 @@ describe("proxy authentication", () => {
       http.get({ host: "127.0.0.1", port: proxy.port, path: `http://api.test:${upstream.port}/x` }, (r) => (r.resume(), resolve(r.statusCode!))).on("error", reject);
     });
     expect(status).toBe(407);
+    const line = await proxy.audit.waitFor((l) => l.status === 407 && l.method === "GET");
+    expect(line).toMatchObject({ host: "api.test", port: upstream.port, scheme: "http" });
   });
 
   it("accepts Basic name:token and Bearer token, carries the identity into every audit line, never forwards Proxy-Authorization", async () => {
@@ -297,6 +332,40 @@ describe("credential injection", () => {
   });
 });
 
+describe("echoed secrets in every spelling", () => {
+  const forms = (value: string) => [
+    value,
+    encodeURIComponent(value),
+    encodeURIComponent(value).replace(/%[0-9A-F]{2}/g, (e) => e.toLowerCase()),
+    Buffer.from(value).toString("base64"),
+  ];
+
+  it.each(["/echo?x=1", "/echo-bin", "/echo-b64", "/echo-trailer", "/echo-reason"])("%s: nothing the sandbox receives contains the secret", async (path) => {
+    const seen: string[] = [];
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = https.request(url("special.test", path), { agent: new HttpsProxyAgent(`http://agent-1:${SECRETS.PCX_E2E_T1}@127.0.0.1:${proxy.port}`), ca: proxy.caPem }, resolve);
+      req.on("error", reject).end();
+    });
+    let body = "";
+    for await (const chunk of res) body += Buffer.from(chunk as Buffer).toString("latin1");
+    seen.push(body, res.statusMessage ?? "", JSON.stringify(res.rawHeaders), JSON.stringify(res.rawTrailers));
+    const everything = seen.join("\n");
+    // The upstream did get the real value.
+    expect(headerValues(upstream.seen.at(-1)!.rawHeaders, "x-special")).toEqual([SECRETS.PCX_E2E_SPECIAL]);
+    for (const form of forms(SECRETS.PCX_E2E_SPECIAL)) expect(everything).not.toContain(form);
+  });
+
+  it("refuses a body in an encoding it cannot decode when it may echo a secret", async () => {
+    const res = await request(url("special.test", "/echo-zstd"), { dispatcher: agent1, headers: { "accept-encoding": "zstd, gzip" } });
+    expect(res.statusCode).toBe(502);
+    const text = await res.body.text();
+    expect(text).toContain("upstream_protocol_error");
+    expect(text).not.toContain(SECRETS.PCX_E2E_SPECIAL);
+    // The upstream was only offered codings portcullis can decode.
+    expect(headerValues(upstream.seen.at(-1)!.rawHeaders, "accept-encoding")).toEqual(["gzip"]);
+  });
+});
+
 describe("placeholders", () => {
   it("swaps the placeholder for the real value in header, query, path and body for its host", async () => {
     const body = JSON.stringify({ key: PLACEHOLDER, n: 1 });
@@ -317,6 +386,25 @@ describe("placeholders", () => {
     const line = await proxy.audit.waitFor((l) => String(l.path).startsWith("/v1/"));
     expect(line.placeholders).toEqual(["openai"]);
     expect(line.path).toBe(`/v1/${PLACEHOLDER}/x?key=${PLACEHOLDER}`);
+  });
+
+  it("answers Expect: 100-continue itself when it must read the body for placeholders", async () => {
+    const body = JSON.stringify({ key: PLACEHOLDER });
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = https.request(url("openai.test", "/v1/continue"), {
+        method: "POST",
+        agent: new HttpsProxyAgent(`http://agent-1:${SECRETS.PCX_E2E_T1}@127.0.0.1:${proxy.port}`),
+        ca: proxy.caPem,
+        headers: { "Content-Type": "application/json", "Content-Length": String(Buffer.byteLength(body)), Expect: "100-continue" },
+      }, resolve);
+      req.on("error", reject);
+      req.on("continue", () => req.end(body));
+    });
+    let text = "";
+    for await (const chunk of res) text += chunk;
+    expect(res.statusCode).toBe(200);
+    expect(JSON.parse((JSON.parse(text) as { body: string }).body)).toEqual({ key: "[REDACTED]" });
+    expect(seenBy("/v1/continue").rawHeaders.map((h) => h.toLowerCase())).not.toContain("expect");
   });
 
   it.each([
@@ -366,7 +454,7 @@ describe("reload and start-up", () => {
     const { stdout } = await promisify(execFile)(process.execPath, [CLI, "explain", "--policy", file, "--client", "agent-1", "GET", `https://api.test:${upstream.port}/repos/x`], { env: { ...process.env } });
     const explanation = JSON.parse(stdout) as { decision: string; rule: string; credentials: { name: string; header: string; secrets: string[] }[] };
     expect(explanation).toMatchObject({ decision: "allow", rule: "api-read", credentials: [{ name: "github", header: "Authorization", secrets: ["github"] }] });
-    for (const value of Object.values(SECRETS)) expect(stdout).not.toContain(value);
+    for (const value of [...Object.values(SECRETS), PLACEHOLDER]) expect(stdout).not.toContain(value);
     const denied = await promisify(execFile)(process.execPath, [CLI, "explain", "--policy", file, "POST", `https://api.test:${upstream.port}/repos/x`]);
     expect(JSON.parse(denied.stdout)).toMatchObject({ decision: "deny", rule: null, credentials: [] });
   });

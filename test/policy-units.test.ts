@@ -43,6 +43,8 @@ describe("path normalisation", () => {
     ["/a%2fb/../c", "/a/c"],
     ["/a\\..\\admin", "/admin"],
     ["/%zz", "/%zz"],
+    ["/%61dmin/users%zz", "/admin/users%zz"],
+    ["/%61dmin/%ff%fe/x", "/admin/%ff%fe/x"],
   ])("%s -> %s", (raw, expected) => {
     expect(normalisePath(raw)).toBe(expected);
   });

@@ -182,6 +182,16 @@ describe("WebSocket through the proxy", () => {
     expect(line.ws).toMatchObject({ close_code: 4001, closed_by: "upstream" });
   });
 
+  it("refuses an upgrade request that carries a body (400), without asking the upstream", async () => {
+    const { openTlsTunnel, readAll } = await import("./helpers/tunnel.js");
+    const before = upstream.seen.length;
+    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
+    const reply = readAll(tls as unknown as import("node:net").Socket);
+    tls.write(`GET /echo HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello`);
+    expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*cannot carry a body/);
+    expect(upstream.seen.length).toBe(before);
+  });
+
   it("answers 502 JSON on the handshake when the upstream is unreachable", async () => {
     const port = upstream.port;
     const dead = await startWsUpstream(pki);

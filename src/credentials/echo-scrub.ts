@@ -1,21 +1,24 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { REDACTED } from "../log/scrub.js";
+import { secretForms } from "../log/secret-forms.js";
 import type { RawHeaders } from "../proxy/raw-headers.js";
 
 function escape(value: string): string {
   return value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-/** Secrets as latin1 strings of their UTF-8 bytes, so a byte stream can be searched as text. */
+function allForms(values: readonly string[]): string[] {
+  return [...new Set(values.flatMap(secretForms))].sort((a, b) => b.length - a.length);
+}
+
+/** Every spelling of every secret, as latin1 strings of their UTF-8 bytes, so a byte stream can be searched as text. */
 function byteForms(values: readonly string[]): string[] {
-  return [...new Set(values.filter((value) => value.length > 0).map((value) => Buffer.from(value, "utf8").toString("latin1")))].sort(
-    (a, b) => b.length - a.length,
-  );
+  return [...new Set(allForms(values).map((form) => Buffer.from(form, "utf8").toString("latin1")))].sort((a, b) => b.length - a.length);
 }
 
 export function scrubText(text: string, values: readonly string[]): string {
   if (values.length === 0) return text;
-  return text.replace(new RegExp([...values].sort((a, b) => b.length - a.length).map(escape).join("|"), "g"), REDACTED);
+  return text.replace(new RegExp(allForms(values).map(escape).join("|"), "g"), REDACTED);
 }
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {

@@ -1,14 +1,14 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
 import { apiErrorEvent } from "./api-errors.js";
-import { apiForBody, parseArguments, UnparseableLlmResponse, type LlmApi, type ToolCall } from "./tool-calls.js";
+import { apiForBody, callFromItem, isCallItem, isToolBlock, parseArguments, UnparseableLlmResponse, type LlmApi, type ToolCall } from "./tool-calls.js";
 
 export const MAX_LLM_BODY_BYTES = 10 * 1024 * 1024;
 
 interface SseEvent {
   raw: string;
   event: string | undefined;
-  data: string;
+  data: string | undefined;
 }
 
 export type Denial = { kind: "tool"; call: ToolCall; message: string; rule: string } | { kind: "unparseable"; message: string };
@@ -16,15 +16,22 @@ export type Denial = { kind: "tool"; call: ToolCall; message: string; rule: stri
 /** Decides a complete tool call: a denial message and rule, or undefined to let it through. */
 export type ToolJudge = (call: ToolCall) => { message: string; rule: string } | undefined;
 
+/** Field lines as the SSE spec reads them: CRLF, LF or a lone CR ends a line; "data" alone is an empty data field. */
 function parseEvent(raw: string): SseEvent {
   let event: string | undefined;
-  const data: string[] = [];
-  for (const line of raw.split(/\r?\n/)) {
-    if (line.startsWith("event:")) event = line.slice(6).trim();
-    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  let data: string[] | undefined;
+  for (const line of raw.split(/\r\n|\r|\n/)) {
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") (data ??= []).push(value);
   }
-  return { raw, event, data: data.join("\n") };
+  return { raw, event, data: data?.join("\n") };
 }
+
+/** A blank line ends an event; a CR at the very end may be the first half of a CRLF, so it waits. */
+const EVENT_END = /(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)/g;
 
 type Json = Record<string, unknown>;
 const isObject = (value: unknown): value is Json => typeof value === "object" && value !== null && !Array.isArray(value);
@@ -33,23 +40,26 @@ interface PendingCall {
   name: string;
   args: string;
   input?: unknown;
+  /** The choice (chat) whose finish completes this call. */
+  group: string;
 }
 
 /**
  * Watches an LLM API's server-sent events. Text and everything else flows to the client as
  * each event completes; an event that starts a tool call is held, with everything after it,
  * until the call is complete. Then the call is judged: allowed, the held events flow on;
- * denied, the stream ends with the API's own error event. Anything that cannot be parsed
- * ends the stream the same way (fail closed).
+ * denied, the stream ends with the API's own error event. Anything that cannot be parsed, or
+ * that changes API mid-stream, ends the stream the same way (fail closed).
  */
 export class LlmSseGuard extends Transform {
   private readonly decoder = new StringDecoder("utf8");
   private buffer = "";
+  private started = false;
   private held: string[] = [];
   private heldBytes = 0;
-  private holding = false;
   private finished = false;
   private readonly calls = new Map<string, PendingCall>();
+  private readonly judged = new Set<string>();
 
   constructor(
     private api: LlmApi | undefined,
@@ -59,41 +69,53 @@ export class LlmSseGuard extends Transform {
     super();
   }
 
+  private get holding(): boolean {
+    return this.calls.size > 0;
+  }
+
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     if (this.finished) return callback();
     this.buffer += this.decoder.write(chunk);
-    let boundary: RegExpExecArray | null;
-    const separator = /\r?\n\r?\n/g;
-    let consumed = 0;
-    try {
-      while ((boundary = separator.exec(this.buffer)) !== null) {
-        const raw = this.buffer.slice(consumed, boundary.index + boundary[0].length);
-        consumed = boundary.index + boundary[0].length;
-        this.handle(parseEvent(raw));
-        if (this.finished) break;
-      }
-      this.buffer = this.buffer.slice(consumed);
-      if (this.buffer.length > MAX_LLM_BODY_BYTES) throw new UnparseableLlmResponse("an event larger than 10 MiB");
-    } catch (error) {
-      this.deny({ kind: "unparseable", message: `LLM response could not be checked: ${(error as Error).message}` });
+    if (!this.started && this.buffer.length > 0) {
+      this.started = true;
+      if (this.buffer.startsWith("\uFEFF")) this.buffer = this.buffer.slice(1);
     }
+    this.drain(false);
     callback();
   }
 
   override _flush(callback: TransformCallback): void {
     if (!this.finished) {
-      const rest = this.buffer + this.decoder.end();
-      if (rest.trim() !== "") {
-        try {
-          this.handle(parseEvent(rest));
-        } catch (error) {
-          this.deny({ kind: "unparseable", message: `LLM response could not be checked: ${(error as Error).message}` });
-        }
-      }
+      this.buffer += this.decoder.end();
+      this.drain(true);
       // A stream that ends in the middle of a tool call never shows it to the client.
       if (!this.finished && this.holding) this.deny({ kind: "unparseable", message: "LLM stream ended inside a tool call" });
+      if (!this.finished) this.release();
     }
     callback();
+  }
+
+  private drain(atEnd: boolean): void {
+    try {
+      let consumed = 0;
+      EVENT_END.lastIndex = 0;
+      for (let match = EVENT_END.exec(this.buffer); match; match = EVENT_END.exec(this.buffer)) {
+        const end = match.index + match[0].length;
+        if (!atEnd && end === this.buffer.length && this.buffer.endsWith("\r")) break;
+        this.handle(parseEvent(this.buffer.slice(consumed, end)));
+        consumed = end;
+        if (this.finished) return;
+      }
+      this.buffer = this.buffer.slice(consumed);
+      if (atEnd && this.buffer.trim() !== "") {
+        const rest = this.buffer;
+        this.buffer = "";
+        this.handle(parseEvent(rest));
+      }
+      if (this.buffer.length > MAX_LLM_BODY_BYTES) throw new UnparseableLlmResponse("an event larger than 10 MiB");
+    } catch (error) {
+      this.deny({ kind: "unparseable", message: `LLM response could not be checked: ${(error as Error).message}` });
+    }
   }
 
   private pass(raw: string): void {
@@ -107,7 +129,7 @@ export class LlmSseGuard extends Transform {
   }
 
   private release(): void {
-    this.holding = false;
+    if (this.holding) return;
     const held = this.held;
     this.held = [];
     this.heldBytes = 0;
@@ -118,120 +140,129 @@ export class LlmSseGuard extends Transform {
     if (this.finished) return;
     this.finished = true;
     this.held = [];
-    const message = denial.message;
-    this.push(apiErrorEvent(this.api, message, denial.kind === "tool" ? denial.rule : null));
+    this.push(apiErrorEvent(this.api, denial.message, denial.kind === "tool" ? denial.rule : null));
     this.push(null);
     this.onDenied(denial, this.api);
   }
 
-  /** Judges every pending call; returns false when one was denied. */
-  private judgeAll(): boolean {
-    for (const pending of this.calls.values()) {
+  private open(key: string, name: string, group: string, input?: unknown): void {
+    if (this.judged.has(key)) throw new UnparseableLlmResponse("a tool call continued after it was judged");
+    const pending = this.calls.get(key) ?? { name: "", args: "", group };
+    pending.name += name;
+    if (input !== undefined) pending.input = input;
+    this.calls.set(key, pending);
+  }
+
+  /** Judges the pending calls of one group (all when group is undefined); false when one was denied. */
+  private judgeCalls(group?: string): boolean {
+    for (const [key, pending] of this.calls) {
+      if (group !== undefined && pending.group !== group) continue;
+      if (pending.name === "") throw new UnparseableLlmResponse("a tool call without a name");
       const call: ToolCall = { name: pending.name, input: pending.input ?? parseArguments(pending.args, pending.name) };
       const verdict = this.judge(call);
       if (verdict) {
         this.deny({ kind: "tool", call, ...verdict });
         return false;
       }
+      this.calls.delete(key);
+      this.judged.add(key);
     }
-    this.calls.clear();
+    this.release();
     return true;
   }
 
   private handle(event: SseEvent): void {
-    if (event.data === "" && event.event === undefined) {
-      this.pass(event.raw); // comments and keep-alives
+    if (event.data === undefined) {
+      this.pass(event.raw); // comments, keep-alives, retry/id-only events
       return;
     }
     if (event.data.trim() === "[DONE]") {
-      if (this.holding) {
-        this.pass(event.raw);
-        if (this.judgeAll()) this.release();
-        return;
-      }
       this.pass(event.raw);
+      if (this.holding) this.judgeCalls();
       return;
     }
     let data: unknown;
     try {
       data = JSON.parse(event.data);
     } catch {
-      throw new UnparseableLlmResponse(`an event whose data is not JSON`);
+      throw new UnparseableLlmResponse("an event whose data is not JSON");
     }
-    this.api ??= apiForBody(data);
     if (!isObject(data)) throw new UnparseableLlmResponse("an event whose data is not a JSON object");
-    if (this.api === "anthropic") this.anthropic(event, data);
-    else if (this.api === "openai-chat") this.openaiChat(event, data);
-    else if (this.api === "openai-responses") this.openaiResponses(event, data);
-    else if (isObject(data.error)) this.pass(event.raw);
-    else throw new UnparseableLlmResponse("events of an unknown API");
+    const shape = apiForBody(data);
+    if (shape === undefined) {
+      // Only an error event may be of no known shape.
+      if (isObject(data.error)) return this.pass(event.raw);
+      throw new UnparseableLlmResponse("an event of no known API");
+    }
+    if (this.api !== undefined && shape !== this.api) throw new UnparseableLlmResponse(`a ${shape} event in a ${this.api} stream`);
+    this.api = shape;
+    if (shape === "anthropic") this.anthropic(event, data);
+    else if (shape === "openai-chat") this.openaiChat(event, data);
+    else this.openaiResponses(event, data);
   }
 
   private anthropic(event: SseEvent, data: Json): void {
-    const type = data.type;
-    const block = isObject(data.content_block) ? data.content_block : undefined;
-    if (type === "content_block_start" && block && (block.type === "tool_use" || block.type === "server_tool_use")) {
-      this.holding = true;
+    const key = `block:${String(data.index)}`;
+    const block = data.content_block;
+    if (data.type === "content_block_start" && isToolBlock(block)) {
       const input = isObject(block.input) && Object.keys(block.input).length > 0 ? block.input : undefined;
-      this.calls.set(String(data.index), { name: String(block.name ?? ""), args: "", input });
+      this.open(key, typeof block.name === "string" ? block.name : "", key, input);
       this.pass(event.raw);
       return;
     }
-    const pending = this.calls.get(String(data.index));
-    if (type === "content_block_delta" && pending && isObject(data.delta) && data.delta.type === "input_json_delta") {
+    const pending = this.calls.get(key);
+    if (data.type === "content_block_delta" && pending && isObject(data.delta) && data.delta.type === "input_json_delta") {
       pending.args += String(data.delta.partial_json ?? "");
-      this.pass(event.raw);
-      return;
     }
     this.pass(event.raw);
-    if (type === "content_block_stop" && pending) {
+    if (data.type === "content_block_stop" && pending) {
       if (pending.args !== "") pending.input = parseArguments(pending.args, pending.name);
-      if (this.judgeAll()) this.release();
+      this.judgeCalls(key);
     }
   }
 
   private openaiChat(event: SseEvent, data: Json): void {
-    if (isObject(data.error)) {
-      this.pass(event.raw);
-      return;
-    }
-    let finished = false;
+    const finished: string[] = [];
     for (const choice of Array.isArray(data.choices) ? data.choices : []) {
       if (!isObject(choice)) continue;
+      const group = `choice:${String(choice.index ?? 0)}`;
       const delta = isObject(choice.delta) ? choice.delta : undefined;
       for (const call of Array.isArray(delta?.tool_calls) ? delta.tool_calls : []) {
         if (!isObject(call)) continue;
-        this.holding = true;
-        const key = `${String(choice.index ?? 0)}:${String(call.index ?? 0)}`;
-        const pending = this.calls.get(key) ?? { name: "", args: "" };
-        const fn = isObject(call.function) ? call.function : {};
-        if (typeof fn.name === "string") pending.name += fn.name;
-        if (typeof fn.arguments === "string") pending.args += fn.arguments;
-        this.calls.set(key, pending);
+        const key = `${group}:tool:${String(call.index ?? 0)}`;
+        const fn = isObject(call.function) ? call.function : isObject(call.custom) ? call.custom : {};
+        this.open(key, typeof fn.name === "string" ? fn.name : "", group);
+        const args = fn.arguments ?? fn.input;
+        if (typeof args === "string") this.calls.get(key)!.args += args;
       }
-      if (choice.finish_reason !== null && choice.finish_reason !== undefined) finished = true;
+      // The legacy `functions` API streams delta.function_call.
+      if (isObject(delta?.function_call)) {
+        const key = `${group}:function_call`;
+        this.open(key, typeof delta.function_call.name === "string" ? delta.function_call.name : "", group);
+        if (typeof delta.function_call.arguments === "string") this.calls.get(key)!.args += delta.function_call.arguments;
+      }
+      if (choice.finish_reason !== null && choice.finish_reason !== undefined) finished.push(group);
     }
     this.pass(event.raw);
-    if (finished && this.holding && this.judgeAll()) this.release();
+    for (const group of finished) if (!this.judgeCalls(group)) return;
   }
 
   private openaiResponses(event: SseEvent, data: Json): void {
     const type = typeof data.type === "string" ? data.type : event.event;
-    const item = isObject(data.item) ? data.item : undefined;
-    const isCall = item && (item.type === "function_call" || item.type === "custom_tool_call");
-    if (type === "response.output_item.added" && isCall) {
-      this.holding = true;
-      this.calls.set(String(data.output_index), { name: String(item.name ?? ""), args: "" });
+    const key = `output:${String(data.output_index)}`;
+    if (type === "response.output_item.added" && isCallItem(data.item)) {
+      this.open(key, "", key);
       this.pass(event.raw);
       return;
     }
     this.pass(event.raw);
-    if (type === "response.output_item.done" && isCall) {
-      const pending = this.calls.get(String(data.output_index)) ?? { name: "", args: "" };
-      pending.name = String(item.name ?? pending.name);
-      pending.input = item.type === "function_call" ? parseArguments(item.arguments, pending.name) : (item.input ?? "");
-      this.calls.set(String(data.output_index), pending);
-      if (this.judgeAll()) this.release();
+    if (type === "response.output_item.done" && isCallItem(data.item)) {
+      const pending = this.calls.get(key) ?? { name: "", args: "", group: key };
+      const call = callFromItem(data.item);
+      pending.name = call.name;
+      pending.input = call.input;
+      this.calls.set(key, pending);
+      this.judgeCalls(key);
     }
   }
 }

@@ -8,6 +8,7 @@ export interface ToolCall {
 /** Thrown when a body under an llm rule cannot be understood: the response is denied (fail closed). */
 export class UnparseableLlmResponse extends Error {}
 
+/** The API a (normalised) path belongs to. */
 export function apiForPath(path: string): LlmApi | undefined {
   const pathname = path.split("?")[0] ?? "";
   if (/\/messages\/?$/.test(pathname)) return "anthropic";
@@ -45,32 +46,48 @@ function named(name: unknown, where: string): string {
   return name;
 }
 
-/** Every tool call in a complete (non-streaming) response of the given API. */
-export function toolCallsInBody(api: LlmApi, body: unknown): ToolCall[] {
+/** Anthropic content blocks the client acts on or that call tools: tool_use, server_tool_use, mcp_tool_use, ... */
+export function isToolBlock(block: unknown): block is Json {
+  return isObject(block) && typeof block.type === "string" && block.type.endsWith("_use");
+}
+
+/** OpenAI Responses output items that call something: function_call, custom_tool_call, local_shell_call, mcp_call, computer_call, ... */
+export function isCallItem(item: unknown): item is Json {
+  return isObject(item) && typeof item.type === "string" && item.type.endsWith("_call");
+}
+
+/** A Responses call item as a tool call: its name (or its type, for built-in tools) and its input. */
+export function callFromItem(item: Json): ToolCall {
+  const name = typeof item.name === "string" && item.name !== "" ? item.name : String(item.type).replace(/_call$/, "");
+  const input = typeof item.arguments === "string" ? parseArguments(item.arguments, name) : (item.action ?? item.input ?? item.arguments ?? {});
+  return { name, input };
+}
+
+/**
+ * Every tool call in a complete (non-streaming) response, whatever API its shape says it is:
+ * Anthropic content blocks, Chat Completions tool_calls and legacy function_call, Responses
+ * output items. Each extractor only reads its own fields, so no shape can hide another.
+ */
+export function toolCallsInBody(body: unknown): ToolCall[] {
   if (!isObject(body)) throw new UnparseableLlmResponse("response body is not a JSON object");
   const calls: ToolCall[] = [];
-  if (api === "anthropic") {
-    for (const block of Array.isArray(body.content) ? body.content : []) {
-      if (isObject(block) && (block.type === "tool_use" || block.type === "server_tool_use")) {
-        calls.push({ name: named(block.name, "a tool_use block"), input: block.input ?? {} });
-      }
+  for (const block of Array.isArray(body.content) ? body.content : []) {
+    if (isToolBlock(block)) calls.push({ name: named(block.name, `a ${String(block.type)} block`), input: block.input ?? {} });
+  }
+  for (const choice of Array.isArray(body.choices) ? body.choices : []) {
+    const message = isObject(choice) && isObject(choice.message) ? choice.message : undefined;
+    for (const call of Array.isArray(message?.tool_calls) ? message.tool_calls : []) {
+      const fn = isObject(call) && isObject(call.function) ? call.function : isObject(call) && isObject(call.custom) ? call.custom : undefined;
+      const name = named(fn?.name, "a tool_calls entry");
+      calls.push({ name, input: parseArguments(fn?.arguments ?? fn?.input, name) });
     }
-  } else if (api === "openai-chat") {
-    for (const choice of Array.isArray(body.choices) ? body.choices : []) {
-      const message = isObject(choice) && isObject(choice.message) ? choice.message : undefined;
-      for (const call of Array.isArray(message?.tool_calls) ? message.tool_calls : []) {
-        const fn = isObject(call) && isObject(call.function) ? call.function : undefined;
-        const name = named(fn?.name, "a tool_calls entry");
-        calls.push({ name, input: parseArguments(fn?.arguments, name) });
-      }
+    if (isObject(message?.function_call)) {
+      const name = named(message.function_call.name, "a function_call");
+      calls.push({ name, input: parseArguments(message.function_call.arguments, name) });
     }
-  } else {
-    for (const item of Array.isArray(body.output) ? body.output : []) {
-      if (isObject(item) && (item.type === "function_call" || item.type === "custom_tool_call")) {
-        const name = named(item.name, "a function_call item");
-        calls.push({ name, input: item.type === "function_call" ? parseArguments(item.arguments, name) : (item.input ?? "") });
-      }
-    }
+  }
+  for (const item of Array.isArray(body.output) ? body.output : []) {
+    if (isCallItem(item)) calls.push(callFromItem(item));
   }
   return calls;
 }

@@ -1,3 +1,5 @@
+import { secretForms } from "./secret-forms.js";
+
 export const REDACTED = "[REDACTED]";
 
 /** Secret values shorter than this are not scrubbed from free text: they would shred ordinary words. */
@@ -13,9 +15,8 @@ export class Scrubber {
 
   add(value: string): void {
     if (value.length < MIN_SCRUB_LENGTH || this.values.has(value)) return;
-    this.values.add(value);
-    // A value is also looked for in the forms it takes once serialised or URL-encoded.
-    for (const form of [JSON.stringify(value).slice(1, -1), encodeURIComponent(value)]) this.values.add(form);
+    // A value is also looked for in the forms it takes once serialised, URL-encoded or base64-encoded.
+    for (const form of secretForms(value)) this.values.add(form);
     this.pattern = undefined;
   }
 

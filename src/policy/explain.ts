@@ -16,7 +16,7 @@ export interface Explanation {
   reason: string;
   destination: string;
   credentials: { name: string; header?: string; query?: string; secrets: string[] }[];
-  placeholders: { name: string; placeholder: string; secret: string; in: string[]; allowed_here: boolean }[];
+  placeholders: { name: string; secret: string; in: string[]; allowed_here: boolean }[];
   passthrough: boolean;
 }
 
@@ -55,11 +55,10 @@ export function explain(policy: Policy, method: string, url: string, client: str
     credentials,
     placeholders: policy.placeholders.map((placeholder) => ({
       name: placeholder.name,
-      placeholder: placeholder.placeholder,
       secret: placeholder.secret,
       in: placeholder.in,
       allowed_here: anyHostMatches(placeholder.hosts, host),
     })),
-    passthrough: policy.passthrough.hosts.some((pattern) => anyHostMatches([pattern], host)),
+    passthrough: anyHostMatches(policy.passthrough.hosts, host),
   };
 }

@@ -43,9 +43,9 @@ export class Identities {
       const name = decoded.slice(0, colon);
       const token = decoded.slice(colon + 1);
       const client = this.clients.find((candidate) => candidate.name === name);
-      // Unknown names still cost a comparison, so they look like wrong tokens.
-      const expected = client ? await this.tokenOf(client.name) : undefined;
-      const ok = sameSecret(token, expected ?? `\u0000${token}`) && expected !== undefined;
+      // Unknown names cost a token resolution and a comparison too, so they look like wrong tokens.
+      const expected = await this.tokenOf((client ?? this.clients[0]!).name);
+      const ok = sameSecret(token, expected ?? `\u0000${token}`) && expected !== undefined && client !== undefined;
       return ok ? { ok: true, client: name } : { ok: false, reason: "unknown client or wrong token" };
     }
     if (/^bearer$/i.test(scheme ?? "")) {
@@ -56,7 +56,13 @@ export class Identities {
       }
       return match ? { ok: true, client: match } : { ok: false, reason: "unknown token" };
     }
-    return { ok: false, reason: `unsupported Proxy-Authorization scheme "${scheme ?? ""}"` };
+    // The header is never quoted back: a token sent without a scheme would land in the audit log.
+    return { ok: false, reason: "unsupported Proxy-Authorization scheme (use Basic or Bearer)" };
+  }
+
+  /** Resolves every client token once (start-up, reload), so the scrubber knows them all before any is used. */
+  async warmUp(): Promise<void> {
+    await Promise.all(this.clients.map((client) => this.tokenOf(client.name)));
   }
 
   private async tokenOf(name: string): Promise<string | undefined> {

@@ -1,11 +1,18 @@
 import picomatch from "picomatch";
 
-function decode(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
+/**
+ * Decodes every valid %XX escape on its own, as lenient servers do: one malformed escape must
+ * not leave the rest of the path encoded (and a rule on it unmatched). Bytes that do not form
+ * UTF-8 stay escaped.
+ */
+function decode(path: string): string {
+  return path.replace(/(?:%[0-9A-Fa-f]{2})+/g, (run) => {
+    try {
+      return decodeURIComponent(run);
+    } catch {
+      return run.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => (Number.parseInt(hex, 16) < 0x80 ? String.fromCharCode(Number.parseInt(hex, 16)) : escape));
+    }
+  });
 }
 
 /**

@@ -134,7 +134,9 @@ export const responseRuleSchema = z
     name,
     hosts: z.array(hostPattern).min(1),
     paths: z.array(pathGlob).min(1).optional(),
-    set_headers: z.record(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name"), z.string()).optional(),
+    set_headers: z
+      .record(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header name"), z.string().regex(/^[\t\x20-\x7e]*$/, "a header value must be printable text (no line breaks)"))
+      .optional(),
     remove_headers: z.array(z.string().min(1)).optional(),
     /** regex replacements in text bodies; a pattern matches within one line */
     replace: z.array(z.strictObject({ pattern: regex, with: z.string(), flags: z.string().regex(/^[imsu]*$/, "flags may be i, m, s, u").default("") })).optional(),

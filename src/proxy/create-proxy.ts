@@ -5,7 +5,6 @@ import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { SecureContextStore } from "../ca/secure-contexts.js";
 import { createDiagnostics, AuditLog } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
-import { normaliseHost } from "../policy/hosts.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
@@ -84,7 +83,7 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress)
   return {
     policy,
     upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust),
-    passthrough: new Set(policy.passthrough.hosts.map(normaliseHost)),
+    passthrough: policy.passthrough.hosts,
     secrets: new SecretStore(policy.secrets, scrubber),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
     guard,
@@ -109,6 +108,7 @@ export function assertNotOpenProxy(loaded: LoadedPolicy, listen: string): void {
 
 /** Resolves every secret once so a broken one is reported at once; a failure is a warning, never fatal. */
 async function warmUpSecrets(state: PolicyState, diagnostics: Logger): Promise<void> {
+  await state.identities.warmUp();
   for (const failure of await state.secrets.warmUp()) {
     diagnostics.warn({ secret: failure.secret }, `${failure.message}; requests that need it will get 502 credential_unavailable`);
   }

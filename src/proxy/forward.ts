@@ -6,6 +6,7 @@ import { BodySample, isTextContentType } from "../log/body-sample.js";
 import { formatDuration } from "../policy/duration.js";
 import type { Exchange } from "./exchange.js";
 import { planResponse, type Answer, type BufferPlan } from "./modify-response.js";
+import { scrubHeaderValues } from "../credentials/echo-scrub.js";
 import { headerMap, requestInfo, runHooks, type Hooks, type ResponseContext } from "./hooks.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
@@ -149,7 +150,7 @@ async function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, r
     exchange.respBytes += chunk.length;
   });
   upstreamRes.on("end", () => {
-    if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(upstreamRes.rawTrailers));
+    if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(scrubHeaderValues(upstreamRes.rawTrailers, exchange.injectedSecrets)));
   });
   // An LLM guard that ends the stream early leaves the rest of the upstream's answer unread.
   plan.onCut?.(() => res.once("finish", () => upstreamRes.destroy()));
@@ -208,13 +209,15 @@ function answerWhole(exchange: Exchange, upstreamRes: IncomingMessage, res: Serv
   function send(answer: ReturnType<BufferPlan["finish"]>): void {
     if (sent || res.destroyed) return;
     sent = true;
-    applyResponseHooks(hooks, exchange, answer).then(
-      () => {
+    applyResponseHooks(hooks, exchange, answer)
+      .then(() => {
         res.writeHead(answer.status, answer.statusMessage, answer.headers);
         res.end(answer.body);
         exchange.respBytes = answer.body.length;
-      },
-      (error: Error) => answerError(res, exchange, new ProxyError("upstream_protocol_error", `onResponse hook failed: ${error.message}`)),
-    );
+      })
+      .catch((error: Error) => {
+        if (!res.headersSent) answerError(res, exchange, new ProxyError("upstream_protocol_error", `could not answer: ${error.message}`));
+        else res.destroy();
+      });
   }
 }

@@ -5,6 +5,7 @@ import type { Duplex } from "node:stream";
 import type { TunnelContext } from "./exchange.js";
 import { passthroughTunnel, tunnelRecord } from "./passthrough.js";
 import { decideTunnel } from "../policy/decide.js";
+import { anyHostMatches } from "../policy/hosts.js";
 import { authenticate, clientAddress, handleRequest, handleUpgrade } from "./pipeline.js";
 import { ProxyError } from "./proxy-error.js";
 import { answerErrorOnSocket } from "./respond.js";
@@ -112,7 +113,7 @@ async function onConnect(runtime: Runtime, inner: Server, req: IncomingMessage, 
     return;
   }
   socket.once("close", runtime.metrics.tunnelOpened());
-  if (state.passthrough.has(tunnel.host)) {
+  if (anyHostMatches(state.passthrough, tunnel.host)) {
     passthroughTunnel(runtime, tunnel, socket, head);
     return;
   }

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import type { Transform } from "node:stream";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { STATUS_CODES } from "node:http";
 import { EchoScrubber, scrubHeaderValues, scrubText } from "../credentials/echo-scrub.js";
 import { apiErrorBody } from "../llm/api-errors.js";
 import { describeVerdict, evaluateToolCall, llmRulesFor } from "../llm/evaluate.js";
@@ -13,6 +14,8 @@ import type { Exchange } from "./exchange.js";
 import { getHeader, removeHeaders, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
 import { applyHeaderRules, LineReplacer, replaceAll, replacementsOf, responseRulesFor, type Replacement } from "./response-rules.js";
 import type { PolicyState } from "./runtime.js";
+import { errorAnswer, ProxyError } from "./proxy-error.js";
+import { recordError } from "./respond.js";
 
 export interface Answer {
   status: number;
@@ -77,9 +80,8 @@ function judgeJson(exchange: Exchange, rules: readonly LlmRule[], pathApi: LlmAp
     return { api: pathApi, denial: { reason: "LLM response could not be checked: body is not valid JSON", rule: null } };
   }
   const api = pathApi ?? apiForBody(parsed);
-  if (!api) return { api, denial: undefined };
   try {
-    for (const call of toolCallsInBody(api, parsed)) {
+    for (const call of toolCallsInBody(parsed)) {
       const verdict = evaluateToolCall(rules, call);
       if (verdict) return { api, denial: { reason: describeVerdict(verdict), rule: verdict.rule } };
     }
@@ -96,8 +98,30 @@ function judgeJson(exchange: Exchange, rules: readonly LlmRule[], pathApi: LlmAp
  * unless a policy needs it — an `llm` rule (tool calls judged; JSON read whole, streams
  * watched event by event), a `responses` replacement, or a secret to scrub from an echo.
  */
+/** The upstream's reason phrase, unless it is not plain text or carries a secret: then the standard one. */
+function reasonPhrase(exchange: Exchange, status: number, phrase: string | undefined): string | undefined {
+  if (phrase === undefined) return undefined;
+  const scrubbed = exchange.injectedSecrets.length ? scrubText(phrase, exchange.injectedSecrets) : phrase;
+  return /^[\t\x20-\x7e]*$/.test(scrubbed) && scrubbed === phrase ? phrase : (STATUS_CODES[status] ?? "");
+}
+
+/** A response portcullis refuses to pass on, answered with its own SPEC error instead. */
+function refusal(exchange: Exchange, error: ProxyError): BufferPlan {
+  return {
+    kind: "buffer",
+    decoder: undefined,
+    limit: 0,
+    finish() {
+      recordError(exchange, error);
+      const answer = errorAnswer(error, exchange.requestId, exchange.scrub);
+      return { status: answer.status, headers: Object.entries(answer.headers).flat(), body: Buffer.from(answer.body) };
+    },
+  };
+}
+
 export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, state: PolicyState, options: { upgrade?: boolean } = {}): ResponsePlan {
   const status = upstreamRes.statusCode ?? 502;
+  const statusMessage = reasonPhrase(exchange, status, upstreamRes.statusMessage);
   let headers = stripHopByHop(upstreamRes.rawHeaders, options);
   const trailer = getHeader(upstreamRes.rawHeaders, "trailer");
   if (trailer !== undefined) headers.push("Trailer", trailer);
@@ -107,24 +131,29 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
   const responseRules = state.policy.responses.length ? responseRulesFor(state.policy, host, path) : [];
   headers = applyHeaderRules(headers, responseRules);
   if (exchange.injectedSecrets.length) headers = scrubHeaderValues(headers, exchange.injectedSecrets);
-  const plain: StreamPlan = { kind: "stream", status, statusMessage: upstreamRes.statusMessage, headers, transforms: [] };
-  if (options.upgrade) return plain;
+  const plain: StreamPlan = { kind: "stream", status, statusMessage, headers, transforms: [] };
+  // HEAD, 204 and 304 carry no body to judge or rewrite; upgrades relay raw bytes.
+  const hasBody = exchange.method !== "HEAD" && status !== 204 && status !== 304;
+  if (options.upgrade || !hasBody) return plain;
 
   const contentType = getHeader(upstreamRes.rawHeaders, "content-type")?.toLowerCase() ?? "";
   const isSse = contentType.startsWith("text/event-stream");
   const isJson = /^application\/([\w.+-]*\+)?json/.test(contentType);
-  // HEAD, 204 and 304 carry no body to judge.
-  const hasBody = exchange.method !== "HEAD" && status !== 204 && status !== 304;
-  const llmRules = hasBody && status >= 200 && status < 300 && state.policy.llm.length && (isSse || isJson) ? llmRulesFor(state.policy, host, path) : [];
+  const llmRules = status >= 200 && status < 300 && state.policy.llm.length && (isSse || isJson) ? llmRulesFor(state.policy, host, path) : [];
   const replacements: Replacement[] = isTextContentType(contentType) ? replacementsOf(responseRules) : [];
-  const scrubEcho = exchange.injectedSecrets.length > 0 && isTextContentType(contentType);
+  // Whatever the content type: an echo in an "octet-stream" body reaches the sandbox just the same.
+  const scrubEcho = exchange.injectedSecrets.length > 0;
   if (llmRules.length === 0 && replacements.length === 0 && !scrubEcho) return plain;
 
   const decoder = decoderFor(getHeader(upstreamRes.rawHeaders, "content-encoding")?.trim().toLowerCase());
-  const pathApi = apiForPath(exchange.path);
+  const pathApi = apiForPath(path);
   if (decoder === "unsupported") {
-    if (llmRules.length === 0) return plain; // cannot read it, and nothing requires that we do
-    return { kind: "buffer", decoder: undefined, limit: 0, finish: () => denialAnswer(exchange, pathApi, "LLM response could not be checked: unsupported Content-Encoding", null) };
+    if (llmRules.length) {
+      return { kind: "buffer", decoder: undefined, limit: 0, finish: () => denialAnswer(exchange, pathApi, "LLM response could not be checked: unsupported Content-Encoding", null) };
+    }
+    // A body that may echo a secret and cannot be decoded is not passed on (fail closed).
+    if (scrubEcho) return refusal(exchange, new ProxyError("upstream_protocol_error", `response Content-Encoding cannot be checked for echoed credentials`));
+    return plain;
   }
   const bodyHeaders = removeHeaders(headers, decoder ? DROPPED_WHEN_DECODED : CONTENT_LENGTH);
 
@@ -140,7 +169,7 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
         if (replacements.length) text = replaceAll(text, replacements);
         if (scrubEcho) text = scrubText(text, exchange.injectedSecrets);
         const final = Buffer.from(text, "utf8");
-        return { status, statusMessage: upstreamRes.statusMessage, headers: setHeader(bodyHeaders, "Content-Length", String(final.length)), body: final };
+        return { status, statusMessage, headers: setHeader(bodyHeaders, "Content-Length", String(final.length)), body: final };
       },
     };
   }
@@ -166,5 +195,5 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
   }
   if (replacements.length) transforms.push(new LineReplacer(replacements));
   if (scrubEcho) transforms.push(new EchoScrubber(exchange.injectedSecrets));
-  return { kind: "stream", status, statusMessage: upstreamRes.statusMessage, headers: bodyHeaders, transforms, onCut };
+  return { kind: "stream", status, statusMessage, headers: bodyHeaders, transforms, onCut };
 }

@@ -7,6 +7,8 @@ import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, readBody, su
 import type { AuditMessage } from "../log/audit-record.js";
 import { decideRequest } from "../policy/decide.js";
 import { normalisePath } from "../policy/paths.js";
+import { llmRulesFor } from "../llm/evaluate.js";
+import { removeHeaders, restrictAcceptEncoding } from "./raw-headers.js";
 import { Exchange, requestIdFrom, type Target, type TunnelContext } from "./exchange.js";
 import { bodySampler, forwardHttp } from "./forward.js";
 import { ProxyError } from "./proxy-error.js";
@@ -35,6 +37,8 @@ async function locate(runtime: Runtime, req: IncomingMessage): Promise<Located> 
   const tunnel = runtime.tunnels.get(req.socket);
   if (tunnel) {
     const target: Target = { scheme: req.socket instanceof TLSSocket ? "https" : "http", host: tunnel.host, port: tunnel.port };
+    // Two Host headers could route differently upstream than the one checked here.
+    if ((req.headersDistinct.host?.length ?? 0) > 1) throw new ProxyError("bad_request", "request has more than one Host header");
     return { tunnel, target, path: pathInTunnel(req.url ?? "/", req.headers.host, target), hostHeader: undefined };
   }
   const absolute = parseAbsoluteForm(req.url ?? "");
@@ -65,16 +69,27 @@ async function openExchange(runtime: Runtime, req: IncomingMessage): Promise<{ e
     const exchange = new Exchange(requestId, located.tunnel, located.target, req.method ?? "GET", located.path, req.rawHeaders, runtime.scrubber.scrub);
     return { exchange, located };
   } catch (error) {
-    const tunnel = runtime.tunnels.get(req.socket) ?? { host: "", port: 0, client: null, clientAddr: clientAddress(req.socket) };
-    const target: Target = { scheme: req.socket instanceof TLSSocket ? "https" : "http", host: tunnel.host, port: tunnel.port };
+    const absolute = runtime.tunnels.has(req.socket) ? undefined : parseAbsoluteForm(req.url ?? "");
+    const tunnel = runtime.tunnels.get(req.socket) ?? {
+      host: absolute?.target.host ?? "",
+      port: absolute?.target.port ?? 0,
+      client: null,
+      clientAddr: clientAddress(req.socket),
+    };
+    const target: Target = absolute?.target ?? { scheme: req.socket instanceof TLSSocket ? "https" : "http", host: tunnel.host, port: tunnel.port };
     const exchange = new Exchange(requestId, tunnel, target, req.method ?? "GET", req.url ?? "", req.rawHeaders, runtime.scrubber.scrub);
     return { exchange, error: toProxyError(error) };
   }
 }
 
 /** A body the placeholder stage must see is read before anything is decided (text, at most 64 KiB). */
-async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState): Promise<void> {
+async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState, writeContinue?: () => void): Promise<void> {
   if (!bodyNeedsReading(state, req)) return;
+  // A client waiting for 100 Continue sends nothing until it gets one: give it, or we wait forever.
+  if (String(req.headers.expect ?? "").toLowerCase() === "100-continue") {
+    writeContinue?.();
+    outgoing.headers = removeHeaders(outgoing.headers, new Set(["expect"]));
+  }
   outgoing.body = await readBody(req);
   exchange.reqBytes = outgoing.body.length;
   const sample = bodySampler(req, state);
@@ -87,11 +102,19 @@ async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoi
  * ProxyError that answers it. The credential stage picks the credentials that apply, the
  * policy stage decides, and only an allowed request has its secrets resolved and put on.
  */
-async function prepare(req: IncomingMessage, exchange: Exchange, located: Located, state: PolicyState, upgrade: boolean, hooks: readonly Hooks[]): Promise<OutgoingRequest> {
+async function prepare(
+  req: IncomingMessage,
+  exchange: Exchange,
+  located: Located,
+  state: PolicyState,
+  upgrade: boolean,
+  hooks: readonly Hooks[],
+  writeContinue?: () => void,
+): Promise<OutgoingRequest> {
   const outgoing = rewriteRequest(req, exchange, located.path, located.hostHeader, upgrade);
   const normalisedPath = normalisePath(located.path);
   const credentials = planCredentials(state, exchange.target.host, normalisedPath);
-  await readBodyIfNeeded(req, exchange, outgoing, state);
+  await readBodyIfNeeded(req, exchange, outgoing, state, writeContinue);
   const placeholders = findPlaceholders(state, outgoing);
 
   checkPlaceholderHosts(placeholders, exchange);
@@ -104,6 +127,9 @@ async function prepare(req: IncomingMessage, exchange: Exchange, located: Locate
 
   await injectCredentials(credentials, exchange, outgoing, state);
   await substitutePlaceholders(placeholders, exchange, outgoing, state);
+  if (exchange.injectedSecrets.length || (state.policy.llm.length && llmRulesFor(state.policy, exchange.target.host, normalisedPath).length)) {
+    outgoing.headers = restrictAcceptEncoding(outgoing.headers);
+  }
   return outgoing;
 }
 
@@ -160,7 +186,7 @@ export async function handleRequest(runtime: Runtime, req: IncomingMessage, res:
     return;
   }
   try {
-    const outgoing = await prepare(req, exchange, located, state, false, runtime.hooks);
+    const outgoing = await prepare(req, exchange, located, state, false, runtime.hooks, () => res.writeContinue());
     forwardHttp(exchange, req, res, outgoing, state, runtime.hooks);
   } catch (caught) {
     reportInternal(runtime, caught, exchange);
@@ -182,6 +208,10 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
   };
   if (error || !located) {
     refuse(error ?? new ProxyError("bad_request", "malformed request"));
+    return;
+  }
+  if (Number(req.headers["content-length"] ?? 0) > 0 || req.headers["transfer-encoding"] !== undefined) {
+    refuse(new ProxyError("bad_request", "an upgrade request cannot carry a body"));
     return;
   }
   try {

@@ -104,6 +104,22 @@ export function headersForLog(raw: RawHeaders, redact: (lowerName: string) => bo
   return out;
 }
 
+const DECODABLE = new Set(["gzip", "x-gzip", "deflate", "br", "identity"]);
+
+/**
+ * Keeps only the content codings portcullis can decode in Accept-Encoding, for responses it
+ * must read (LLM rules, echoed secrets): an upstream must not answer in zstd what cannot be checked.
+ */
+export function restrictAcceptEncoding(raw: RawHeaders): RawHeaders {
+  const values = getHeaderValues(raw, "accept-encoding");
+  if (values.length === 0) return raw;
+  const kept = values
+    .flatMap((value) => value.split(","))
+    .map((item) => item.trim())
+    .filter((item) => DECODABLE.has(item.split(";")[0]!.trim().toLowerCase()));
+  return setHeader(raw, "Accept-Encoding", kept.length ? kept.join(", ") : "identity");
+}
+
 export function isChunked(raw: RawHeaders): boolean {
   return tokens(getHeaderValues(raw, "transfer-encoding")).includes("chunked");
 }

@@ -16,7 +16,8 @@ import type { UpstreamPool } from "./upstream-pool.js";
 export interface PolicyState {
   readonly policy: Policy;
   readonly upstream: UpstreamPool;
-  readonly passthrough: ReadonlySet<string>;
+  /** Host patterns tunnelled without interception. */
+  readonly passthrough: readonly string[];
   readonly secrets: SecretStore;
   readonly identities: Identities;
   readonly guard: DestinationGuard;

@@ -59,18 +59,14 @@ export async function interceptTunnel(runtime: Runtime, inner: Server, tunnel: T
   }
   const options: TLSSocketOptions & { highWaterMark: number } = {
     isServer: true,
+    // One certificate, the CONNECT host's, whatever SNI the client sends (or none, as for IP
+    // literals): a client cannot make portcullis forge and store names at will, and a name other
+    // than the tunnel's fails the client's own check.
     secureContext: context,
     ALPNProtocols: ["http/1.1"],
     // Larger than the 16 KiB default: fewer pause/resume rounds per MiB on big downloads
     // (measured: about -20% proxy CPU per MiB), at up to this much buffered per slow client.
     highWaterMark: 256 * 1024,
-    // Without SNI (IP literals, some clients) the CONNECT host's certificate above is served.
-    SNICallback: (servername, callback) => {
-      runtime.contexts.get(servername).then(
-        (sniContext) => callback(null, sniContext),
-        (error: Error) => callback(error),
-      );
-    },
   };
   // highWaterMark reaches the underlying stream at runtime; Node's typings leave it out.
   const tls = new TLSSocket(socket, options);

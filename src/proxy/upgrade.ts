@@ -5,7 +5,7 @@ import type { WebSocketSummary } from "../log/audit-record.js";
 import type { Exchange } from "./exchange.js";
 import { openUpstreamRequest, upstreamName } from "./forward.js";
 import { planResponse } from "./modify-response.js";
-import { classifyUpstreamError } from "./proxy-error.js";
+import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerErrorOnSocket, recordError } from "./respond.js";
 import type { OutgoingRequest } from "./rewrite.js";
@@ -93,8 +93,16 @@ export function forwardUpgrade(
 function relayRefusal(exchange: Exchange, upstreamRes: IncomingMessage, client: Duplex, state: PolicyState, done: () => void): void {
   exchange.status = upstreamRes.statusCode ?? 502;
   const plan = planResponse(exchange, upstreamRes, state);
-  // A refused handshake is never an LLM response: no plan reads it whole.
-  const { headers, transforms } = plan.kind === "stream" ? plan : { headers: [] as RawHeaders, transforms: [] };
+  if (plan.kind === "buffer") {
+    // A body that must be judged whole (an LLM JSON answer to an upgrade request) is not relayed raw.
+    upstreamRes.destroy();
+    const error = new ProxyError("upstream_protocol_error", "the upstream answered an upgrade request with a body portcullis must check whole; refused");
+    recordError(exchange, error);
+    exchange.status = answerErrorOnSocket(client, error, exchange.requestId, exchange.scrub);
+    done();
+    return;
+  }
+  const { headers, transforms } = plan;
   // The body is framed by closing the connection: the handshake connection ends here anyway.
   headers.push("Connection", "close");
   client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "", headers));
