@@ -5,8 +5,11 @@
 // (tsx only compiles this small wrapper; everything measured is plain JavaScript from dist/.)
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { createProxy, parsePolicy } from "../dist/index.js";
 import { serveParent } from "./lib.js";
+
+// Imported at run time from dist/; typed from src/, so type-checking bench/ needs no build.
+type Portcullis = typeof import("../src/index.js");
+const { createProxy, parsePolicy } = (await import(new URL("../dist/index.js", import.meta.url).href)) as Portcullis;
 
 const [policyFile] = process.argv.slice(2);
 if (!policyFile) throw new Error("usage: portcullis-child.ts POLICY_FILE");

@@ -18,7 +18,7 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { StringDecoder } from "node:string_decoder";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { Agent, ProxyAgent, type Dispatcher } from "undici";
 import WebSocket from "ws";
@@ -429,6 +429,27 @@ async function streamOnce(target: Target, dispatcher: Dispatcher): Promise<{ fir
   return { first, whole };
 }
 
+/** Once per run: a stream carrying a tool call the llm rule denies must end in portcullis' error event. */
+async function checkGuardActive(target: Target): Promise<void> {
+  const dispatcher = dispatcherFor(target, { connections: 1 });
+  try {
+    sent[target.name].requests++;
+    const { statusCode, body } = await dispatcher.request({
+      origin: origin(LLM_HOST),
+      path: "/v1/messages?tool=rm",
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: LLM_REQUEST,
+    });
+    const text = await body.text();
+    if (statusCode !== 200 || !text.includes("policy_denied") || text.includes("rm -rf")) {
+      anomaly(`${COLUMN[target.name]}: a streamed bash "rm -rf" tool call was not denied (status ${statusCode}): ${JSON.stringify(text.slice(0, 300))}`);
+    }
+  } finally {
+    await dispatcher.close();
+  }
+}
+
 async function firstTextToken(target: Target): Promise<void> {
   const dispatcher = dispatcherFor(target, { connections: 1 });
   const first: number[] = [];
@@ -563,11 +584,15 @@ async function startCli(name: string, policyFile: string, caDir: string, workers
     async close() {
       if (child.exitCode === null && child.signalCode === null) {
         if (workerPids.length === 0) workerPids = childPids(child.pid!);
+        const started = performance.now();
         child.kill("SIGTERM"); // drains and exits 0, the workers with it
         const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
         const how = await exited;
         clearTimeout(timer);
+        const tookMs = Math.round(performance.now() - started);
+        log(`${name}: exited ${how} ${tookMs} ms after SIGTERM`);
         if (how !== "0") anomaly(`${name}: exited with ${how} after SIGTERM (0 expected)`);
+        else if (tookMs > 5_000) anomaly(`${name}: took ${tookMs} ms to exit after SIGTERM with no client connection open`);
       }
       // Workers must not outlive their primary; these pids are this benchmark's own processes.
       for (const pid of workerPids) {
@@ -668,56 +693,81 @@ function auditLog(work: string, target: TargetName): string {
 
 async function main(): Promise<number> {
   const startedAt = new Date();
+  if (!existsSync(DIST_INDEX) || !existsSync(CLI)) throw new Error(`${DIST_INDEX} or ${CLI} is missing: run \`npm run build\` first (make bench does)`);
+  const stale = staleSource();
+  if (stale) log(`WARNING: ${stale} is newer than dist/index.js; measuring the build in dist/ as it is`);
+  const { parsePolicy } = (await import(pathToFileURL(DIST_INDEX).href)) as { parsePolicy: ParsePolicy };
   const work = mkdtempSync(join(tmpdir(), "portcullis-bench-"));
   const children: ChildHandle[] = [];
+  const clis: CliHandle[] = [];
   try {
-    const hosts = [BENCH_DOMAIN];
+    const hosts = [BENCH_DOMAIN, LLM_HOST];
     for (let round = 0; round < ROUNDS; round++) for (let i = 0; i < P.firstSeen.hosts; i++) hosts.push(firstSeenHost(round, i));
 
     log(`work dir ${work}; starting the upstream`);
-    const upstream = await startChild<ChildMessage & { port: number; caFile: string; caPem: string }>(
+    const upstream = await startChild<ChildMessage & { port: number; caFile: string; caPem: string; sseBody: string }>(
       "upstream",
       "upstream-child.ts",
       [join(work, "upstream-ca"), hosts.join(",")],
     );
     children.push(upstream);
     upstreamPort = upstream.ready.port;
+    sseBody = upstream.ready.sseBody;
 
-    const policy = choosePolicy(work, upstream.ready.caFile, hosts);
-    log(`starting portcullis (policy ${policy.withNetwork ? "with" : "without"} network rules) and http-mitm-proxy`);
-    const [portcullis, mitm] = await Promise.all([
-      startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policy.file]),
+    const policy = writePolicies(parsePolicy, work, upstream.ready.caFile, hosts);
+    log(`starting portcullis ×2 (dist/, policy ${policy.withNetwork ? "with" : "without"} network rules; one with an llm rule) and http-mitm-proxy`);
+    const [portcullis, llm, mitm] = await Promise.all([
+      startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policy.files.main]),
+      startChild<ChildMessage & { port: number; caPem: string }>("portcullis+llm", "portcullis-child.ts", [policy.files.llm]),
       startChild<ChildMessage & { port: number; caPem: string }>("http-mitm-proxy", "mitm-child.ts", [join(work, "mitm-ca")], {
         env: { NODE_EXTRA_CA_CERTS: upstream.ready.caFile },
       }),
     ]);
-    children.push(portcullis, mitm);
+    children.push(portcullis, llm, mitm);
 
-    const targets: Record<TargetName, Target> = {
+    const targets: Partial<Record<TargetName, Target>> = {
       direct: { name: "direct", ca: upstream.ready.caPem },
       portcullis: { name: "portcullis", proxyUrl: `http://127.0.0.1:${portcullis.ready.port}`, ca: portcullis.ready.caPem },
       mitm: { name: "mitm", proxyUrl: `http://127.0.0.1:${mitm.ready.port}`, ca: mitm.ready.caPem },
+      llm: { name: "llm", proxyUrl: `http://127.0.0.1:${llm.ready.port}`, ca: llm.ready.caPem },
     };
 
-    const scenarios: { name: string; run: (target: Target, round: number) => Promise<void> }[] = [
-      { name: "keep-alive GETs", run: keepAliveGets },
-      { name: "new tunnel per request", run: newTunnelPerRequest },
-      { name: "download", run: download },
-      { name: "WebSocket echo", run: webSocketEcho },
-      { name: "first-seen host", run: (target, round) => firstSeen(target, round, target.name === "portcullis" ? portcullis : undefined) },
+    // One after the other: each start forges nothing on the clock, but the CA and key are made now.
+    log("starting portcullis through its CLI: start --workers 1, then --workers 2");
+    for (const [name, count] of [["workers1", 1], ["workers2", 2]] as const) {
+      try {
+        const cli = await startCli(COLUMN[name], policy.files[name], join(work, name, "ca"), count);
+        clis.push(cli);
+        targets[name] = { name, proxyUrl: `http://127.0.0.1:${cli.port}`, ca: cli.caPem };
+      } catch (error) {
+        failures++;
+        anomaly(`could not start ${COLUMN[name]}: ${describe(error)}`);
+      }
+    }
+
+    const scenarios: { name: string; targets: TargetName[]; run: (target: Target, round: number) => Promise<void> }[] = [
+      { name: "keep-alive GETs", targets: TARGETS, run: keepAliveGets },
+      { name: "keep-alive GETs", targets: ["workers1", "workers2"], run: keepAliveGets },
+      { name: "new tunnel per request", targets: TARGETS, run: newTunnelPerRequest },
+      { name: "new tunnel per request", targets: ["workers1", "workers2"], run: newTunnelPerRequest },
+      { name: "download", targets: TARGETS, run: download },
+      { name: "WebSocket echo", targets: TARGETS, run: webSocketEcho },
+      { name: "first-seen host", targets: TARGETS, run: (target, round) => firstSeen(target, round, target.name === "portcullis" ? portcullis : undefined) },
+      { name: "first text token", targets: ["direct", "llm"], run: firstTextToken },
     ];
 
     for (let round = 0; round < ROUNDS; round++) {
-      // Rotate which path goes first so no path always runs on a cold (or hot) machine.
-      const order = TARGETS.map((_name, i) => TARGETS[(i + round) % TARGETS.length]!);
       for (const scenario of scenarios) {
+        // Rotate which path goes first so no path always runs on a cold (or hot) machine.
+        const available = scenario.targets.filter((name) => targets[name]);
+        const order = available.map((_name, i) => available[(i + round) % available.length]!);
         for (const name of order) {
           const started = performance.now();
           try {
-            await withTimeout(scenario.run(targets[name], round), SCENARIO_TIMEOUT_MS, `${name} ${scenario.name}`);
+            await withTimeout(scenario.run(targets[name]!, round), SCENARIO_TIMEOUT_MS, `${name} ${scenario.name}`);
           } catch (error) {
             failures++;
-            anomaly(`${name}, ${scenario.name} (round ${round + 1}) failed: ${describe(error)}`);
+            anomaly(`${COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describe(error)}`);
           }
           log(`round ${round + 1}/${ROUNDS} ${scenario.name.padEnd(22)} ${COLUMN[name].padEnd(15)} ${Math.round(performance.now() - started)} ms`);
         }
@@ -725,43 +775,81 @@ async function main(): Promise<number> {
     }
 
     // Correctness cross-checks, reported as anomalies when off.
+    if (targets.llm) await withTimeout(checkGuardActive(targets.llm), 10_000, "llm guard check").catch((error: unknown) => anomaly(`llm guard check failed: ${describe(error)}`));
     const mitmStats = await mitm.ask<ChildMessage & { errors: Record<string, number>; firstErrors: string[] }>({ type: "stats" });
     const mitmErrorCount = Object.values(mitmStats.errors).reduce((a, b) => a + b, 0);
     const portcullisStats = await certificateStats(portcullis);
+    const cliCpu = clis.map((cli) => ({ name: cli.name, cpu: cli.cpu() }));
 
     log("closing");
-    await Promise.all(children.map((child) => child.close()));
+    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close())]);
     children.length = 0;
-
-    let auditLines = 0;
-    try {
-      auditLines = readFileSync(join(work, "portcullis-audit.log"), "utf8").split("\n").filter(Boolean).length;
-    } catch {
-      // No audit file: reported below.
+    for (const cli of clis) {
+      const output = cli.output();
+      if (output) anomaly(`${cli.name} printed: ${output}`);
     }
-    const expectedAudit = portcullisRequests + portcullisWsSessions;
-    if (auditLines !== expectedAudit) {
-      anomaly(`portcullis audit log has ${auditLines} lines for ${portcullisRequests} HTTP requests + ${portcullisWsSessions} WebSocket sessions (${expectedAudit} expected)`);
+    clis.length = 0;
+
+    const auditLines: Partial<Record<TargetName, number>> = {};
+    for (const name of ["portcullis", "workers1", "workers2", "llm"] as const) {
+      if (!targets[name]) continue;
+      let lines: string[] = [];
+      try {
+        lines = readFileSync(auditLog(work, name), "utf8").split("\n").filter(Boolean);
+      } catch {
+        // No audit file: reported below.
+      }
+      auditLines[name] = lines.length;
+      const expected = sent[name].requests + sent[name].ws;
+      if (lines.length !== expected) {
+        anomaly(`${COLUMN[name]} audit log has ${lines.length} lines for ${sent[name].requests} HTTP requests + ${sent[name].ws} WebSocket sessions (${expected} expected)`);
+      }
+      let broken = 0;
+      for (const line of lines) {
+        try {
+          JSON.parse(line);
+        } catch {
+          broken++;
+        }
+      }
+      if (broken) anomaly(`${COLUMN[name]} audit log: ${broken} of ${lines.length} lines are not JSON (interleaved writes?)`);
     }
 
-    printReport(startedAt, policy.withNetwork, { portcullisStats, auditLines, mitmErrors: mitmStats.errors, mitmErrorCount, mitmFirst: mitmStats.firstErrors });
+    printReport(startedAt, policy.withNetwork, stale, {
+      portcullisStats,
+      auditLines,
+      cliCpu,
+      mitmErrors: mitmStats.errors,
+      mitmErrorCount,
+      mitmFirst: mitmStats.firstErrors,
+    });
     return failures ? 1 : 0;
   } finally {
-    await Promise.all(children.map((child) => child.close().catch(() => null)));
+    await Promise.all([...children.map((child) => child.close().catch(() => null)), ...clis.map((cli) => cli.close().catch(() => null))]);
     killAllChildren();
-    rmSync(work, { recursive: true, force: true });
+    if (process.env.BENCH_KEEP_WORK === "1") log(`BENCH_KEEP_WORK=1: left ${work} (policies, audit logs, CAs) in place`);
+    else rmSync(work, { recursive: true, force: true });
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report.
 
+const value = (target: TargetName, metric: Metric) => median(results[target][metric] ?? []);
+
 function printReport(
   startedAt: Date,
   withNetwork: boolean,
-  extra: { portcullisStats: CertificateStats; auditLines: number; mitmErrors: Record<string, number>; mitmErrorCount: number; mitmFirst: string[] },
+  stale: string | undefined,
+  extra: {
+    portcullisStats: CertificateStats;
+    auditLines: Partial<Record<TargetName, number>>;
+    cliCpu: { name: string; cpu: ReturnType<CliHandle["cpu"]> }[];
+    mitmErrors: Record<string, number>;
+    mitmErrorCount: number;
+    mitmFirst: string[];
+  },
 ): void {
-  const value = (target: TargetName, metric: Metric) => median(results[target][metric] ?? []);
   const cpuList = cpus();
   const lines: string[] = [];
   lines.push(`## portcullis benchmark — ${startedAt.toISOString().slice(0, 10)}`);
@@ -769,7 +857,8 @@ function printReport(
   lines.push(
     `Node ${process.version}, ${process.platform}/${process.arch}, ${cpuList.length} × ${cpuList[0]?.model.trim() ?? "unknown CPU"}; ` +
       `median of ${ROUNDS} round${ROUNDS > 1 ? "s" : ""}${QUICK ? " (BENCH_QUICK: reduced counts)" : ""}; ` +
-      `portcullis policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file.`,
+      `portcullis as built in dist/, policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file.` +
+      (stale ? ` **dist/ is older than ${stale}**: the build measured may lack the latest source edits.` : ""),
   );
   lines.push("");
   lines.push("| scenario | direct | portcullis | http-mitm-proxy | portcullis/direct | mitm/direct | portcullis/mitm |");
@@ -785,8 +874,68 @@ function printReport(
   }
   lines.push("");
   lines.push("↑ higher is better, ↓ lower is better. Ratios are plain quotients of the two columns.");
+
+  lines.push("");
+  lines.push(`### \`portcullis start --workers N\` (the CLI, dist/cli.js), same rounds, same direct column`);
+  lines.push("");
+  lines.push("| scenario | direct | 1 worker | 2 workers | 2 workers / 1 worker | 1 worker/direct | 2 workers/direct |");
+  lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const row of WORKER_ROWS) {
+    const d = value("direct", row.metric);
+    const w1 = value("workers1", row.metric);
+    const w2 = value("workers2", row.metric);
+    lines.push(`| ${row.label} | ${formatNumber(d)} | ${formatNumber(w1)} | ${formatNumber(w2)} | ${formatRatio(w2 / w1)} | ${formatRatio(w1 / d)} | ${formatRatio(w2 / d)} |`);
+  }
+  const cpuText = extra.cliCpu
+    .filter((entry) => entry.cpu)
+    .map(({ name, cpu }) => `${name}: process ${cpu!.primary.toFixed(1)} s${cpu!.workers.length ? `, workers ${cpu!.workers.map((s) => `${s.toFixed(1)} s`).join(" + ")}` : ""}`);
+  if (cpuText.length) lines.push("", `CPU used over the whole run (user + system): ${cpuText.join("; ")}.`);
+
+  const direct = ttftSamples.direct;
+  const guarded = ttftSamples.llm;
+  lines.push("");
   lines.push(
-    `portcullis certificates: ${extra.portcullisStats.forged} forged, ${extra.portcullisStats.hits} cache hits; audit log: ${extra.auditLines} lines. ` +
+    `### Time to first text token: streamed \`POST /v1/messages\` (text/event-stream), warm keep-alive connection, ` +
+      `${direct?.first.length ?? 0} + ${guarded?.first.length ?? 0} requests (all rounds pooled)`,
+  );
+  lines.push("");
+  lines.push("portcullis here has an `llm:` rule for `*.bench.test`, so the stream goes through its SSE guard. Target: added ≤ 5 ms.");
+  lines.push("");
+  lines.push("| measure | direct | portcullis + llm rule | added (portcullis − direct) |");
+  lines.push("| --- | ---: | ---: | ---: |");
+  const pooled = (samples: number[] | undefined, p: number) => (samples?.length ? percentile([...samples].sort((a, b) => a - b), p) : NaN);
+  for (const [label, key, p] of [
+    ["first text event, p50 — ms ↓", "first", 50],
+    ["first text event, p90 — ms ↓", "first", 90],
+    ["whole stream (ends ~10 ms after the first event), p50 — ms ↓", "whole", 50],
+  ] as const) {
+    const d = pooled(direct?.[key], p);
+    const g = pooled(guarded?.[key], p);
+    lines.push(`| ${label} | ${formatNumber(d)} | ${formatNumber(g)} | ${formatNumber(g - d)} |`);
+  }
+
+  // The issue's targets, judged on this run's medians.
+  const ratio = (metric: Metric, lowerIsBetter = false) => (lowerIsBetter ? value("direct", metric) / value("portcullis", metric) : value("portcullis", metric) / value("direct", metric));
+  const ttftAdded = pooled(guarded?.first, 50) - pooled(direct?.first, 50);
+  const targetsMet: [string, string, boolean][] = [
+    ["keep-alive req/s ≥ 0.5× direct", formatRatio(ratio("ka_rps")), ratio("ka_rps") >= 0.5],
+    ["keep-alive req/s ≥ 2× http-mitm-proxy", formatRatio(value("portcullis", "ka_rps") / value("mitm", "ka_rps")), value("portcullis", "ka_rps") / value("mitm", "ka_rps") >= 2],
+    ["new tunnel tunnels/s ≥ 0.8× direct", formatRatio(ratio("tun_rps")), ratio("tun_rps") >= 0.8],
+    ["download MB/s ≥ 0.7× direct", formatRatio(ratio("dl_mbps")), ratio("dl_mbps") >= 0.7],
+    ["WSS echo msgs/s ≥ 0.5× direct", formatRatio(ratio("ws_mps")), ratio("ws_mps") >= 0.5],
+    ["first-seen host adds ≤ 10 ms", `${formatNumber(value("portcullis", "fs_added"))} ms`, value("portcullis", "fs_added") <= 10],
+    ["first text token adds ≤ 5 ms (p50)", `${formatNumber(ttftAdded)} ms`, ttftAdded <= 5],
+  ];
+  lines.push("");
+  lines.push("Targets (this run's medians): " + targetsMet.map(([what, got, met]) => `${what}: ${got} ${met ? "met" : "**not met**"}`).join("; ") + ".");
+
+  lines.push("");
+  const audit = (["portcullis", "workers1", "workers2", "llm"] as const)
+    .filter((name) => extra.auditLines[name] !== undefined)
+    .map((name) => `${COLUMN[name]} ${extra.auditLines[name]}`)
+    .join(", ");
+  lines.push(
+    `portcullis certificates: ${extra.portcullisStats.forged} forged, ${extra.portcullisStats.hits} cache hits; audit log lines: ${audit}. ` +
       `http-mitm-proxy reported ${extra.mitmErrorCount} errors${extra.mitmErrorCount ? ` (${Object.entries(extra.mitmErrors).map(([k, v]) => `${k} ×${v}`).join(", ")})` : ""}.`,
   );
   if (anomalies.length) {
@@ -796,10 +945,18 @@ function printReport(
   }
   process.stdout.write(`${lines.join("\n")}\n`);
   // Every round's value, to judge the noise behind the medians.
-  for (const row of ROWS) {
-    const perRound = TARGETS.map((target) => `${COLUMN[target]} ${(results[target][row.metric] ?? []).map(formatNumber).join(" / ")}`);
-    log(`per round: ${row.metric.padEnd(9)} ${perRound.join(" | ")}`);
-  }
+  const perRound = (metric: Metric, names: TargetName[]) =>
+    log(`per round: ${metric.padEnd(10)} ${names.map((target) => `${COLUMN[target]} ${(results[target][metric] ?? []).map(formatNumber).join(" / ")}`).join(" | ")}`);
+  for (const row of ROWS) perRound(row.metric, TARGETS);
+  for (const row of WORKER_ROWS) perRound(row.metric, ["workers1", "workers2"]);
+  for (const metric of ["ttft_p50", "ttft_p90", "stream_p50"] as const) perRound(metric, ["direct", "llm"]);
+  const w1 = results.workers1.ka_rps ?? [];
+  const w2 = results.workers2.ka_rps ?? [];
+  const t1 = results.workers1.tun_rps ?? [];
+  const t2 = results.workers2.tun_rps ?? [];
+  log(`per round: 2 workers / 1 worker keep-alive ${w2.map((v, i) => formatRatio(v / w1[i]!)).join(" / ")} | new tunnel ${t2.map((v, i) => formatRatio(v / t1[i]!)).join(" / ")}`);
+  const d50 = results.direct.ttft_p50 ?? [];
+  log(`per round: first text token added (p50) ${(results.llm.ttft_p50 ?? []).map((v, i) => `${formatNumber(v - d50[i]!)} ms`).join(" / ")}`);
 }
 
 const watchdog = setTimeout(() => {

@@ -13,9 +13,12 @@ import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
 import { WebSocketServer } from "ws";
-import { initCa, loadCa } from "../dist/ca/authority.js";
-import { forgeLeafCertificate } from "../dist/ca/forge-leaf.js";
 import { serveParent } from "./lib.js";
+
+// portcullis' own CA code, from the build (dist/) like every other portcullis import in bench/;
+// typed from src/, so type-checking bench/ needs no build.
+const { initCa, loadCa } = (await import(new URL("../dist/ca/authority.js", import.meta.url).href)) as typeof import("../src/ca/authority.js");
+const { forgeLeafCertificate } = (await import(new URL("../dist/ca/forge-leaf.js", import.meta.url).href)) as typeof import("../src/ca/forge-leaf.js");
 
 const [dir, namesArg] = process.argv.slice(2);
 if (!dir || !namesArg) throw new Error("usage: upstream-child.ts DIR NAME[,NAME...]");
@@ -28,7 +31,8 @@ for (const name of namesArg.split(",")) {
 }
 const ipCert = await forgeLeafCertificate(ca, "127.0.0.1");
 
-const SMALL_BODY = Buffer.from(JSON.stringify({ ok: true, pad: "x".repeat(64 - 23) }));
+// {"ok":true,"pad":"…"} is 20 bytes around the padding: 64 bytes in all.
+const SMALL_BODY = Buffer.from(JSON.stringify({ ok: true, pad: "x".repeat(64 - 20) }));
 const CHUNK = Buffer.alloc(256 * 1024, 0x61);
 let requests = 0;
 
@@ -45,12 +49,23 @@ const SSE_PARTS = [
     sse("message_stop", {}),
 ];
 const SSE_BODY = SSE_PARTS.join("");
+// POST /v1/messages?tool=rm: a tool call the benchmark's llm rule denies, all in one write. Not
+// timed; run.ts uses it once to check that the stream really goes through the SSE guard.
+const SSE_DENIED =
+  sse("content_block_start", { index: 0, content_block: { type: "tool_use", id: "toolu_bench", name: "bash", input: {} } }) +
+  sse("content_block_delta", { index: 0, delta: { type: "input_json_delta", partial_json: JSON.stringify({ command: "rm -rf /tmp/bench" }) } }) +
+  sse("content_block_stop", { index: 0 }) +
+  sse("message_stop", {});
 
-function stream(req: IncomingMessage, res: ServerResponse): void {
+function stream(req: IncomingMessage, res: ServerResponse, denied: boolean): void {
   // Read the whole request first, as an API server would; then answer.
   req.resume();
   req.once("end", () => {
     res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
+    if (denied) {
+      res.end(SSE_DENIED);
+      return;
+    }
     res.write(SSE_PARTS[0]);
     let step = 1;
     const timer = setInterval(() => {
@@ -101,7 +116,7 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
     return;
   }
   if (req.method === "POST" && url.pathname === "/v1/messages") {
-    stream(req, res);
+    stream(req, res, url.searchParams.get("tool") === "rm");
     return;
   }
   res.writeHead(404, { "content-type": "text/plain" }).end("no such page");
