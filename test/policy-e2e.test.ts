@@ -251,6 +251,19 @@ describe("destination guard (SSRF)", () => {
     expect(error.response).toMatch(/^HTTP\/1\.1 403 [\s\S]*own listener/);
   });
 
+  it("refuses a name that resolves to its own listener, found on the address it dials", async () => {
+    const loop = await startProxy(`version: 1\nupstream:\n  resolve: { loop.test: 127.0.0.1 }\nnetwork:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n`);
+    try {
+      const res = await new Promise<number>((resolve, reject) => {
+        http.get({ host: "127.0.0.1", port: loop.port, path: `http://loop.test:${loop.port}/again` }, (r) => (r.resume(), resolve(r.statusCode!))).on("error", reject);
+      });
+      expect(res).toBe(403);
+      await loop.audit.waitFor((l) => l.msg === "denied" && String(l.reason).includes("own listener"));
+    } finally {
+      await loop.close();
+    }
+  });
+
   it("checks the address a name resolves to (here via upstream.resolve) when dialling, and answers 403 inside the tunnel", async () => {
     const before = upstream.seen.length;
     const dispatcher = new ProxyAgent({ uri: ssrf.url, requestTls: { ca: ssrf.caPem } });

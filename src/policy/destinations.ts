@@ -49,6 +49,8 @@ export class DestinationDenied extends Error {
 export interface SelfAddress {
   host?: string;
   port?: number;
+  /** The admin listener's port, refused the same way. */
+  adminPort?: number;
 }
 
 /** network.private_destinations and network.allow_ips, checked on every address portcullis dials. */
@@ -78,8 +80,8 @@ export class DestinationGuard {
   }
 
   /** A request to portcullis' own listener would loop through it; refused whatever allow_ips says. */
-  checkSelf(host: string, port: number): string | undefined {
-    if (this.self.port !== port) return undefined;
+  checkSelf(host: string, port: number | undefined): string | undefined {
+    if (port === undefined || (this.self.port !== port && this.self.adminPort !== port)) return undefined;
     const isLocal = host === "localhost" || (ipaddr.isValid(host) && ["loopback", "unspecified"].includes(ipaddr.process(host).range()));
     if (!isLocal && host !== this.self.host) return undefined;
     return `destination ${host}:${port} is portcullis' own listener`;

@@ -216,6 +216,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       if (admin && adminListen) {
         const at = parseListen(adminListen);
         adminAddress = await listenAdmin(admin, at.host, at.port);
+        self.adminPort = adminAddress.port;
       }
       return address;
     },

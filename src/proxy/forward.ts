@@ -9,6 +9,7 @@ import { planResponse, type Answer, type BufferPlan } from "./modify-response.js
 import { scrubHeaderValues } from "../credentials/echo-scrub.js";
 import { headerMap, requestInfo, runHooks, type Hooks, type ResponseContext } from "./hooks.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
+import { DestinationDenied } from "../policy/destinations.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerError } from "./respond.js";
 import type { OutgoingRequest } from "./rewrite.js";
@@ -61,6 +62,11 @@ function armTimers(request: ClientRequest, exchange: Exchange, state: PolicyStat
       connectMs,
     );
     socket.once(exchange.target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
+    // A name that resolves to portcullis itself (allowed by allow_ips) is caught here, on the address dialled.
+    socket.once("connect", () => {
+      const why = state.guard.checkSelf(socket.remoteAddress ?? "", socket.remotePort);
+      if (why) request.destroy(new DestinationDenied(`${exchange.target.host} resolves to ${why.replace(/^destination /, "")}`));
+    });
   });
   const clear = () => {
     clearTimeout(responseTimer);
