@@ -409,12 +409,9 @@ describe("errors portcullis answers", () => {
     ["OPTIONS * with another Host", () => "OPTIONS * HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
     ["an absolute URL for another host", () => "GET https://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
   ])("refuses %s inside a tunnel (400)", async (_name, raw, reason) => {
-    const { openTlsTunnel, readAll } = await import("./helpers/tunnel.js");
+    const { rawExchange } = await import("./helpers/tunnel.js");
     const before = upstream.seen.length;
-    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
-    const reply = readAll(tls as unknown as import("node:net").Socket);
-    tls.write(raw(upstream.port));
-    const text = await reply;
+    const text = await rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, raw(upstream.port));
     expect(text).toMatch(/^HTTP\/1\.1 400 /);
     expect(text).toContain(reason);
     expect(upstream.seen.length).toBe(before);

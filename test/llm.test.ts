@@ -3,6 +3,7 @@ import { request } from "undici";
 import { fakeLlmHandler, PATHS, release, type Api, type FakeRequest } from "./helpers/fake-llm.js";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
+import { rawExchange } from "./helpers/tunnel.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 
 let pki: ServerPki;
@@ -162,27 +163,12 @@ describe("LLM guard: shapes and tricks that must not slip through", () => {
   });
 
   it("refuses a request target with a fragment (it could steer the API detection)", async () => {
-    const { openTlsTunnel } = await import("./helpers/tunnel.js");
-    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
-    const reply = new Promise<string>((resolve) => {
-      let data = "";
-      tls.on("data", (chunk: Buffer) => (data += chunk.toString()));
-      tls.once("close", () => resolve(data));
-    });
-    tls.write(`POST /v1/chat/completions#/messages HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`);
+    const reply = rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `POST /v1/chat/completions#/messages HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`);
     expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*fragment/);
   });
 
   it("does not relay an LLM JSON answer to an upgrade request unjudged", async () => {
-    const { openTlsTunnel } = await import("./helpers/tunnel.js");
-    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
-    const reply = new Promise<string>((resolve) => {
-      let data = "";
-      tls.on("data", (chunk: Buffer) => (data += chunk.toString()));
-      tls.once("close", () => resolve(data));
-    });
-    tls.write(`GET /v1/chat/completions HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n`);
-    const text = await reply;
+    const text = await rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /v1/chat/completions HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n`);
     expect(text).toMatch(/^HTTP\/1\.1 502 /);
     expect(text).not.toContain('"bash"');
   });

@@ -183,11 +183,9 @@ describe("WebSocket through the proxy", () => {
   });
 
   it("refuses an upgrade request that carries a body (400), without asking the upstream", async () => {
-    const { openTlsTunnel, readAll } = await import("./helpers/tunnel.js");
+    const { rawExchange } = await import("./helpers/tunnel.js");
     const before = upstream.seen.length;
-    const tls = await openTlsTunnel(proxy.port, `localhost:${upstream.port}`, { servername: "localhost", ca: proxy.caPem });
-    const reply = readAll(tls as unknown as import("node:net").Socket);
-    tls.write(`GET /echo HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello`);
+    const reply = rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /echo HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello`);
     expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*cannot carry a body/);
     expect(upstream.seen.length).toBe(before);
   });

@@ -46,3 +46,11 @@ export function readAll(socket: Socket): Promise<string> {
     socket.once("close", () => resolve(data));
   });
 }
+
+/** Sends raw bytes inside a TLS tunnel to host:port (SNI host) and resolves with everything that comes back. */
+export async function rawExchange(proxyPort: number, host: string, port: number, ca: string, bytes: string): Promise<string> {
+  const tls = await openTlsTunnel(proxyPort, `${host}:${port}`, { servername: host, ca });
+  const reply = readAll(tls as unknown as Socket);
+  tls.write(bytes);
+  return reply;
+}
