@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { assertBuilt, CLI } from "./helpers/cli.js";
 import { tempDir } from "./helpers/pki.js";
 
-const sample = readFileSync(join(import.meta.dirname, "fixtures/audit-sample.log"), "utf8");
+const sample = readFileSync(join(import.meta.dirname, "fixtures/audit-sample.jsonl"), "utf8");
 
 function tail(args: string[], input = sample): { status: number | null; lines: string[] } {
   const result = spawnSync(process.execPath, [CLI, "tail", ...args], { input, encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } });
