@@ -323,6 +323,7 @@ describe("credential injection", () => {
     const body = (await res.body.json()) as { error: { type: string; message: string } };
     expect(body.error.type).toBe("credential_unavailable");
     expect(body.error.message).toContain("PCX_E2E_NEVER_SET is not set");
+    for (const value of Object.values(SECRETS)) expect(JSON.stringify(body)).not.toContain(value);
     expect(upstream.seen.length).toBe(before);
   });
 
@@ -333,6 +334,7 @@ describe("credential injection", () => {
     const body = (await res.body.json()) as { error: { type: string; message: string } };
     expect(body.error).toMatchObject({ type: "credential_unavailable" });
     expect(body.error.message).toMatch(/line break or NUL/);
+    expect(JSON.stringify(body)).not.toContain(SECRETS.PCX_E2E_CRLF.split("\r\n")[0]);
     expect(upstream.seen.length).toBe(before);
   });
 
