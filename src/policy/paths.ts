@@ -16,12 +16,20 @@ function decode(path: string): string {
 }
 
 /**
+ * A path normalisePath would return unchanged: a leading slash, then segments with nothing
+ * to decode or fold (no %, no backslash, not empty, not "." or ".."), an optional trailing slash.
+ */
+const ALREADY_NORMAL = /^\/(?:(?!\.\.?(?:\/|$))[^/%\\]+(?:\/|$))*$/;
+
+/**
  * The path a rule is matched against: query dropped, percent-decoding undone (so %2e%2e is
  * ".."), backslashes and repeated slashes folded, dot segments resolved. A request cannot
  * dodge a rule by spelling its path differently from how the upstream will read it.
  */
 export function normalisePath(rawPath: string): string {
-  const pathOnly = rawPath.split(/[?#]/, 1)[0] ?? "/";
+  const end = rawPath.search(/[?#]/);
+  const pathOnly = end < 0 ? rawPath : rawPath.slice(0, end);
+  if (ALREADY_NORMAL.test(pathOnly)) return pathOnly;
   const decoded = decode(pathOnly).replace(/\\/g, "/");
   const out: string[] = [];
   for (const segment of decoded.split("/")) {

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { AuditError, AuditMessage, AuditRecord, WebSocketSummary } from "../log/audit-record.js";
 import { REDACTED } from "../log/scrub.js";
+import { normalisePath } from "../policy/paths.js";
 import { headersForLog, type RawHeaders } from "./raw-headers.js";
 
 /** What a CONNECT established, carried to every request inside the tunnel. */
@@ -49,6 +50,7 @@ export class Exchange {
   reqBody: string | undefined;
   ws: WebSocketSummary | undefined;
   private written = false;
+  private normalised: string | undefined;
 
   constructor(
     readonly requestId: string,
@@ -61,6 +63,11 @@ export class Exchange {
     /** Removes every known secret value from text portcullis writes itself (error bodies). */
     readonly scrub: (text: string) => string = (text) => text,
   ) {}
+
+  /** The path as rules see it (see normalisePath), worked out once for every stage that asks. */
+  get normalisedPath(): string {
+    return (this.normalised ??= normalisePath(this.path));
+  }
 
   /** Marks the exchange logged; false when it already was. */
   claimAuditLine(): boolean {

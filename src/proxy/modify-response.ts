@@ -8,7 +8,6 @@ import { describeVerdict, evaluateToolCall, llmRulesFor } from "../llm/evaluate.
 import { LlmSseGuard, MAX_LLM_BODY_BYTES, type Denial } from "../llm/sse-guard.js";
 import { apiForBody, apiForPath, toolCallsInBody, UnparseableLlmResponse, type LlmApi } from "../llm/tool-calls.js";
 import { isTextContentType } from "../log/body-sample.js";
-import { normalisePath } from "../policy/paths.js";
 import type { LlmRule } from "../policy/schema.js";
 import type { Exchange } from "./exchange.js";
 import { getHeader, removeHeaders, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
@@ -71,7 +70,7 @@ function denialAnswer(exchange: Exchange, api: LlmApi | undefined, reason: strin
 }
 
 /** Judges a complete JSON response of an LLM API; any doubt denies. */
-function judgeJson(exchange: Exchange, rules: readonly LlmRule[], pathApi: LlmApi | undefined, body: Buffer | undefined): { api: LlmApi | undefined; denial?: { reason: string; rule: string | null } } {
+function judgeJson(rules: readonly LlmRule[], pathApi: LlmApi | undefined, body: Buffer | undefined): { api: LlmApi | undefined; denial?: { reason: string; rule: string | null } } {
   if (body === undefined) return { api: pathApi, denial: { reason: "LLM response over 10 MiB could not be checked", rule: null } };
   let parsed: unknown;
   try {
@@ -127,7 +126,7 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
   if (trailer !== undefined) headers.push("Trailer", trailer);
   headers = setHeader(headers, "X-Request-Id", exchange.requestId);
   const { host } = exchange.target;
-  const path = normalisePath(exchange.path);
+  const path = exchange.normalisedPath;
   const responseRules = state.policy.responses.length ? responseRulesFor(state.policy, host, path) : [];
   headers = applyHeaderRules(headers, responseRules);
   if (exchange.injectedSecrets.length) headers = scrubHeaderValues(headers, exchange.injectedSecrets);
@@ -135,6 +134,8 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
   // HEAD, 204 and 304 carry no body to judge or rewrite; upgrades relay raw bytes.
   const hasBody = exchange.method !== "HEAD" && status !== 204 && status !== 304;
   if (options.upgrade || !hasBody) return plain;
+  // Nothing in the policy could want this body: no need to look at its type.
+  if (state.policy.llm.length === 0 && responseRules.length === 0 && exchange.injectedSecrets.length === 0) return plain;
 
   const contentType = getHeader(upstreamRes.rawHeaders, "content-type")?.toLowerCase() ?? "";
   const isSse = contentType.startsWith("text/event-stream");
@@ -163,7 +164,7 @@ export function planResponse(exchange: Exchange, upstreamRes: IncomingMessage, s
       decoder,
       limit: MAX_LLM_BODY_BYTES,
       finish(body) {
-        const { api, denial } = judgeJson(exchange, llmRules, pathApi, body);
+        const { api, denial } = judgeJson(llmRules, pathApi, body);
         if (denial) return denialAnswer(exchange, api, denial.reason, denial.rule);
         let text = body!.toString("utf8");
         if (replacements.length) text = replaceAll(text, replacements);

@@ -6,7 +6,6 @@ import { injectCredentials, planCredentials } from "../credentials/inject.js";
 import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, readBody, substitutePlaceholders } from "../credentials/placeholders.js";
 import type { AuditMessage } from "../log/audit-record.js";
 import { decideRequest } from "../policy/decide.js";
-import { normalisePath } from "../policy/paths.js";
 import { llmRulesFor } from "../llm/evaluate.js";
 import { removeHeaders, restrictAcceptEncoding } from "./raw-headers.js";
 import { Exchange, requestIdFrom, type Target, type TunnelContext } from "./exchange.js";
@@ -83,8 +82,7 @@ async function openExchange(runtime: Runtime, req: IncomingMessage): Promise<{ e
 }
 
 /** A body the placeholder stage must see is read before anything is decided (text, at most 64 KiB). */
-async function readBodyIfNeeded(req: IncomingMessage, exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState, writeContinue?: () => void): Promise<void> {
-  if (!bodyNeedsReading(state, req)) return;
+async function readBodyFirst(req: IncomingMessage, exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState, writeContinue?: () => void): Promise<void> {
   // A client waiting for 100 Continue sends nothing until it gets one: give it, or we wait forever.
   if (String(req.headers.expect ?? "").toLowerCase() === "100-continue") {
     writeContinue?.();
@@ -112,10 +110,11 @@ async function prepare(
   writeContinue?: () => void,
 ): Promise<OutgoingRequest> {
   const outgoing = rewriteRequest(req, exchange, located.path, located.hostHeader, upgrade);
-  const normalisedPath = normalisePath(located.path);
-  const credentials = planCredentials(state, exchange.target.host, normalisedPath);
-  await readBodyIfNeeded(req, exchange, outgoing, state, writeContinue);
-  const placeholders = findPlaceholders(state, outgoing);
+  const normalisedPath = exchange.normalisedPath;
+  // The empty-policy checks below skip an async step per stage that would do nothing.
+  const credentials = state.policy.credentials.length ? planCredentials(state, exchange.target.host, normalisedPath) : [];
+  if (bodyNeedsReading(state, req)) await readBodyFirst(req, exchange, outgoing, state, writeContinue);
+  const placeholders = state.policy.placeholders.length ? findPlaceholders(state, outgoing) : [];
 
   checkPlaceholderHosts(placeholders, exchange);
   const decision = decideRequest(exchange, state, normalisedPath);
@@ -125,8 +124,8 @@ async function prepare(
   if (decision.action === "deny") throw new ProxyError("policy_denied", decision.reason, decision.rule);
   if (hooks.length) await runRequestHooks(hooks, exchange, outgoing, upgrade);
 
-  await injectCredentials(credentials, exchange, outgoing, state);
-  await substitutePlaceholders(placeholders, exchange, outgoing, state);
+  if (credentials.length) await injectCredentials(credentials, exchange, outgoing, state);
+  if (placeholders.length) await substitutePlaceholders(placeholders, exchange, outgoing, state);
   if (exchange.injectedSecrets.length || (state.policy.llm.length && llmRulesFor(state.policy, exchange.target.host, normalisedPath).length)) {
     outgoing.headers = restrictAcceptEncoding(outgoing.headers);
   }

@@ -53,8 +53,16 @@ export function removeHeaders(raw: RawHeaders, names: ReadonlySet<string>): RawH
 
 const EMPTY: ReadonlySet<string> = new Set();
 
+/** The comma-separated tokens of header values, trimmed and lower-cased, empty ones dropped. */
 function tokens(values: string[]): string[] {
-  return values.flatMap((value) => value.split(",")).map((token) => token.trim().toLowerCase()).filter(Boolean);
+  const out: string[] = [];
+  for (const value of values) {
+    for (const item of value.split(",")) {
+      const token = item.trim().toLowerCase();
+      if (token) out.push(token);
+    }
+  }
+  return out;
 }
 
 /**
