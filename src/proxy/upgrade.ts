@@ -4,7 +4,7 @@ import type { Duplex } from "node:stream";
 import type { WebSocketSummary } from "../log/audit-record.js";
 import type { Exchange } from "./exchange.js";
 import { openUpstreamRequest, upstreamName } from "./forward.js";
-import { planResponse } from "./modify-response.js";
+import { planResponse, type StreamPlan } from "./modify-response.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { getHeader, type RawHeaders } from "./raw-headers.js";
 import { answerErrorOnSocket, recordError } from "./respond.js";
@@ -54,7 +54,7 @@ export function forwardUpgrade(
     settled = true;
     client.off("close", abandon);
     exchange.status = upstreamRes.statusCode ?? 101;
-    const { headers } = planResponse(exchange, upstreamRes, state, { upgrade: true }) as { headers: RawHeaders };
+    const { headers, statusMessage } = planResponse(exchange, upstreamRes, state, { upgrade: true }) as StreamPlan;
     if (isWebSocket) {
       exchange.ws = {
         protocol: getHeader(upstreamRes.rawHeaders, "sec-websocket-protocol") ?? null,
@@ -63,7 +63,7 @@ export function forwardUpgrade(
         closed_by: null,
       };
     }
-    client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "Switching Protocols", headers));
+    client.write(serializeHead(exchange.status, statusMessage ?? "Switching Protocols", headers));
     const closed = onSessionOpen();
     relay(exchange, client, upstreamSocket, head, upstreamHead, () => {
       closed();
@@ -102,10 +102,10 @@ function relayRefusal(exchange: Exchange, upstreamRes: IncomingMessage, client: 
     done();
     return;
   }
-  const { headers, transforms } = plan;
+  const { headers, transforms, statusMessage } = plan;
   // The body is framed by closing the connection: the handshake connection ends here anyway.
   headers.push("Connection", "close");
-  client.write(serializeHead(exchange.status, upstreamRes.statusMessage ?? "", headers));
+  client.write(serializeHead(exchange.status, statusMessage ?? "", headers));
   upstreamRes.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
   });
