@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { EchoScrubber, scrubHeaderValues } from "../src/credentials/echo-scrub.js";
+import { EchoScrubber, scrubHeaderValues, scrubText } from "../src/credentials/echo-scrub.js";
 import { setQueryParam } from "../src/credentials/query.js";
 import { SecretStore, SecretUnavailable } from "../src/credentials/secrets.js";
 import { Scrubber } from "../src/log/scrub.js";
@@ -7,8 +7,8 @@ import { classifyAddress, DestinationGuard } from "../src/policy/destinations.js
 import { hostMatches, normaliseHost } from "../src/policy/hosts.js";
 import { Identities, tokenSecretName } from "../src/policy/identity.js";
 import { parsePolicy } from "../src/policy/load.js";
-import { normalisePath, pathMatches } from "../src/policy/paths.js";
-import { decide, decideConnect } from "../src/policy/rules.js";
+import { normalisePath, pathMatches, pathReadings } from "../src/policy/paths.js";
+import { decide, decideConnect, decideEveryReading } from "../src/policy/rules.js";
 import { createLookup } from "../src/proxy/upstream-pool.js";
 
 describe("host patterns", () => {
@@ -47,6 +47,19 @@ describe("path normalisation", () => {
     ["/%61dmin/%ff%fe/x", "/admin/%ff%fe/x"],
   ])("%s -> %s", (raw, expected) => {
     expect(normalisePath(raw)).toBe(expected);
+  });
+
+  it("reads an encoded slash and ;params every way a server might, and the policy must allow every reading", () => {
+    expect(pathReadings("/repos/victim/x/..%2F..%2F..%2Frepos/myorg/y")).toEqual(["/repos/myorg/y", "/repos/victim/x/..%2F..%2F..%2Frepos/myorg/y"]);
+    expect(pathReadings("/public/..;/admin")).toEqual(["/public/..;/admin", "/admin"]);
+    expect(pathReadings("/plain/path?q=%2F")).toEqual(["/plain/path"]);
+    const allowMyOrg = parsePolicy('version: 1\nnetwork:\n  rules:\n    - { name: myorg, action: allow, hosts: [api.test], paths: ["/repos/myorg/**"] }\n').policy;
+    const denyAdmin = parsePolicy('version: 1\nnetwork:\n  default: allow\n  rules:\n    - { name: no-admin, action: deny, hosts: [api.test], paths: ["/admin/**", "/admin"] }\n').policy;
+    const facts = { host: "api.test", port: 443, client: null, method: "GET" };
+    expect(decideEveryReading(allowMyOrg, facts, pathReadings("/repos/victim/x/..%2F..%2F..%2Frepos/myorg/y")).action).toBe("deny");
+    expect(decideEveryReading(allowMyOrg, facts, pathReadings("/repos/myorg/branches/feature%2Fx")).action).toBe("allow");
+    expect(decideEveryReading(denyAdmin, facts, pathReadings("/public%2F..%2Fadmin"))).toMatchObject({ action: "deny", rule: "no-admin" });
+    expect(decideEveryReading(denyAdmin, facts, pathReadings("/public/..;/admin"))).toMatchObject({ action: "deny", rule: "no-admin" });
   });
 
   it("globs: ** crosses segments, * does not", () => {
@@ -286,5 +299,35 @@ describe("the proxy's own listener", () => {
     expect(guard.checkSelf("0.0.0.0", 8080)).toMatch(/own listener/);
     expect(guard.checkSelf("127.0.0.1", 8081)).toBeUndefined();
     expect(guard.checkSelf("example.com", 8080)).toBeUndefined();
+  });
+});
+
+describe("secret spellings", () => {
+  it("scrubs a secret in every common encoding, raw and at any base64 offset", () => {
+    const secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY!EXAMPLE~KEY";
+    const spelled = [
+      secret,
+      JSON.stringify(secret),
+      JSON.stringify(secret).replace(/\//g, "\\/"),
+      encodeURIComponent(secret),
+      encodeURIComponent(secret).replace(/%[0-9A-F]{2}/g, (e) => e.toLowerCase()),
+      "wJalrXUtnFEMI%2FK7MDENG%2BbPxRfiCY%21EXAMPLE~KEY",
+      encodeURIComponent(encodeURIComponent(secret)),
+      Buffer.from(secret).toString("hex"),
+      Buffer.from(secret).toString("base64"),
+      Buffer.from(`Bearer ${secret}`).toString("base64"),
+      Buffer.from(`x${secret}`).toString("base64url"),
+      Buffer.from(`xy${secret}`).toString("base64"),
+    ];
+    for (const text of spelled) {
+      const scrubbed = scrubText(`before ${text} after`, [secret]);
+      expect(scrubbed).toContain("[REDACTED]");
+      // What remains cannot give the secret back: at most a couple of bytes at each end of a base64 run.
+      expect(scrubbed).not.toContain(secret.slice(4, -4));
+      expect(Buffer.from(scrubbed.replace(/^before |after$/g, ""), "base64").toString("latin1")).not.toContain(secret.slice(4, -4));
+    }
+    const logScrubber = new Scrubber();
+    logScrubber.add(secret);
+    expect(logScrubber.scrub(`x ${Buffer.from(`Bearer ${secret}`).toString("base64")} y`)).toContain("[REDACTED]");
   });
 });

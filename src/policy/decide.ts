@@ -1,7 +1,7 @@
 import { isIP } from "node:net";
 import type { Exchange } from "../proxy/exchange.js";
 import type { PolicyState } from "../proxy/runtime.js";
-import { decide, decideConnect, type Decision } from "./rules.js";
+import { decideConnect, decideEveryReading, type Decision } from "./rules.js";
 
 export type { Decision };
 
@@ -14,11 +14,11 @@ function literalDestination(state: PolicyState, host: string, port: number): Dec
 }
 
 /** The policy stage for one request: destination, then the network rules (first match wins). */
-export function decideRequest(exchange: Exchange, state: PolicyState, normalisedPath: string): Decision {
+export function decideRequest(exchange: Exchange, state: PolicyState): Decision {
   const { host, port } = exchange.target;
   return (
     literalDestination(state, host, port) ??
-    decide(state.policy, { host, port, client: exchange.tunnel.client, method: exchange.method, path: normalisedPath })
+    decideEveryReading(state.policy, { host, port, client: exchange.tunnel.client, method: exchange.method }, exchange.pathReadings)
   );
 }
 

@@ -4,8 +4,8 @@ import type { PolicyState } from "../proxy/runtime.js";
 import { parseAbsoluteForm } from "../proxy/target.js";
 import { DestinationGuard } from "./destinations.js";
 import { anyHostMatches } from "./hosts.js";
-import { normalisePath } from "./paths.js";
-import { decide, decideConnect } from "./rules.js";
+import { pathReadings } from "./paths.js";
+import { decideConnect, decideEveryReading } from "./rules.js";
 import type { Policy } from "./schema.js";
 
 export interface Explanation {
@@ -26,15 +26,20 @@ export function explain(policy: Policy, method: string, url: string, client: str
   if (!absolute) throw new Error(`URL must be absolute, e.g. https://api.github.com/repos/x: got "${url}"`);
   if (client !== null && !policy.clients.some((known) => known.name === client)) throw new Error(`client "${client}" is not defined in the policy`);
   const { scheme, host, port } = absolute.target;
-  const normalisedPath = normalisePath(absolute.path);
+  const readings = pathReadings(absolute.path);
+  const normalisedPath = readings[0]!;
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips);
   const literalDenied = isIP(host) ? guard.check(host) : undefined;
   const upperMethod = method.toUpperCase();
-  const ruleDecision = literalDenied
+  const ruleDecision: { action: "allow" | "deny"; rule: string | null; reason: string } = literalDenied
     ? { action: "deny" as const, rule: "network.private_destinations", reason: literalDenied }
-    : decide(policy, { host, port, client, method: upperMethod, path: normalisedPath });
+    : decideEveryReading(policy, { host, port, client, method: upperMethod }, readings);
   const connect = scheme === "https" ? (literalDenied ? ruleDecision : decideConnect(policy, { host, port, client })) : null;
   const state = { policy } as PolicyState;
+  if (policy.clients.length > 0 && client === null) {
+    // The proxy would answer 407 before any rule is consulted.
+    Object.assign(ruleDecision, { action: "deny", rule: null, reason: "proxy authentication required: the policy defines clients; pass --client NAME" });
+  }
   const allowed = ruleDecision.action === "allow" && (connect === null || connect.action === "allow");
   const credentials = allowed
     ? planCredentials(state, host, normalisedPath).map((credential) => {

@@ -41,6 +41,23 @@ export function normalisePath(rawPath: string): string {
   return `/${out.join("/")}${trailing}`;
 }
 
+const ENCODED_SEPARATOR = /%2f|%5c/i;
+
+/**
+ * Every plausible reading of a path, the first being normalisePath's. Servers disagree on
+ * what an encoded slash is (a separator once decoded, or part of a segment) and on ";params"
+ * in a segment (Tomcat drops them, "..;" then climbs a level). Where the path leaves room for
+ * such a disagreement, each reading is returned and the policy must agree with all of them.
+ */
+export function pathReadings(rawPath: string): string[] {
+  const end = rawPath.search(/[?#]/);
+  const pathOnly = end < 0 ? rawPath : rawPath.slice(0, end);
+  const readings = [normalisePath(pathOnly)];
+  if (ENCODED_SEPARATOR.test(pathOnly)) readings.push(normalisePath(pathOnly.replace(/%(2f|5c)/gi, "%25$1")));
+  if (pathOnly.includes(";")) readings.push(normalisePath(pathOnly.replace(/;[^/]*/g, "")));
+  return [...new Set(readings)];
+}
+
 const compiled = new Map<string, (path: string) => boolean>();
 
 /** A glob on the normalised path; `**` crosses slashes, `*` does not. Compiled once per pattern. */

@@ -46,6 +46,17 @@ export function decide(policy: Policy, facts: RequestFacts): Decision {
   return defaultDecision(policy, `no rule matches ${facts.method} ${describeTarget(facts)}${facts.path}`);
 }
 
+/** The request decided under every reading of its path: any denial wins, else the first reading's allow. */
+export function decideEveryReading(policy: Policy, facts: Omit<RequestFacts, "path">, paths: readonly string[]): Decision {
+  let first: Decision | undefined;
+  for (const path of paths) {
+    const decision = decide(policy, { ...facts, path });
+    if (decision.action === "deny") return decision;
+    first ??= decision;
+  }
+  return first!;
+}
+
 function defaultDecision(policy: Policy, why: string): Decision {
   const action = policy.network.default;
   return { action, rule: null, reason: `${why}; network.default is ${action}` };

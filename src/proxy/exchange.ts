@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { AuditError, AuditMessage, AuditRecord, WebSocketSummary } from "../log/audit-record.js";
 import { REDACTED } from "../log/scrub.js";
-import { normalisePath } from "../policy/paths.js";
+import { pathReadings } from "../policy/paths.js";
 import { headersForLog, type RawHeaders } from "./raw-headers.js";
 
 /** What a CONNECT established, carried to every request inside the tunnel. */
@@ -50,7 +50,7 @@ export class Exchange {
   reqBody: string | undefined;
   ws: WebSocketSummary | undefined;
   private written = false;
-  private normalised: string | undefined;
+  private readings: string[] | undefined;
 
   constructor(
     readonly requestId: string,
@@ -66,7 +66,12 @@ export class Exchange {
 
   /** The path as rules see it (see normalisePath), worked out once for every stage that asks. */
   get normalisedPath(): string {
-    return (this.normalised ??= normalisePath(this.path));
+    return this.pathReadings[0]!;
+  }
+
+  /** Every way an upstream might read the path (see pathReadings); the policy must allow them all. */
+  get pathReadings(): string[] {
+    return (this.readings ??= pathReadings(this.path));
   }
 
   /** Marks the exchange logged; false when it already was. */

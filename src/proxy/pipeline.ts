@@ -117,7 +117,7 @@ async function prepare(
   const placeholders = state.policy.placeholders.length ? findPlaceholders(state, outgoing) : [];
 
   checkPlaceholderHosts(placeholders, exchange);
-  const decision = decideRequest(exchange, state, normalisedPath);
+  const decision = decideRequest(exchange, state);
   exchange.decision = decision.action;
   exchange.rule = decision.rule;
   exchange.reason = decision.reason;
