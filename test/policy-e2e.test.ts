@@ -177,6 +177,28 @@ describe("proxy authentication", () => {
     expect(line).toMatchObject({ host: "api.test", port: upstream.port, scheme: "http" });
   });
 
+  it("never forwards Proxy-Authorization: not from an absolute-form request, not from inside a tunnel", async () => {
+    const before = upstream.seen.length;
+    const status = await new Promise<number>((resolve, reject) => {
+      http
+        .get({ host: "127.0.0.1", port: proxy.port, path: `https://api.test:${upstream.port}/abs-auth`, headers: { "Proxy-Authorization": basic("agent-1", SECRETS.PCX_E2E_T1) } }, (r) => (r.resume(), resolve(r.statusCode!)))
+        .on("error", reject);
+    });
+    expect(status).toBe(200);
+    expect(upstream.seen.length).toBe(before + 1);
+    expect(headerValues(seenBy("/abs-auth").rawHeaders, "proxy-authorization")).toEqual([]);
+    await new Promise<void>((resolve, reject) => {
+      https
+        .get(url("api.test", "/inner-auth"), {
+          agent: new HttpsProxyAgent(`http://agent-1:${SECRETS.PCX_E2E_T1}@127.0.0.1:${proxy.port}`),
+          ca: proxy.caPem,
+          headers: { "Proxy-Authorization": "Basic c29tZW9uZTpzZWNyZXQ=" },
+        }, (r) => (r.resume(), r.on("end", () => resolve())))
+        .on("error", reject);
+    });
+    expect(headerValues(seenBy("/inner-auth").rawHeaders, "proxy-authorization")).toEqual([]);
+  });
+
   it("accepts Basic name:token and Bearer token, carries the identity into every audit line, never forwards Proxy-Authorization", async () => {
     const one = await request(url("api.test", "/who?c=1"), { dispatcher: agent1 });
     const echoed = (await one.body.json()) as { rawHeaders: string[] };
