@@ -169,7 +169,8 @@ describe("LLM guard: shapes and tricks that must not slip through", () => {
 
   it("does not relay an LLM JSON answer to an upgrade request unjudged", async () => {
     const text = await rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /v1/chat/completions HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n`);
-    expect(text).toMatch(/^HTTP\/1\.1 502 /);
+    // Refused before it is forwarded (llm hosts take no upgrades unless a rule allows them).
+    expect(text).toMatch(/^HTTP\/1\.1 403 /);
     expect(text).not.toContain('"bash"');
   });
 
@@ -260,6 +261,16 @@ describe("LLM tool-call policy, streams", () => {
     const res = await request(`https://localhost:${upstream.port}${PATHS.anthropic}`, { method: "HEAD", dispatcher: proxy.dispatcher });
     expect(res.statusCode).toBe(200);
     await res.body.text();
+  });
+
+  it("refuses a WebSocket to a host under an llm rule (its frames would not be judged)", async () => {
+    const { default: WebSocket } = await import("ws");
+    const ws = new WebSocket(`wss://localhost:${upstream.port}/v1/realtime`, { agent: proxy.agent(), ca: proxy.caPem });
+    const status = await new Promise<number>((resolve) => ws.once("unexpected-response", (_req, res) => resolve(res.statusCode!)));
+    expect(status).toBe(403);
+    const line = await proxy.audit.waitFor((l) => l.path === "/v1/realtime");
+    expect(line).toMatchObject({ msg: "denied", rule: "no-destructive-shell" });
+    expect(String(line.reason)).toContain("allow_websocket");
   });
 
   it("leaves hosts without an llm rule alone", async () => {

@@ -127,6 +127,8 @@ export const llmRuleSchema = z.strictObject({
       }),
     )
     .min(1),
+  /** WebSocket sessions (e.g. a realtime API) are relayed raw and cannot be judged: refused unless allowed here. */
+  allow_websocket: z.boolean().default(false),
 });
 
 export const responseRuleSchema = z

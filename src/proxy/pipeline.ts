@@ -122,6 +122,7 @@ async function prepare(
   exchange.rule = decision.rule;
   exchange.reason = decision.reason;
   if (decision.action === "deny") throw new ProxyError("policy_denied", decision.reason, decision.rule);
+  if (upgrade) refuseUninspectableUpgrade(state, exchange);
   if (hooks.length) await runRequestHooks(hooks, exchange, outgoing, upgrade);
 
   if (credentials.length) await injectCredentials(credentials, exchange, outgoing, state);
@@ -130,6 +131,18 @@ async function prepare(
     outgoing.headers = restrictAcceptEncoding(outgoing.headers);
   }
   return outgoing;
+}
+
+/** A WebSocket to a host under an llm rule would carry tool calls no one judges: fail closed unless the rule allows it. */
+function refuseUninspectableUpgrade(state: PolicyState, exchange: Exchange): void {
+  if (state.policy.llm.length === 0) return;
+  const rule = llmRulesFor(state.policy, exchange.target.host, exchange.normalisedPath).find((candidate) => !candidate.allow_websocket);
+  if (!rule) return;
+  throw new ProxyError(
+    "policy_denied",
+    `WebSocket sessions to ${exchange.target.host} are not inspected for tool calls, so llm rule ${rule.name} refuses them (set allow_websocket: true on the rule to allow)`,
+    rule.name,
+  );
 }
 
 /** onRequest / onWebSocket hooks: they see the request the policy allowed, before any secret is on it. */
