@@ -78,8 +78,43 @@ describe("start --workers", () => {
     running = undefined;
   });
 
+  it("gives up with exit 1 when its workers cannot listen (port in use), instead of respawning for ever", { timeout: 30_000 }, async () => {
+    const { createServer } = await import("node:net");
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as import("node:net").AddressInfo).port;
+    const dir = tempDir("workers-fail");
+    const policyFile = join(dir, "policy.yaml");
+    writeFileSync(policyFile, `version: 1\nca: { dir: ${JSON.stringify(join(dir, "certs"))} }\n`);
+    try {
+      const result = await exec(process.execPath, [join(import.meta.dirname, "../dist/cli.js"), "start", "--policy", policyFile, "--listen", `127.0.0.1:${port}`, "--workers", "2"]).catch(
+        (e: { code: number; stderr: string }) => e,
+      );
+      expect((result as { code: number }).code).toBe(1);
+      expect((result as { stderr: string }).stderr).toContain("giving up");
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
+  });
+
   it("rejects a malformed --workers with a usage error", async () => {
     const result = await exec(process.execPath, [join(import.meta.dirname, "../dist/cli.js"), "start", "--workers", "lots"]).catch((e: { code: number; stderr: string }) => e);
     expect((result as { code: number }).code).toBe(2);
+  });
+});
+
+describe("--workers auto", () => {
+  it("honours a container CPU limit (cgroup v2 and v1)", async () => {
+    const { cgroupCpuLimit } = await import("../src/proxy/workers.js");
+    const files = (map: Record<string, string>) => (file: string) => {
+      if (!(file in map)) throw new Error("ENOENT");
+      return map[file]!;
+    };
+    expect(cgroupCpuLimit(files({ "/sys/fs/cgroup/cpu.max": "200000 100000\n" }))).toBe(2);
+    expect(cgroupCpuLimit(files({ "/sys/fs/cgroup/cpu.max": "50000 100000\n" }))).toBe(1);
+    expect(cgroupCpuLimit(files({ "/sys/fs/cgroup/cpu.max": "max 100000\n" }))).toBeUndefined();
+    expect(cgroupCpuLimit(files({ "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "300000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000" }))).toBe(3);
+    expect(cgroupCpuLimit(files({ "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000" }))).toBeUndefined();
+    expect(cgroupCpuLimit(files({}))).toBeUndefined();
   });
 });

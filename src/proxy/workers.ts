@@ -1,5 +1,6 @@
 import cluster, { type Worker } from "node:cluster";
 import type { AddressInfo } from "node:net";
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
@@ -9,9 +10,31 @@ import { parseListen } from "./create-proxy.js";
 import { formatAuthority } from "./target.js";
 
 const LISTENING = "portcullis:listening";
+/** Consecutive worker exits, before any worker ever listened, after which the primary gives up. */
+const MAX_FAILURES_BEFORE_LISTENING = 5;
+
+/** The CPUs a cgroup (container) CPU limit grants, if one is set: cgroup v2, then v1. */
+export function cgroupCpuLimit(read: (file: string) => string = (file) => readFileSync(file, "utf8")): number | undefined {
+  const quota = (text: string, period: string) => {
+    const q = Number(text);
+    const p = Number(period);
+    return Number.isFinite(q) && q > 0 && p > 0 ? Math.max(1, Math.ceil(q / p)) : undefined;
+  };
+  try {
+    const [limit, period] = read("/sys/fs/cgroup/cpu.max").trim().split(/\s+/);
+    return limit === "max" ? undefined : quota(limit ?? "", period ?? "");
+  } catch {
+    try {
+      return quota(read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").trim(), read("/sys/fs/cgroup/cpu/cpu.cfs_period_us").trim());
+    } catch {
+      return undefined;
+    }
+  }
+}
 
 export function parseWorkers(spec: string): number {
-  if (spec === "auto") return availableParallelism();
+  // availableParallelism() counts the machine's cores, not a container's CPU limit.
+  if (spec === "auto") return Math.min(availableParallelism(), cgroupCpuLimit() ?? Number.POSITIVE_INFINITY);
   const count = Number(spec);
   if (!Number.isInteger(count) || count < 1 || count > 256) throw new Error(`--workers expects a whole number from 1 to 256 or "auto", got "${spec}"`);
   return count;
@@ -42,6 +65,8 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const listening = new Map<Worker, string>();
   let stopping = false;
   let announced = false;
+  let failures = 0;
+  let giveUp: () => void = () => undefined;
   const aggregator = new AggregatorRegistry();
   const adminListen = loaded.policy.admin.listen;
   const admin = adminListen
@@ -66,8 +91,20 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     worker.on("exit", (code, signal) => {
       listening.delete(worker);
       if (stopping) return;
-      write(`portcullis: worker ${worker.process.pid} exited (${signal ?? code}); starting another`);
-      fork();
+      failures++;
+      // Workers that never managed to listen will not do better on the next try (a port in use,
+      // a bad certificate directory): give up rather than loop.
+      if (!announced && failures >= MAX_FAILURES_BEFORE_LISTENING) {
+        write(`portcullis: workers keep exiting before they listen (last: ${signal ?? code}); giving up`);
+        giveUp();
+        return;
+      }
+      const delay = Math.min(100 * 2 ** Math.min(failures - 1, 7), 10_000);
+      write(`portcullis: worker ${worker.process.pid} exited (${signal ?? code}); starting another in ${delay} ms`);
+      setTimeout(() => stopping || fork(), delay);
+    });
+    worker.on("message", (message: { type?: string }) => {
+      if (message?.type === LISTENING) failures = 0;
     });
   };
   const startAdmin = async () => {
@@ -84,9 +121,10 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   };
   process.on("SIGHUP", () => everyWorker("SIGHUP"));
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
-  await new Promise<void>((resolve) => {
-    process.once("SIGTERM", resolve);
-    process.once("SIGINT", resolve);
+  const outcome = await new Promise<number>((resolve) => {
+    process.once("SIGTERM", () => resolve(0));
+    process.once("SIGINT", () => resolve(0));
+    giveUp = () => resolve(1);
   });
   stopping = true;
   const exits = Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => (worker!.isDead() ? resolve() : worker!.once("exit", () => resolve()))));
@@ -96,5 +134,5 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));
   }
-  return 0;
+  return outcome;
 }
