@@ -56,6 +56,13 @@ describe("portcullis tail", () => {
     expect(result.stdout).toContain("\x1b[31mDENY");
   });
 
+  it("shows control characters from log fields as \\xNN, never as terminal escapes", () => {
+    const evil = JSON.stringify({ time: 1, msg: "denied", decision: "deny", status: 400, method: "POST", host: "api.test", path: "/v1/messages", rule: "r", reason: 'tool call "\u001b[2K\r\u001b[32mallow" denied' });
+    const { lines } = tail(["--color"], `${evil}\n`);
+    expect(lines[0]).not.toContain("\x1b[2K");
+    expect(lines[0]).toContain("\\x1b[2K\\x0d");
+  });
+
   it("rejects a malformed --status with a usage error", () => {
     expect(tail(["--status", "teapot"]).status).toBe(2);
   });

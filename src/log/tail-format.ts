@@ -66,9 +66,17 @@ function clock(time: number | undefined): string {
   return new Date(time).toISOString().slice(11, 23);
 }
 
+/**
+ * Control characters shown as \xNN: log fields carry text from models and upstreams, and an
+ * escape sequence in one must not erase or forge lines on an operator's terminal.
+ */
+export function printable(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}
+
 /** One audit line as a person reads it: time, client, decision, status, method, URL, duration, bytes, why. */
 export function formatLine(line: AuditLineFields, colour: boolean): string {
-  const paint = (text: string, name: Colour) => (colour ? `\x1b[${COLOURS[name]}m${text}\x1b[0m` : text);
+  const paint = (text: string, name: Colour) => (colour ? `\x1b[${COLOURS[name]}m${printable(text)}\x1b[0m` : printable(text));
   const denied = line.decision === "deny";
   const status = line.status ?? 0;
   const tone: Colour = denied || status >= 500 || (line.level ?? 30) >= 50 ? "red" : status >= 400 || (line.level ?? 30) >= 40 ? "yellow" : "green";
@@ -77,11 +85,11 @@ export function formatLine(line: AuditLineFields, colour: boolean): string {
   const target = line.msg === "tunnel" || line.method === "CONNECT" ? authority : `${authority}${line.path ?? ""}`;
   const parts = [
     paint(clock(line.time), "grey"),
-    (line.client ?? "-").padEnd(10),
+    printable((line.client ?? "-").padEnd(10)),
     paint((denied ? "DENY" : "allow").padEnd(5), tone),
     paint(String(line.status ?? "---"), tone),
-    (line.method ?? "-").padEnd(7),
-    line.msg === "websocket" ? `${paint("ws", "blue")} ${target}` : target,
+    printable((line.method ?? "-").padEnd(7)),
+    line.msg === "websocket" ? `${paint("ws", "blue")} ${printable(target)}` : printable(target),
     `${Math.round(line.duration_ms ?? 0)}ms`,
     `↑${humanBytes(line.req_bytes ?? 0)} ↓${humanBytes(line.resp_bytes ?? 0)}`,
   ];

@@ -1,6 +1,7 @@
 import { createReadStream, statSync, watch, type Stats } from "node:fs";
 import { open } from "node:fs/promises";
 import { createInterface } from "node:readline";
+import { StringDecoder } from "node:string_decoder";
 import type { Readable, Writable } from "node:stream";
 import { formatLine, matchesFilters, type AuditLineFields, type TailFilters } from "./tail-format.js";
 
@@ -35,10 +36,30 @@ export async function tailStream(input: Readable, output: Writable, options: Tai
  * Prints the file, then (with follow) what is appended to it, like `tail -F`: a file that
  * shrinks or is replaced (logrotate) is read again from its start.
  */
+const READ_CHUNK = 1024 * 1024;
+
+/**
+ * Prints the file, then (with follow) what is appended to it, like `tail -F`: a file that
+ * shrinks or is replaced (logrotate) is read again from its start. Reads go in 1 MiB chunks,
+ * whatever the backlog, and UTF-8 split across two reads is carried over intact.
+ */
 export async function tailFile(file: string, output: Writable, options: TailOptions, signal?: AbortSignal): Promise<void> {
+  if (!options.follow) {
+    await tailStream(createReadStream(file), output, options);
+    return;
+  }
   let position = 0;
   let pending = "";
+  let decoder = new StringDecoder("utf8");
   let identity: Stats | undefined;
+  const emit = (text: string) => {
+    const parts = (pending + text).split("\n");
+    pending = parts.pop() ?? "";
+    for (const part of parts) {
+      const rendered = renderLine(part, options);
+      if (rendered !== undefined) output.write(`${rendered}\n`);
+    }
+  };
   const readMore = async () => {
     let stats: Stats;
     try {
@@ -46,29 +67,26 @@ export async function tailFile(file: string, output: Writable, options: TailOpti
     } catch {
       return;
     }
-    if (identity && (stats.ino !== identity.ino || stats.size < position)) position = 0;
+    if (identity && (stats.ino !== identity.ino || stats.size < position)) {
+      position = 0;
+      pending = "";
+      decoder = new StringDecoder("utf8");
+    }
     identity = stats;
     if (stats.size <= position) return;
     const handle = await open(file, "r");
     try {
-      const buffer = Buffer.alloc(stats.size - position);
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
-      position += bytesRead;
-      const text = pending + buffer.subarray(0, bytesRead).toString("utf8");
-      const parts = text.split("\n");
-      pending = parts.pop() ?? "";
-      for (const part of parts) {
-        const rendered = renderLine(part, options);
-        if (rendered !== undefined) output.write(`${rendered}\n`);
+      const buffer = Buffer.alloc(Math.min(READ_CHUNK, stats.size - position));
+      while (position < stats.size) {
+        const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, stats.size - position), position);
+        if (bytesRead === 0) break;
+        position += bytesRead;
+        emit(decoder.write(buffer.subarray(0, bytesRead)));
       }
     } finally {
       await handle.close();
     }
   };
-  if (!options.follow) {
-    await tailStream(createReadStream(file), output, options);
-    return;
-  }
   await readMore();
   let running = Promise.resolve();
   const schedule = () => {
