@@ -53,6 +53,22 @@ beforeAll(async () => {
           pump();
           return;
         }
+        case "/flood": {
+          // 128 MiB as fast as the reader lets it go; floodSent says how far it got.
+          const total = 128 * MiB;
+          res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(total) });
+          const chunk = Buffer.alloc(64 * 1024, 3);
+          const pump = () => {
+            while (floodSent < total) {
+              floodSent += chunk.length;
+              if (!res.write(chunk)) return res.once("drain", pump);
+            }
+            res.end();
+          };
+          res.on("close", () => res.removeAllListeners("drain"));
+          pump();
+          return;
+        }
         case "/sse":
           res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
           res.write("data: first\n\n");
@@ -105,6 +121,7 @@ beforeAll(async () => {
   proxy = await startProxy(policyTrusting(pki.caFile, "log:\n  capture_body_bytes: 64\n"));
 });
 
+let floodSent = 0;
 let releaseSse!: () => void;
 const sseRelease = new Promise<void>((resolve) => (releaseSse = resolve));
 
@@ -144,6 +161,27 @@ describe("HTTP through CONNECT", () => {
     expect(total).toBe(50 * MiB);
     const line = await proxy.audit.waitFor((l) => l.path === "/big?mib=50");
     expect(line.resp_bytes).toBe(50 * MiB);
+  });
+
+  it("applies backpressure: a client that stops reading stops the upstream too", async () => {
+    const res = await request(`${origin()}/flood`, { dispatcher: proxy.dispatcher });
+    const iterator = res.body[Symbol.asyncIterator]();
+    await iterator.next();
+    // The client reads no more. Wait until the upstream has stalled, then see how far it got.
+    let last = -1;
+    await expect
+      .poll(
+        () => {
+          const stalled = floodSent === last;
+          last = floodSent;
+          return stalled;
+        },
+        { timeout: 15_000, interval: 300 },
+      )
+      .toBe(true);
+    // Socket buffers on three connections account for a few MiB; without backpressure the proxy would read all 128.
+    expect(floodSent).toBeLessThan(48 * MiB);
+    await iterator.return?.();
   });
 
   it("keeps one tunnel alive for 50 requests", async () => {

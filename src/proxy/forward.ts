@@ -10,7 +10,7 @@ import { scrubHeaderValues } from "../credentials/echo-scrub.js";
 import { headerMap, requestInfo, runHooks, type Hooks, type ResponseContext } from "./hooks.js";
 import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
 import { DestinationDenied } from "../policy/destinations.js";
-import { getHeader, type RawHeaders } from "./raw-headers.js";
+import { getHeader, removeHeaders, type RawHeaders } from "./raw-headers.js";
 import { answerError } from "./respond.js";
 import type { OutgoingRequest } from "./rewrite.js";
 import type { PolicyState } from "./runtime.js";
@@ -154,6 +154,14 @@ async function relayResponse(exchange: Exchange, upstreamRes: IncomingMessage, r
   // Hold the body while hooks run; it flows once the head is sent.
   upstreamRes.pause();
   await applyResponseHooks(hooks, exchange, plan);
+  // The upstream may have gone while a hook ran: its 'close' has passed, so look now.
+  if (upstreamRes.destroyed && !upstreamRes.complete) {
+    exchange.error ??= { type: "upstream_protocol_error", message: `${upstreamName(exchange)} broke the connection before the response started` };
+    answerError(res, exchange, new ProxyError("upstream_protocol_error", exchange.error.message));
+    return;
+  }
+  // A transformed body has no known length, whatever a hook put back.
+  if (plan.transforms.length) plan.headers = removeHeaders(plan.headers, new Set(["content-length"]));
   res.writeHead(plan.status, plan.statusMessage, plan.headers);
   const addTrailers = () => {
     if (upstreamRes.rawTrailers.length) res.addTrailers(pairs(scrubHeaderValues(upstreamRes.rawTrailers, exchange.injectedSecrets)));

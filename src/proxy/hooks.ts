@@ -18,7 +18,10 @@ export interface RequestInfo {
   readonly port: number;
 }
 
-/** onRequest / onWebSocket: after the policy allowed the request, before secrets are put on it. */
+/**
+ * onRequest / onWebSocket: after the policy allowed the request, before secrets are put on it.
+ * Hooks are trusted operator code: a path or header they change is not judged again.
+ */
 export interface RequestContext extends RequestInfo {
   /** Path and query to send upstream; a hook may change it. */
   path: string;
