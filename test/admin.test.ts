@@ -78,7 +78,7 @@ describe("admin listener", () => {
 
     const metrics = await scrape();
     expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http"}')).toBe(3);
-    expect(value(metrics, 'portcullis_requests_total{decision="deny",status_class="4xx",host="localhost",kind="denied"}')).toBe(1);
+    expect(value(metrics, 'portcullis_requests_total{decision="deny",status_class="4xx",host="_denied",kind="denied"}')).toBe(1);
     expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="5xx",host="localhost",kind="http"}')).toBe(1);
     expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="1xx",host="localhost",kind="websocket"}')).toBe(1);
     expect(value(metrics, 'portcullis_upstream_errors_total{type="upstream_unreachable"}')).toBe(1);

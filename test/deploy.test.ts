@@ -72,6 +72,8 @@ describe("deploy/", () => {
     expect(ports.proxy).toBe(parseListen(loaded.policy.proxy.listen).port);
     expect(ports.admin).toBe(parseListen(loaded.policy.admin.listen!).port);
     for (const port of service!.spec.ports) expect(Object.keys(ports)).toContain(port.targetPort);
+    // The admin port is for probes and scraping, not for every client of the Service.
+    expect(service!.spec.ports.map((port) => port.targetPort)).toEqual(["proxy"]);
     expect(service!.spec.selector).toEqual(deployment!.spec.selector.matchLabels);
     expect(deployment!.spec.template.metadata.labels).toMatchObject(deployment!.spec.selector.matchLabels);
   });

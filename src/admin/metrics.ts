@@ -78,7 +78,10 @@ export class ProxyMetrics {
 
   observe(record: AuditRecord): void {
     const status = statusClass(record.status);
-    this.requests.inc({ decision: record.decision, status_class: status, host: this.hostLabel(record.host || "-"), kind: record.msg });
+    // Only traffic the policy let through names its host: anyone who can reach the proxy can
+    // make it refuse arbitrary names, and those must not fill the label slots (or be read back).
+    const host = record.decision === "allow" ? this.hostLabel(record.host || "-") : "_denied";
+    this.requests.inc({ decision: record.decision, status_class: status, host, kind: record.msg });
     this.duration.observe({ decision: record.decision, status_class: status, kind: record.msg }, record.duration_ms / 1000);
     if (record.error && record.error.type !== "policy_denied" && record.error.type !== "proxy_auth_required") {
       this.upstreamErrors.inc({ type: record.error.type });
