@@ -171,18 +171,19 @@ async function commandStart(args: string[]): Promise<number> {
   }
 
   const reload = (why: string) => proxy.reloadFromFile(policyFile, why);
+  const watching = watchFile(policyFile, () => void reload("file changed"));
   process.on("SIGHUP", () => {
     proxy.reopenLogs();
+    watching.remember();
     void reload("SIGHUP");
   });
-  const stopWatching = watchFile(policyFile, () => void reload("file changed"));
   process.on("SIGUSR2", () => proxy.reopenLogs());
   await new Promise<void>((resolveStop) => {
     const stop = () => resolveStop();
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
   });
-  stopWatching();
+  watching.stop();
   proxy.diagnostics.info("draining");
   await proxy.close();
   return 0;

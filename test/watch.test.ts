@@ -7,11 +7,11 @@ import { tempDir } from "./helpers/pki.js";
 function changes(file: string): { count: () => number; stop: () => void; next: () => Promise<void> } {
   let count = 0;
   let waiting: (() => void) | undefined;
-  const stop = watchFile(file, () => {
+  const watch = watchFile(file, () => {
     count++;
     waiting?.();
   });
-  return { count: () => count, stop, next: () => new Promise<void>((resolve) => (waiting = resolve)) };
+  return { count: () => count, stop: () => watch.stop(), next: () => new Promise<void>((resolve) => (waiting = resolve)) };
 }
 
 describe("policy file watch", () => {

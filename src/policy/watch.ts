@@ -18,7 +18,13 @@ function fingerprint(file: string): string | undefined {
  * updates a mounted ConfigMap by swapping a `..data` symlink, so the file's own name may
  * never appear in an event. The content decides whether anything changed.
  */
-export function watchFile(file: string, onChange: () => void): () => void {
+export interface FileWatch {
+  stop(): void;
+  /** Takes the file as it is now as seen: call after a reload from elsewhere (SIGHUP). */
+  remember(): void;
+}
+
+export function watchFile(file: string, onChange: () => void): FileWatch {
   const absolute = resolve(file);
   let last = fingerprint(absolute);
   let timer: NodeJS.Timeout | undefined;
@@ -34,11 +40,16 @@ export function watchFile(file: string, onChange: () => void): () => void {
       }, DEBOUNCE_MS);
     });
   } catch {
-    return () => undefined;
+    return { stop: () => undefined, remember: () => undefined };
   }
   watcher.on("error", () => watcher.close());
-  return () => {
-    clearTimeout(timer);
-    watcher.close();
+  return {
+    stop() {
+      clearTimeout(timer);
+      watcher.close();
+    },
+    remember() {
+      last = fingerprint(absolute);
+    },
   };
 }
