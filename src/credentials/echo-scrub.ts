@@ -1,11 +1,7 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { REDACTED } from "../log/scrub.js";
-import { secretForms } from "../log/secret-forms.js";
+import { escapeRegExp, secretForms } from "../log/secret-forms.js";
 import type { RawHeaders } from "../proxy/raw-headers.js";
-
-function escape(value: string): string {
-  return value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
 
 function allForms(values: readonly string[]): string[] {
   return [...new Set(values.flatMap(secretForms))].sort((a, b) => b.length - a.length);
@@ -18,7 +14,7 @@ function byteForms(values: readonly string[]): string[] {
 
 export function scrubText(text: string, values: readonly string[]): string {
   if (values.length === 0) return text;
-  return text.replace(new RegExp(allForms(values).map(escape).join("|"), "g"), REDACTED);
+  return text.replace(new RegExp(allForms(values).map(escapeRegExp).join("|"), "g"), REDACTED);
 }
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
@@ -39,7 +35,7 @@ export class EchoScrubber extends Transform {
   constructor(values: readonly string[]) {
     super();
     this.secrets = byteForms(values);
-    this.pattern = new RegExp(this.secrets.map(escape).join("|"), "g");
+    this.pattern = new RegExp(this.secrets.map(escapeRegExp).join("|"), "g");
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {

@@ -1,7 +1,7 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
 import { apiErrorEvent } from "./api-errors.js";
-import { apiForBody, callFromItem, isCallItem, isToolBlock, parseArguments, UnparseableLlmResponse, type LlmApi, type ToolCall } from "./tool-calls.js";
+import { apiForBody, callFromItem, isCallItem, isObject, isToolBlock, parseArguments, UnparseableLlmResponse, type Json, type LlmApi, type ToolCall } from "./tool-calls.js";
 
 export const MAX_LLM_BODY_BYTES = 10 * 1024 * 1024;
 
@@ -33,8 +33,6 @@ function parseEvent(raw: string): SseEvent {
 /** A blank line ends an event; a CR at the very end may be the first half of a CRLF, so it waits. */
 const EVENT_END = /(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)/g;
 
-type Json = Record<string, unknown>;
-const isObject = (value: unknown): value is Json => typeof value === "object" && value !== null && !Array.isArray(value);
 
 interface PendingCall {
   name: string;

@@ -17,8 +17,8 @@ export function apiForPath(path: string): LlmApi | undefined {
   return undefined;
 }
 
-type Json = Record<string, unknown>;
-const isObject = (value: unknown): value is Json => typeof value === "object" && value !== null && !Array.isArray(value);
+export type Json = Record<string, unknown>;
+export const isObject = (value: unknown): value is Json => typeof value === "object" && value !== null && !Array.isArray(value);
 
 /** Which API a JSON body (or one SSE event's data) belongs to, from its shape. */
 export function apiForBody(body: unknown): LlmApi | undefined {

@@ -1,4 +1,4 @@
-import { secretForms } from "./secret-forms.js";
+import { escapeRegExp, secretForms } from "./secret-forms.js";
 
 export const REDACTED = "[REDACTED]";
 
@@ -30,7 +30,7 @@ export class Scrubber {
     this.pattern ??= new RegExp(
       [...this.values]
         .sort((a, b) => b.length - a.length)
-        .map((value) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+        .map(escapeRegExp)
         .join("|"),
       "g",
     );

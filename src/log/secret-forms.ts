@@ -1,3 +1,7 @@
+export function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
 /** Shorter forms than this are not searched for: they would shred ordinary text. */
 const MIN_FORM_LENGTH = 6;
 

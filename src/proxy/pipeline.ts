@@ -7,6 +7,7 @@ import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, readBody, su
 import type { AuditMessage } from "../log/audit-record.js";
 import { decideRequest } from "../policy/decide.js";
 import { llmRulesFor } from "../llm/evaluate.js";
+import type { LlmRule } from "../policy/schema.js";
 import { removeHeaders, restrictAcceptEncoding } from "./raw-headers.js";
 import { Exchange, requestIdFrom, type Target, type TunnelContext } from "./exchange.js";
 import { bodySampler, forwardHttp } from "./forward.js";
@@ -116,27 +117,28 @@ async function prepare(
   if (bodyNeedsReading(state, req)) await readBodyFirst(req, exchange, outgoing, state, writeContinue);
   const placeholders = state.policy.placeholders.length ? findPlaceholders(state, outgoing) : [];
 
+  const llmRules = state.policy.llm.length ? llmRulesFor(state.policy, exchange.target.host, normalisedPath) : [];
+
   checkPlaceholderHosts(placeholders, exchange);
   const decision = decideRequest(exchange, state);
   exchange.decision = decision.action;
   exchange.rule = decision.rule;
   exchange.reason = decision.reason;
   if (decision.action === "deny") throw new ProxyError("policy_denied", decision.reason, decision.rule);
-  if (upgrade) refuseUninspectableUpgrade(state, exchange);
+  if (upgrade) refuseUninspectableUpgrade(llmRules, exchange);
   if (hooks.length) await runRequestHooks(hooks, exchange, outgoing, upgrade);
 
   if (credentials.length) await injectCredentials(credentials, exchange, outgoing, state);
   if (placeholders.length) await substitutePlaceholders(placeholders, exchange, outgoing, state);
-  if (exchange.injectedSecrets.length || (state.policy.llm.length && llmRulesFor(state.policy, exchange.target.host, normalisedPath).length)) {
+  if (exchange.injectedSecrets.length || llmRules.length) {
     outgoing.headers = restrictAcceptEncoding(outgoing.headers);
   }
   return outgoing;
 }
 
 /** A WebSocket to a host under an llm rule would carry tool calls no one judges: fail closed unless the rule allows it. */
-function refuseUninspectableUpgrade(state: PolicyState, exchange: Exchange): void {
-  if (state.policy.llm.length === 0) return;
-  const rule = llmRulesFor(state.policy, exchange.target.host, exchange.normalisedPath).find((candidate) => !candidate.allow_websocket);
+function refuseUninspectableUpgrade(llmRules: readonly LlmRule[], exchange: Exchange): void {
+  const rule = llmRules.find((candidate) => !candidate.allow_websocket);
   if (!rule) return;
   throw new ProxyError(
     "policy_denied",
@@ -186,11 +188,18 @@ function reportInternal(runtime: Runtime, error: unknown, exchange: Exchange): v
 export async function handleRequest(runtime: Runtime, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const state = runtime.state;
   const { exchange, located, error } = await openExchange(runtime, req);
+  const clientGone = () => {
+    exchange.error ??= { type: "client_closed", message: "client closed the connection before the response ended" };
+  };
+  if (res.destroyed) {
+    // Gone while its identity was being checked: 'close' has already passed, so log it here.
+    clientGone();
+    writeAudit(runtime, exchange, "http");
+    return;
+  }
   res.once("close", () => {
     if (res.headersSent) exchange.status = res.statusCode;
-    if (!res.writableFinished && !exchange.error) {
-      exchange.error = { type: "client_closed", message: "client closed the connection before the response ended" };
-    }
+    if (!res.writableFinished) clientGone();
     writeAudit(runtime, exchange, "http");
   });
   if (error || !located) {
@@ -199,6 +208,8 @@ export async function handleRequest(runtime: Runtime, req: IncomingMessage, res:
   }
   try {
     const outgoing = await prepare(req, exchange, located, state, false, runtime.hooks, () => res.writeContinue());
+    // A client that left while secrets were resolved gets nothing sent upstream on its behalf.
+    if (res.destroyed) return;
     forwardHttp(exchange, req, res, outgoing, state, runtime.hooks);
   } catch (caught) {
     reportInternal(runtime, caught, exchange);
@@ -213,6 +224,13 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
   const isWebSocket = String(req.headers.upgrade ?? "").toLowerCase() === "websocket";
   const finish = () => writeAudit(runtime, exchange, isWebSocket && exchange.status === 101 ? "websocket" : "http");
   socket.on("error", () => socket.destroy());
+  const goneAlready = () => {
+    if (!socket.destroyed) return false;
+    exchange.error ??= { type: "client_closed", message: "client closed the connection during the handshake" };
+    finish();
+    return true;
+  };
+  if (goneAlready()) return;
   const refuse = (proxyError: ProxyError) => {
     recordError(exchange, proxyError);
     exchange.status = answerErrorOnSocket(socket, proxyError, exchange.requestId, exchange.scrub);
@@ -228,6 +246,7 @@ export async function handleUpgrade(runtime: Runtime, req: IncomingMessage, sock
   }
   try {
     const outgoing = await prepare(req, exchange, located, state, true, runtime.hooks);
+    if (goneAlready()) return;
     forwardUpgrade(exchange, req, socket, head, outgoing, state, finish, () => runtime.metrics.webSocketOpened());
   } catch (caught) {
     reportInternal(runtime, caught, exchange);
