@@ -5,10 +5,10 @@ import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import cluster from "node:cluster";
 import { assertNotOpenProxy, createProxy } from "./proxy/create-proxy.js";
 import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
-import { formatAuthority } from "./proxy/target.js";
+import { formatAuthority } from "./pipeline/target.js";
 import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 import { tailFile, tailStream } from "./log/tail.js";
-import { explain } from "./policy/explain.js";
+import { explain } from "./pipeline/explain.js";
 import { watchFile } from "./policy/watch.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";

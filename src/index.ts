@@ -2,5 +2,5 @@ export { createProxy, type Proxy, type ProxyOptions } from "./proxy/create-proxy
 export { loadPolicyFile, parsePolicy, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 export type { Policy, PolicyInput } from "./policy/schema.js";
 export { initCa } from "./ca/authority.js";
-export type { AuditRecord } from "./log/audit-record.js";
-export type { Hook, Hooks, HeaderMap, RequestContext, RequestInfo, ResponseContext } from "./proxy/hooks.js";
+export type { AuditRecord } from "./core/audit-record.js";
+export type { Hook, Hooks, HeaderMap, RequestContext, RequestInfo, ResponseContext } from "./pipeline/hooks.js";

@@ -5,11 +5,11 @@ import { SecretStore, SecretUnavailable } from "../src/credentials/secrets.js";
 import { Scrubber } from "../src/log/scrub.js";
 import { classifyAddress, DestinationGuard } from "../src/policy/destinations.js";
 import { hostMatches, normaliseHost } from "../src/policy/hosts.js";
-import { Identities, tokenSecretName } from "../src/policy/identity.js";
+import { Identities, tokenSecretName } from "../src/credentials/identity.js";
 import { parsePolicy } from "../src/policy/load.js";
 import { normalisePath, pathMatches, pathReadings } from "../src/policy/paths.js";
 import { decide, decideConnect, decideEveryReading } from "../src/policy/rules.js";
-import { createLookup } from "../src/proxy/upstream-pool.js";
+import { createLookup } from "../src/transport/upstream/lookup.js";
 
 describe("host patterns", () => {
   it.each([

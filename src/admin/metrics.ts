@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { SecureContextStats } from "../ca/secure-contexts.js";
-import type { AuditRecord } from "../log/audit-record.js";
+import type { AuditRecord } from "../core/audit-record.js";
 
 /** Distinct host label values kept before the rest are counted as "_other" (label cardinality stays bounded). */
 const MAX_HOST_LABELS = 500;

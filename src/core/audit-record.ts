@@ -1,3 +1,6 @@
+/** What every log line and error body shows in place of a secret. */
+export const REDACTED = "[REDACTED]";
+
 export type AuditMessage = "http" | "websocket" | "tunnel" | "denied";
 
 export interface AuditError {

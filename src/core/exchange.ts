@@ -1,9 +1,8 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import type { AuditError, AuditMessage, AuditRecord, WebSocketSummary } from "../log/audit-record.js";
-import { REDACTED } from "../log/scrub.js";
-import { pathReadings } from "../policy/paths.js";
-import { headersForLog, type RawHeaders } from "./raw-headers.js";
+import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type WebSocketSummary } from "./audit-record.js";
+import { headersForLog, type RawHeaders } from "./headers.js";
+import type { Target } from "./messages.js";
 
 /** What a CONNECT established, carried to every request inside the tunnel. */
 export interface TunnelContext {
@@ -11,14 +10,6 @@ export interface TunnelContext {
   port: number;
   client: string | null;
   clientAddr: string;
-}
-
-export type Scheme = "http" | "https";
-
-export interface Target {
-  scheme: Scheme;
-  host: string;
-  port: number;
 }
 
 const REQUEST_ID_OK = /^[\x21-\x7e]{1,200}$/;
@@ -49,8 +40,12 @@ export class Exchange {
   error: AuditError | undefined;
   reqBody: string | undefined;
   ws: WebSocketSummary | undefined;
+  /**
+   * Every way an upstream might read the path (the policy must allow them all); the first is
+   * the path as rules see it. Set when the request is located.
+   */
+  pathReadings: string[] = [];
   private written = false;
-  private readings: string[] | undefined;
 
   constructor(
     readonly requestId: string,
@@ -64,14 +59,9 @@ export class Exchange {
     readonly scrub: (text: string) => string = (text) => text,
   ) {}
 
-  /** The path as rules see it (see normalisePath), worked out once for every stage that asks. */
+  /** The path as rules see it (see normalisePath in policy/paths). */
   get normalisedPath(): string {
-    return this.pathReadings[0]!;
-  }
-
-  /** Every way an upstream might read the path (see pathReadings); the policy must allow them all. */
-  get pathReadings(): string[] {
-    return (this.readings ??= pathReadings(this.path));
+    return this.pathReadings[0] ?? this.path;
   }
 
   /** Marks the exchange logged; false when it already was. */

@@ -131,3 +131,10 @@ export function restrictAcceptEncoding(raw: RawHeaders): RawHeaders {
 export function isChunked(raw: RawHeaders): boolean {
   return tokens(getHeaderValues(raw, "transfer-encoding")).includes("chunked");
 }
+
+/** The list as [name, value] pairs (what Node's addTrailers and h2's header objects are built from). */
+export function headerPairs(raw: RawHeaders): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+  return out;
+}

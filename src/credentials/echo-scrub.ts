@@ -1,7 +1,7 @@
 import { Transform, type TransformCallback } from "node:stream";
-import { REDACTED } from "../log/scrub.js";
+import { REDACTED } from "../core/audit-record.js";
 import { escapeRegExp, secretForms } from "../log/secret-forms.js";
-import type { RawHeaders } from "../proxy/raw-headers.js";
+import type { RawHeaders } from "../core/headers.js";
 
 function allForms(values: readonly string[]): string[] {
   return [...new Set(values.flatMap(secretForms))].sort((a, b) => b.length - a.length);

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { SecretStore } from "../credentials/secrets.js";
-import type { ClientIdentity } from "./schema.js";
+import type { SecretResolver } from "../core/messages.js";
+import type { ClientIdentity } from "../policy/schema.js";
 
 export type Authentication = { ok: true; client: string | null } | { ok: false; reason: string };
 
@@ -24,7 +24,7 @@ export function tokenSecretName(client: string): string {
 export class Identities {
   constructor(
     private readonly clients: readonly ClientIdentity[],
-    private readonly tokens: SecretStore,
+    private readonly tokens: SecretResolver,
   ) {}
 
   get required(): boolean {

@@ -2,25 +2,24 @@ import { anyHostMatches } from "../policy/hosts.js";
 import { pathMatches } from "../policy/paths.js";
 import type { Credential } from "../policy/schema.js";
 import { templateReferences } from "../policy/validate.js";
-import type { Exchange } from "../proxy/exchange.js";
-import { ProxyError } from "../proxy/proxy-error.js";
-import { setHeader } from "../proxy/raw-headers.js";
-import type { OutgoingRequest } from "../proxy/rewrite.js";
-import type { PolicyState } from "../proxy/runtime.js";
+import { ProxyError } from "../core/errors.js";
+import type { Exchange } from "../core/exchange.js";
+import { setHeader } from "../core/headers.js";
+import type { OutgoingRequest, SecretResolver } from "../core/messages.js";
 import { setQueryParam } from "./query.js";
-import { SecretUnavailable, type SecretStore } from "./secrets.js";
+import { SecretUnavailable } from "./secrets.js";
 
 const UNSAFE_IN_HEADER = /[\r\n\0]/;
 
 /** The credentials that apply to this request: host matches and, if the credential lists paths, the path too. */
-export function planCredentials(state: PolicyState, host: string, normalisedPath: string): Credential[] {
-  return state.policy.credentials.filter(
+export function planCredentials(credentials: readonly Credential[], host: string, normalisedPath: string): Credential[] {
+  return credentials.filter(
     (credential) => anyHostMatches(credential.hosts, host) && (!credential.paths || credential.paths.some((glob) => pathMatches(glob, normalisedPath))),
   );
 }
 
 /** Fills ${secrets.NAME} in a template; returns the text and the secret values it used. */
-export async function renderTemplate(template: string, secrets: SecretStore): Promise<{ text: string; values: string[] }> {
+export async function renderTemplate(template: string, secrets: SecretResolver): Promise<{ text: string; values: string[] }> {
   const { secrets: names } = templateReferences(template);
   const values = new Map<string, string>();
   for (const name of names) values.set(name, await secrets.resolve(name));
@@ -46,12 +45,12 @@ export function assertHeaderSafe(what: string, value: string): void {
  * secret that cannot be resolved fails the request with 502 credential_unavailable: it is
  * never forwarded without its credential.
  */
-export async function injectCredentials(plan: readonly Credential[], exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState): Promise<void> {
+export async function injectCredentials(plan: readonly Credential[], exchange: Exchange, outgoing: OutgoingRequest, secrets: SecretResolver): Promise<void> {
   for (const credential of plan) {
     const what = `credential "${credential.name}"`;
     let rendered: { text: string; values: string[] };
     try {
-      rendered = await renderTemplate((credential.header ?? credential.query)!.value, state.secrets);
+      rendered = await renderTemplate((credential.header ?? credential.query)!.value, secrets);
     } catch (error) {
       throw credentialUnavailable(what, error);
     }

@@ -1,12 +1,11 @@
-import type { IncomingMessage } from "node:http";
+import type { Readable } from "node:stream";
+import { ProxyError } from "../core/errors.js";
+import type { Exchange } from "../core/exchange.js";
+import { getHeader, isChunked, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
+import type { OutgoingRequest, SecretResolver } from "../core/messages.js";
 import { isTextContentType } from "../log/body-sample.js";
 import { anyHostMatches } from "../policy/hosts.js";
 import type { Placeholder } from "../policy/schema.js";
-import type { Exchange } from "../proxy/exchange.js";
-import { ProxyError } from "../proxy/proxy-error.js";
-import { getHeader, isChunked, removeHeaders, setHeader } from "../proxy/raw-headers.js";
-import type { OutgoingRequest } from "../proxy/rewrite.js";
-import type { PolicyState } from "../proxy/runtime.js";
 import { assertHeaderSafe, credentialUnavailable } from "./inject.js";
 
 export type Place = "header" | "query" | "path" | "body";
@@ -25,25 +24,25 @@ function splitPath(path: string): { pathname: string; query: string } {
 }
 
 /** Whether the body must be read before forwarding: only when a placeholder may sit in it. */
-export function bodyNeedsReading(state: PolicyState, req: IncomingMessage): boolean {
-  if (!state.policy.placeholders.some((placeholder) => placeholder.in.includes("body"))) return false;
-  if (isChunked(req.rawHeaders) || !isTextContentType(getHeader(req.rawHeaders, "content-type"))) return false;
-  const length = Number(getHeader(req.rawHeaders, "content-length") ?? 0);
+export function bodyNeedsReading(placeholders: readonly Placeholder[], headers: RawHeaders): boolean {
+  if (!placeholders.some((placeholder) => placeholder.in.includes("body"))) return false;
+  if (isChunked(headers) || !isTextContentType(getHeader(headers, "content-type"))) return false;
+  const length = Number(getHeader(headers, "content-length") ?? 0);
   return length > 0 && length <= MAX_BODY_BYTES;
 }
 
-export async function readBody(req: IncomingMessage): Promise<Buffer> {
+export async function readBody(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
+  for await (const chunk of body) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
 
 /** Where each placeholder occurs in the outgoing request (case-sensitive, as the agent wrote it). */
-export function findPlaceholders(state: PolicyState, outgoing: OutgoingRequest): PlaceholderHit[] {
+export function findPlaceholders(placeholders: readonly Placeholder[], outgoing: OutgoingRequest): PlaceholderHit[] {
   const hits: PlaceholderHit[] = [];
   const { pathname, query } = splitPath(outgoing.path);
   const bodyText = outgoing.body?.toString("latin1");
-  for (const placeholder of state.policy.placeholders) {
+  for (const placeholder of placeholders) {
     const needle = placeholder.placeholder;
     const encoded = encodeURIComponent(needle);
     const places = new Set<Place>();
@@ -70,14 +69,14 @@ export function checkPlaceholderHosts(hits: readonly PlaceholderHit[], exchange:
 }
 
 /** Swaps each placeholder for its real value where the policy allows (`in`), fixing Content-Length for bodies. */
-export async function substitutePlaceholders(hits: readonly PlaceholderHit[], exchange: Exchange, outgoing: OutgoingRequest, state: PolicyState): Promise<void> {
+export async function substitutePlaceholders(hits: readonly PlaceholderHit[], exchange: Exchange, outgoing: OutgoingRequest, secrets: SecretResolver): Promise<void> {
   for (const { placeholder, places } of hits) {
     const wanted = [...places].filter((place) => placeholder.in.includes(place));
     if (wanted.length === 0) continue;
     const what = `placeholder "${placeholder.name}"`;
     let value: string;
     try {
-      value = await state.secrets.resolve(placeholder.secret);
+      value = await secrets.resolve(placeholder.secret);
     } catch (error) {
       throw credentialUnavailable(what, error);
     }

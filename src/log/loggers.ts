@@ -1,5 +1,5 @@
 import pino, { type DestinationStream, type Logger } from "pino";
-import { levelFor, type AuditRecord } from "./audit-record.js";
+import { levelFor, type AuditRecord } from "../core/audit-record.js";
 import type { Scrubber } from "./scrub.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";

@@ -1,6 +1,6 @@
+import { REDACTED } from "../core/audit-record.js";
 import { escapeRegExp, secretForms } from "./secret-forms.js";
 
-export const REDACTED = "[REDACTED]";
 
 /** Secret values shorter than this are not scrubbed from free text: they would shred ordinary words. */
 const MIN_SCRUB_LENGTH = 4;

@@ -1,12 +1,11 @@
 import { isIP } from "node:net";
 import { planCredentials } from "../credentials/inject.js";
-import type { PolicyState } from "../proxy/runtime.js";
-import { parseAbsoluteForm } from "../proxy/target.js";
-import { DestinationGuard } from "./destinations.js";
-import { anyHostMatches } from "./hosts.js";
-import { pathReadings } from "./paths.js";
-import { decideConnect, decideEveryReading } from "./rules.js";
-import type { Policy } from "./schema.js";
+import { DestinationGuard } from "../policy/destinations.js";
+import { anyHostMatches } from "../policy/hosts.js";
+import { pathReadings } from "../policy/paths.js";
+import { decideConnect, decideEveryReading } from "../policy/rules.js";
+import type { Policy } from "../policy/schema.js";
+import { parseAbsoluteForm } from "./target.js";
 
 export interface Explanation {
   request: { method: string; url: string; client: string | null; host: string; port: number; path: string; normalised_path: string };
@@ -35,14 +34,13 @@ export function explain(policy: Policy, method: string, url: string, client: str
     ? { action: "deny" as const, rule: "network.private_destinations", reason: literalDenied }
     : decideEveryReading(policy, { host, port, client, method: upperMethod }, readings);
   const connect = scheme === "https" ? (literalDenied ? ruleDecision : decideConnect(policy, { host, port, client })) : null;
-  const state = { policy } as PolicyState;
   if (policy.clients.length > 0 && client === null) {
     // The proxy would answer 407 before any rule is consulted.
     Object.assign(ruleDecision, { action: "deny", rule: null, reason: "proxy authentication required: the policy defines clients; pass --client NAME" });
   }
   const allowed = ruleDecision.action === "allow" && (connect === null || connect.action === "allow");
   const credentials = allowed
-    ? planCredentials(state, host, normalisedPath).map((credential) => {
+    ? planCredentials(policy.credentials, host, normalisedPath).map((credential) => {
         const part = credential.header ? { header: credential.header.name } : { query: credential.query!.name };
         const template = (credential.header ?? credential.query)!.value;
         return { name: credential.name, ...part, secrets: [...template.matchAll(/\$\{\s*secrets\.([^}\s]+)\s*\}/g)].map((m) => m[1]!) };

@@ -1,5 +1,5 @@
-import type { Exchange } from "./exchange.js";
-import { getHeader, removeHeaders, setHeader, type RawHeaders } from "./raw-headers.js";
+import type { Exchange } from "../core/exchange.js";
+import { getHeader, headerPairs, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
 
 /** Headers as a hook sees them: names keep their case; get and remove ignore it. */
 export interface HeaderMap {
@@ -51,12 +51,7 @@ export function headerMap(read: () => RawHeaders, write: (headers: RawHeaders) =
     get: (name) => getHeader(read(), name),
     set: (name, value) => write(setHeader(read(), name, value)),
     remove: (name) => write(removeHeaders(read(), new Set([name.toLowerCase()]))),
-    entries: () => {
-      const raw = read();
-      const out: [string, string][] = [];
-      for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
-      return out;
-    },
+    entries: () => headerPairs(read()),
   };
 }
 

@@ -1,7 +1,7 @@
 import { isIP } from "node:net";
 import { normaliseHost } from "../policy/hosts.js";
-import type { Scheme, Target } from "./exchange.js";
-import { ProxyError } from "./proxy-error.js";
+import type { Scheme, Target } from "../core/messages.js";
+import { ProxyError } from "../core/errors.js";
 
 const DEFAULT_PORT: Record<Scheme, number> = { http: 80, https: 443 };
 
@@ -89,4 +89,9 @@ function assertSameHost(host: string, port: number | undefined, target: Target, 
       `${what} names ${formatAuthority(host, port ?? target.port)} but this tunnel was opened for ${formatAuthority(target.host, target.port)}`,
     );
   }
+}
+
+/** host:port of a target, as error messages name it. */
+export function upstreamName(target: Target): string {
+  return formatAuthority(target.host, target.port);
 }

@@ -8,18 +8,21 @@ import { Scrubber } from "../log/scrub.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
-import { Identities, tokenSecretName } from "../policy/identity.js";
+import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
 import { formatPolicyError, loadPolicyFile, parsePolicy, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import type { PolicyInput } from "../policy/schema.js";
-import type { Hook, Hooks, RequestContext, ResponseContext } from "./hooks.js";
+import type { Hook, Hooks, RequestContext, ResponseContext } from "../pipeline/hooks.js";
 import type { Registry } from "prom-client";
 import { ProxyMetrics } from "../admin/metrics.js";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
-import { createServers } from "./listener.js";
-import type { ClientTimeouts, PolicyState, Runtime } from "./runtime.js";
-import { formatAuthority, parseAuthority } from "./target.js";
-import { buildUpstreamTrust, createLookup, UpstreamPool } from "./upstream-pool.js";
+import type { PolicyState } from "../pipeline/context.js";
+import { formatAuthority, parseAuthority } from "../pipeline/target.js";
+import { createServers } from "../transport/listener.js";
+import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
+import { createLookup } from "../transport/upstream/lookup.js";
+import { UpstreamPool } from "../transport/upstream/pool.js";
+import { buildUpstreamTrust } from "../transport/upstream/trust.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
@@ -82,7 +85,11 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress)
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
   return {
     policy,
-    upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust),
+    upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust, {
+      connectMs: policy.upstream.connect_timeout,
+      responseMs: policy.upstream.response_timeout,
+      guard,
+    }),
     passthrough: policy.passthrough.hosts,
     secrets: new SecretStore(policy.secrets, scrubber),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
@@ -140,18 +147,17 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
-  const runtime: Runtime = {
+  const runtime: TransportRuntime = {
     state: buildState(loaded, scrubber, self),
     contexts,
     audit,
     diagnostics,
     scrubber,
     timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
-    tunnels: new WeakMap(),
     metrics,
     hooks: options.hooks ? [options.hooks] : [],
   };
-  const { listener, inner } = createServers(runtime);
+  const { listener, http1: inner } = createServers(runtime);
   const clientSockets = new Set<Socket>();
   listener.on("connection", (socket: Socket) => {
     clientSockets.add(socket);

@@ -7,7 +7,7 @@ import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
-import { formatAuthority } from "./target.js";
+import { formatAuthority } from "../pipeline/target.js";
 
 const LISTENING = "portcullis:listening";
 /** Consecutive worker exits, before any worker ever listened, after which the primary gives up. */

@@ -1,42 +1,20 @@
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { ProxyError } from "../core/errors.js";
+import type { TunnelContext } from "../core/exchange.js";
+import { writeErrorAnswer } from "../pipeline/answer-error.js";
+import { formatAuthority } from "../pipeline/target.js";
 import { formatDuration } from "../policy/duration.js";
-import type { AuditRecord } from "../log/audit-record.js";
-import type { TunnelContext } from "./exchange.js";
-import { classifyUpstreamError, ProxyError } from "./proxy-error.js";
-import { answerErrorOnSocket } from "./respond.js";
-import type { Runtime } from "./runtime.js";
-import { formatAuthority } from "./target.js";
-
-export function tunnelRecord(tunnel: TunnelContext, startedAt: number, fields: Partial<AuditRecord>): AuditRecord {
-  return {
-    msg: "tunnel",
-    req_id: null,
-    client: tunnel.client,
-    client_addr: tunnel.clientAddr,
-    method: "CONNECT",
-    scheme: null,
-    host: tunnel.host,
-    port: tunnel.port,
-    path: null,
-    status: null,
-    duration_ms: Math.round((performance.now() - startedAt) * 100) / 100,
-    req_bytes: 0,
-    resp_bytes: 0,
-    decision: "allow",
-    rule: null,
-    reason: null,
-    credentials: [],
-    placeholders: [],
-    ...fields,
-  };
-}
+import { tunnelRecord } from "./audit.js";
+import { SocketResponder } from "./http1/socket-responder.js";
+import type { TransportRuntime } from "./runtime.js";
+import { classifyUpstreamError } from "./upstream/classify.js";
 
 /**
  * A host listed under passthrough: bytes are tunnelled without interception (certificate-pinned
  * clients). The CONNECT is answered only once the upstream connection is up.
  */
-export function passthroughTunnel(runtime: Runtime, tunnel: TunnelContext, client: Socket, head: Buffer): void {
+export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelContext, client: Socket, head: Buffer): void {
   const startedAt = performance.now();
   const state = runtime.state;
   const name = formatAuthority(tunnel.host, tunnel.port);
@@ -45,7 +23,7 @@ export function passthroughTunnel(runtime: Runtime, tunnel: TunnelContext, clien
   let respBytes = 0;
   let established = false;
   let error: ProxyError | undefined;
-  const upstream = connect({ host: tunnel.host, port: tunnel.port, lookup: state.upstream.lookup, noDelay: true });
+  const upstream = state.upstream.dial(tunnel.host, tunnel.port);
   upstream.setTimeout(connectMs, () =>
     upstream.destroy(new ProxyError("upstream_unreachable", `connecting to ${name} timed out after ${formatDuration(connectMs)}`)),
   );
@@ -64,7 +42,7 @@ export function passthroughTunnel(runtime: Runtime, tunnel: TunnelContext, clien
   });
   upstream.on("error", (caught) => {
     error = classifyUpstreamError(caught, name);
-    if (!established) answerErrorOnSocket(client, error, null, runtime.scrubber.scrub);
+    if (!established) writeErrorAnswer(new SocketResponder(client), error, null, runtime.scrubber.scrub);
     else client.destroy();
   });
   client.on("error", () => upstream.destroy());

@@ -2,9 +2,15 @@ import type { Server } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { TLSSocket, type TLSSocketOptions } from "node:tls";
-import type { TunnelContext } from "./exchange.js";
-import { tunnelRecord } from "./passthrough.js";
-import type { Runtime } from "./runtime.js";
+import type { TunnelContext } from "../core/exchange.js";
+import { tunnelRecord } from "./audit.js";
+import type { TransportRuntime } from "./runtime.js";
+import { labelTunnel } from "./tunnel-context.js";
+
+/** The servers intercepted connections are handed to (never listening themselves). */
+export interface InnerServers {
+  http1: Server;
+}
 
 const TLS_HANDSHAKE_RECORD = 0x16;
 
@@ -32,7 +38,7 @@ function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Bu
  * for the host, anything else is taken as plain HTTP. Either way the connection joins the one
  * inner http.Server, labelled with the CONNECT that opened it.
  */
-export async function interceptTunnel(runtime: Runtime, inner: Server, tunnel: TunnelContext, socket: Socket, head: Buffer): Promise<void> {
+export async function interceptTunnel(runtime: TransportRuntime, inner: InnerServers, tunnel: TunnelContext, socket: Socket, head: Buffer): Promise<void> {
   socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
   const chunk = await firstChunk(socket, head, runtime.timeouts.headersMs);
   if (!chunk) {
@@ -41,8 +47,8 @@ export async function interceptTunnel(runtime: Runtime, inner: Server, tunnel: T
   }
   socket.unshift(chunk);
   if (chunk[0] !== TLS_HANDSHAKE_RECORD) {
-    runtime.tunnels.set(socket, tunnel);
-    inner.emit("connection", socket);
+    labelTunnel(socket, tunnel);
+    inner.http1.emit("connection", socket);
     return;
   }
   const startedAt = performance.now();
@@ -84,7 +90,7 @@ export async function interceptTunnel(runtime: Runtime, inner: Server, tunnel: T
     tls.off("error", onHandshakeError);
     // The http server's own handler takes over errors from here; this one only keeps a late one from being fatal.
     tls.on("error", () => tls.destroy());
-    runtime.tunnels.set(tls, tunnel);
-    inner.emit("connection", tls);
+    labelTunnel(tls, tunnel);
+    inner.http1.emit("connection", tls);
   });
 }

@@ -4,7 +4,7 @@ import { HttpsProxyAgent } from "https-proxy-agent";
 import { ProxyAgent } from "undici";
 import { createProxy, type Proxy } from "../../src/proxy/create-proxy.js";
 import { parsePolicy } from "../../src/policy/load.js";
-import type { ClientTimeouts } from "../../src/proxy/runtime.js";
+import type { ClientTimeouts } from "../../src/transport/runtime.js";
 import { tempDir } from "./pki.js";
 
 export type AuditLine = Record<string, unknown> & { msg: string; level: number };

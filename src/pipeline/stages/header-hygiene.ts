@@ -1,32 +1,43 @@
-import type { IncomingMessage } from "node:http";
-import type { Exchange } from "./exchange.js";
-import { isChunked, setHeader, stripHopByHop, type RawHeaders } from "./raw-headers.js";
+import { STATUS_CODES } from "node:http";
+import { getHeader, setHeader, stripHopByHop, type RawHeaders } from "../../core/headers.js";
+import { scrubText } from "../../credentials/echo-scrub.js";
+import type { Exchange } from "../../core/exchange.js";
+import type { Answer, Flow, Stage } from "../stage.js";
 
-/** The request portcullis will send upstream; later stages edit it before it leaves. */
-export interface OutgoingRequest {
-  method: string;
-  /** Path and query sent upstream (credentials and placeholders may change it). */
-  path: string;
-  headers: RawHeaders;
-  hasBody: boolean;
-  /** Set when the body had to be read before forwarding (placeholder substitution); sent instead of streaming. */
-  body?: Buffer;
+/** The upstream's reason phrase, unless it is not plain text or carries a secret: then the standard one. */
+function reasonPhrase(exchange: Exchange, status: number, phrase: string | undefined): string | undefined {
+  if (phrase === undefined) return undefined;
+  const scrubbed = exchange.injectedSecrets.length ? scrubText(phrase, exchange.injectedSecrets) : phrase;
+  return /^[\t\x20-\x7e]*$/.test(scrubbed) && scrubbed === phrase ? phrase : (STATUS_CODES[status] ?? "");
+}
+
+/** Keeps an announced Trailer header (stripped as hop-by-hop) when trailers can follow. */
+function keepTrailerAnnouncement(headers: RawHeaders, original: RawHeaders): RawHeaders {
+  const trailer = getHeader(original, "trailer");
+  if (trailer !== undefined) headers.push("Trailer", trailer);
+  return headers;
 }
 
 /**
- * First stage: the client's request made fit to travel on. Hop-by-hop headers go, the
- * request id is set, Host names the upstream; nothing is added that would identify the
- * sandbox (no X-Forwarded-For, no Via).
+ * Header hygiene, both ways (RFC 9110 7.6.1): hop-by-hop headers go (the fixed list and
+ * whatever Connection names; an upgrade keeps its Upgrade and Connection), the request id
+ * is set, Host names the upstream. Nothing is added that would identify the sandbox (no
+ * X-Forwarded-For, no Via).
  */
-export function rewriteRequest(req: IncomingMessage, exchange: Exchange, path: string, hostHeader: string | undefined, upgrade: boolean): OutgoingRequest {
-  let headers = stripHopByHop(req.rawHeaders, { upgrade });
-  const chunked = req.headers["transfer-encoding"] !== undefined && isChunked(req.rawHeaders);
-  // Node frames the body itself; telling it "chunked" keeps a chunked body chunked whatever the method.
-  if (chunked) headers.push("Transfer-Encoding", "chunked");
-  const trailer = req.headers.trailer;
-  if (trailer !== undefined && chunked) headers.push("Trailer", trailer);
-  if (hostHeader !== undefined) headers = setHeader(headers, "Host", hostHeader);
-  headers = setHeader(headers, "X-Request-Id", exchange.requestId);
-  const length = Number(req.headers["content-length"] ?? 0);
-  return { method: req.method ?? "GET", path, headers, hasBody: chunked || length > 0 };
-}
+export const headerHygiene: Stage = {
+  name: "header-hygiene",
+  requestHeaders(flow: Flow) {
+    const { outgoing, request, exchange } = flow;
+    let headers = stripHopByHop(request.headers, { upgrade: flow.upgrade });
+    if (outgoing.hasBody && getHeader(request.headers, "content-length") === undefined) headers = keepTrailerAnnouncement(headers, request.headers);
+    if (flow.hostHeader !== undefined) headers = setHeader(headers, "Host", flow.hostHeader);
+    outgoing.headers = setHeader(headers, "X-Request-Id", exchange.requestId);
+  },
+  responseHeaders(flow: Flow, answer: Answer, upstream) {
+    const switching = flow.upgrade && upstream.status === 101;
+    answer.reason = reasonPhrase(flow.exchange, answer.status, answer.reason);
+    let headers = keepTrailerAnnouncement(stripHopByHop(upstream.headers, { upgrade: switching }), upstream.headers);
+    headers = setHeader(headers, "X-Request-Id", flow.exchange.requestId);
+    answer.headers = headers;
+  },
+};

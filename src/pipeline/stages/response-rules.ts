@@ -1,9 +1,11 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
-import { anyHostMatches } from "../policy/hosts.js";
-import { pathMatches } from "../policy/paths.js";
-import type { Policy, ResponseRule } from "../policy/schema.js";
-import { removeHeaders, setHeader, type RawHeaders } from "./raw-headers.js";
+import { anyHostMatches } from "../../policy/hosts.js";
+import { pathMatches } from "../../policy/paths.js";
+import type { Policy, ResponseRule } from "../../policy/schema.js";
+import { getHeader, removeHeaders, setHeader, type RawHeaders } from "../../core/headers.js";
+import { isTextContentType } from "../../log/body-sample.js";
+import type { Flow, Stage } from "../stage.js";
 
 export function responseRulesFor(policy: Policy, host: string, normalisedPath: string): ResponseRule[] {
   return policy.responses.filter((rule) => anyHostMatches(rule.hosts, host) && (!rule.paths || rule.paths.some((glob) => pathMatches(glob, normalisedPath))));
@@ -57,3 +59,23 @@ export class LineReplacer extends Transform {
     callback();
   }
 }
+
+/** `responses` rules: response headers set or removed, text bodies rewritten line by line as they stream. */
+export const responseRules: Stage = {
+  name: "response-rules",
+  responseHeaders(flow: Flow, answer) {
+    const { policy } = flow.state;
+    if (policy.responses.length === 0) return;
+    const rules = responseRulesFor(policy, flow.exchange.target.host, flow.exchange.normalisedPath);
+    flow.notes.responseRules = rules;
+    answer.headers = applyHeaderRules(answer.headers, rules);
+  },
+  responseBody(flow: Flow, _answer, upstream) {
+    const rules = flow.notes.responseRules;
+    if (!rules?.length || !isTextContentType(getHeader(upstream.headers, "content-type"))) return undefined;
+    const replacements = replacementsOf(rules);
+    if (replacements.length === 0) return undefined;
+    // A body in a coding portcullis cannot decode is passed on as it came.
+    return { transform: new LineReplacer(replacements), undecodable: () => "pass" };
+  },
+};

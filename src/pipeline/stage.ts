@@ -1,0 +1,80 @@
+import type { Transform } from "node:stream";
+import type { Exchange } from "../core/exchange.js";
+import type { RawHeaders } from "../core/headers.js";
+import type { InboundRequest, OutgoingRequest, UpstreamResponse } from "../core/messages.js";
+import type { PlaceholderHit } from "../credentials/placeholders.js";
+import type { LlmRule, ResponseRule } from "../policy/schema.js";
+import type { PolicyState } from "./context.js";
+import type { Hooks } from "./hooks.js";
+
+/** What stages learnt about an exchange that a later hook of the same stage needs. */
+export interface FlowNotes {
+  placeholders?: PlaceholderHit[];
+  llmRules?: LlmRule[];
+  responseRules?: ResponseRule[];
+}
+
+/** One exchange as the stages see it: what came in, what will go out, and the policy it runs under. */
+export interface Flow {
+  readonly exchange: Exchange;
+  readonly request: InboundRequest;
+  readonly outgoing: OutgoingRequest;
+  /** The policy this exchange started under; a reload mid-flight does not change it. */
+  readonly state: PolicyState;
+  readonly hooks: readonly Hooks[];
+  /** The Host the request is sent with when it is not the client's own (absolute form, h2 :authority). */
+  readonly hostHeader: string | undefined;
+  /** An upgrade handshake (a WebSocket, over HTTP/1.1 Upgrade or h2 extended CONNECT). */
+  readonly upgrade: boolean;
+  /** Set by a requestHeaders hook that must see the body before the request is judged. */
+  readBody: boolean;
+  readonly notes: FlowNotes;
+}
+
+/** The head of the answer about to be sent; stages edit it in place. */
+export interface Answer {
+  status: number;
+  reason: string | undefined;
+  headers: RawHeaders;
+}
+
+export interface WholeAnswer extends Answer {
+  body: Buffer;
+}
+
+/** What a stage wants of a response body. */
+export interface BodyTap {
+  /** A streaming transform over the decoded body. */
+  transform?: Transform;
+  /** Judge the whole decoded body (at most `limit` bytes) before anything is sent; a returned answer replaces it. */
+  hold?: { limit: number; judge(body: Buffer | undefined): WholeAnswer | undefined };
+  /** The body's Content-Encoding cannot be decoded: the answer to send instead, or "pass" to relay it untouched. */
+  undecodable(): WholeAnswer | "pass";
+  /** The tap may end the body early (an LLM guard): `abandon` then drops the rest of the upstream's answer. */
+  onCut?(abandon: () => void): void;
+}
+
+type Maybe<T> = T | Promise<T>;
+
+/**
+ * A stage of the pipeline: a small object with hooks named after the events of an exchange.
+ * Hooks run in the order of the stage list (pipeline/stages.ts), each phase for every stage
+ * before the next phase starts. A hook refuses the exchange by throwing a ProxyError.
+ */
+export interface Stage {
+  readonly name: string;
+  /** The request head arrived: shape what goes out, say whether the body must be read first. */
+  requestHeaders?(flow: Flow): void;
+  /** The request is complete as far as judging goes (head, and the body if it was read): allow or refuse. */
+  request?(flow: Flow): Maybe<void>;
+  /** The request is allowed: put the real credentials on it. */
+  beforeForward?(flow: Flow): Maybe<void>;
+  /** The upstream's response head arrived: edit what the client will get. */
+  responseHeaders?(flow: Flow, answer: Answer, upstream: UpstreamResponse): void;
+  /** The upstream's trailers arrived: what the client gets instead. */
+  responseTrailers?(flow: Flow, trailers: RawHeaders): RawHeaders;
+  /** What the stage needs of the response body, if anything. */
+  responseBody?(flow: Flow, answer: Answer, upstream: UpstreamResponse): BodyTap | undefined;
+  /** The last look at the head before it is sent (after a held body was judged). */
+  response?(flow: Flow, answer: Answer): Maybe<void>;
+}

@@ -1,0 +1,23 @@
+import { credentials } from "./stages/credentials.js";
+import { echoScrub } from "./stages/echo-scrub.js";
+import { headerHygiene } from "./stages/header-hygiene.js";
+import { llmPolicy } from "./stages/llm.js";
+import { placeholders } from "./stages/placeholders.js";
+import { policyDecision } from "./stages/policy-decision.js";
+import { responseRules } from "./stages/response-rules.js";
+import { userHooks } from "./stages/user-hooks.js";
+import type { Stage } from "./stage.js";
+
+/**
+ * The pipeline, in order. The runner (runner.ts) takes every exchange, whichever protocol
+ * carried it, through these phases, each for every stage in this order:
+ *
+ *   requestHeaders → (body read, if a stage asked) → request → beforeForward
+ *   → forward (the upstream) → responseHeaders → responseBody → response → responseTrailers
+ *   → one audit line
+ *
+ * So a request is judged (placeholders headed elsewhere, policy, llm, hooks) before any secret
+ * is resolved, and secrets go on (credentials, placeholders) only once it is allowed. A new
+ * capability is a new stage in this list.
+ */
+export const STAGES: readonly Stage[] = [headerHygiene, credentials, placeholders, policyDecision, llmPolicy, responseRules, echoScrub, userHooks];

@@ -1,0 +1,17 @@
+import { injectCredentials, planCredentials } from "../../credentials/inject.js";
+import type { Flow, Stage } from "../stage.js";
+
+/**
+ * Credential injection: the credentials whose hosts (and paths) match are put on the allowed
+ * request. A secret that cannot be resolved answers 502 credential_unavailable; the request
+ * is never forwarded without it.
+ */
+export const credentials: Stage = {
+  name: "credentials",
+  beforeForward(flow: Flow) {
+    const { state, exchange, outgoing } = flow;
+    if (state.policy.credentials.length === 0) return;
+    const plan = planCredentials(state.policy.credentials, exchange.target.host, exchange.normalisedPath);
+    if (plan.length) return injectCredentials(plan, exchange, outgoing, state.secrets);
+  },
+};

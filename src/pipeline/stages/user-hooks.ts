@@ -1,0 +1,54 @@
+import { ProxyError } from "../../core/errors.js";
+import { headerMap, requestInfo, runHooks, type RequestContext, type ResponseContext } from "../hooks.js";
+import type { Answer, Flow, Stage } from "../stage.js";
+
+/**
+ * The programmatic hooks (createProxy's onRequest / onWebSocket / onResponse). Requests: after
+ * the policy allowed them, before any secret is on them; a hook may change path and headers,
+ * or deny. Responses: the status and headers last, just before they are sent.
+ */
+export const userHooks: Stage = {
+  name: "hooks",
+  async request(flow: Flow) {
+    if (flow.hooks.length === 0) return;
+    const { outgoing, exchange } = flow;
+    let denial: string | undefined;
+    const ctx: RequestContext = {
+      ...requestInfo(exchange),
+      get path() {
+        return outgoing.path;
+      },
+      set path(value: string) {
+        outgoing.path = value;
+      },
+      headers: headerMap(
+        () => outgoing.headers,
+        (headers) => (outgoing.headers = headers),
+      ),
+      webSocket: flow.upgrade,
+      deny: (reason) => (denial ??= reason),
+    };
+    const stage = flow.upgrade ? "onWebSocket" : "onRequest";
+    try {
+      await runHooks(flow.hooks, (set) => (flow.upgrade ? set.onWebSocket : set.onRequest), ctx);
+    } catch (error) {
+      // A hook that fails cannot vouch for the request: it is refused.
+      throw new ProxyError("policy_denied", `${stage} hook failed: ${(error as Error).message}`, `hook:${stage}`);
+    }
+    if (denial !== undefined) throw new ProxyError("policy_denied", denial, `hook:${stage}`);
+  },
+  async response(flow: Flow, answer: Answer) {
+    if (!flow.hooks.some((set) => set.onResponse)) return;
+    const { exchange } = flow;
+    const ctx: ResponseContext = {
+      request: { ...requestInfo(exchange), path: exchange.path },
+      status: answer.status,
+      headers: headerMap(
+        () => answer.headers,
+        (headers) => (answer.headers = headers),
+      ),
+    };
+    await runHooks(flow.hooks, (set) => set.onResponse, ctx);
+    answer.status = ctx.status;
+  },
+};

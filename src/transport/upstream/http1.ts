@@ -1,0 +1,97 @@
+import http, { type ClientRequest, type IncomingMessage } from "node:http";
+import https from "node:https";
+import { isIP, type Socket } from "node:net";
+import { getHeader, headerPairs } from "../../core/headers.js";
+import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
+import { ProxyError } from "../../core/errors.js";
+import { upstreamName } from "../../pipeline/target.js";
+import { DestinationDenied } from "../../policy/destinations.js";
+import { formatDuration } from "../../policy/duration.js";
+import { classifyUpstreamError } from "./classify.js";
+import type { UpstreamSettings } from "./settings.js";
+
+/** isIP, skipped for what cannot be an IP literal (no ':' and not only digits and dots): most hosts are names. */
+export function isIpLiteral(host: string): boolean {
+  return (host.includes(":") || !/[^\d.]/.test(host)) && isIP(host) !== 0;
+}
+
+export function http1Response(res: IncomingMessage): UpstreamResponse {
+  return {
+    httpVersion: "1.1",
+    status: res.statusCode ?? 502,
+    reason: res.statusMessage,
+    headers: res.rawHeaders,
+    body: res,
+    get complete() {
+      return res.complete;
+    },
+    trailers: () => res.rawTrailers,
+  };
+}
+
+/**
+ * The connect timer runs until TCP (and TLS) is up; the response timer until the response
+ * headers arrive. A name that resolves to portcullis itself is refused on the address dialled.
+ */
+function armTimers(request: ClientRequest, target: Target, settings: UpstreamSettings): void {
+  const { connectMs, responseMs, guard } = settings;
+  const responseTimer = setTimeout(
+    () => request.destroy(new ProxyError("upstream_timeout", `${upstreamName(target)} sent no response headers within ${formatDuration(responseMs)}`)),
+    responseMs,
+  );
+  let connectTimer: NodeJS.Timeout | undefined;
+  // 'socket', 'response', 'upgrade' and 'close' each come once: plain listeners spare once()'s wrappers.
+  request.on("socket", (socket) => {
+    if (request.reusedSocket) return;
+    // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
+    request.setTimeout(0);
+    connectTimer = setTimeout(
+      () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${upstreamName(target)} timed out after ${formatDuration(connectMs)}`)),
+      connectMs,
+    );
+    socket.once(target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
+    socket.once("connect", () => {
+      const why = guard.checkSelf(socket.remoteAddress ?? "", socket.remotePort);
+      if (why) request.destroy(new DestinationDenied(`${target.host} resolves to ${why.replace(/^destination /, "")}`));
+    });
+  });
+  const clear = () => {
+    clearTimeout(responseTimer);
+    clearTimeout(connectTimer);
+  };
+  request.on("response", clear).on("upgrade", clear).on("close", clear);
+}
+
+/** One request over an HTTP/1.1 keep-alive pool. */
+export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
+  const { scheme, host, port } = target;
+  let headers = request.headers;
+  // Node frames the body itself; telling it "chunked" keeps a body without a length chunked whatever the method.
+  if (request.hasBody && request.body === undefined && getHeader(headers, "content-length") === undefined) headers = [...headers, "Transfer-Encoding", "chunked"];
+  const options: https.RequestOptions = { method: request.method, path: request.path, headers, host, port, agent };
+  if (scheme === "https" && !isIpLiteral(host)) options.servername = host;
+  const upstreamReq = (scheme === "https" ? https : http).request(options);
+  armTimers(upstreamReq, target, settings);
+  let upgraded = false;
+  upstreamReq.on("continue", () => events.continue());
+  upstreamReq.on("response", (res) => events.response(http1Response(res)));
+  upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
+    upgraded = true;
+    socket.setTimeout(0);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    events.upgraded(http1Response(res), socket, head);
+  });
+  upstreamReq.on("error", (error) => {
+    if (!upgraded) events.error(classifyUpstreamError(error, upstreamName(target)));
+  });
+  return {
+    write: (chunk) => upstreamReq.write(chunk),
+    onDrain: (listener) => void upstreamReq.on("drain", listener),
+    end(trailers) {
+      if (trailers?.length) upstreamReq.addTrailers(headerPairs(trailers));
+      upstreamReq.end();
+    },
+    abort: () => upstreamReq.destroy(),
+  };
+}
