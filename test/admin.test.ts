@@ -77,10 +77,10 @@ describe("admin listener", () => {
     await proxy.audit.waitFor((l) => l.msg === "websocket");
 
     const metrics = await scrape();
-    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http"}')).toBe(3);
-    expect(value(metrics, 'portcullis_requests_total{decision="deny",status_class="4xx",host="_denied",kind="denied"}')).toBe(1);
-    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="5xx",host="localhost",kind="http"}')).toBe(1);
-    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="1xx",host="localhost",kind="websocket"}')).toBe(1);
+    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http",http_version="1.1"}')).toBe(3);
+    expect(value(metrics, 'portcullis_requests_total{decision="deny",status_class="4xx",host="_denied",kind="denied",http_version="1.1"}')).toBe(1);
+    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="5xx",host="localhost",kind="http",http_version="1.1"}')).toBe(1);
+    expect(value(metrics, 'portcullis_requests_total{decision="allow",status_class="1xx",host="localhost",kind="websocket",http_version="1.1"}')).toBe(1);
     expect(value(metrics, 'portcullis_upstream_errors_total{type="upstream_unreachable"}')).toBe(1);
     expect(value(metrics, 'portcullis_request_duration_seconds_count{decision="allow",status_class="2xx",kind="http"}')).toBe(3);
     expect(value(metrics, "portcullis_open_websockets")).toBe(0);

@@ -60,7 +60,7 @@ describe("start --workers", () => {
       exec("curl", ["-sS", "--cacert", join(dir, "certs", "ca.pem"), "-x", `http://127.0.0.1:${proxy.port}`, "-o", "/dev/null", "-w", "%{http_code}", `https://localhost:${upstream.port}${path}`]).then((r) => r.stdout);
     for (let i = 0; i < 6; i++) expect(await curl(`/n${i}`)).toBe("200");
     const metrics = await (await request(`${admin}/metrics`)).body.text();
-    expect(metrics).toContain('portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http"} 6');
+    expect(metrics).toContain('portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http",http_version="2"} 6');
     const ready = (await (await request(`${admin}/readyz`)).body.json()) as { ready: boolean; workers_listening: number };
     expect(ready).toMatchObject({ ready: true, workers_listening: 2 });
 

@@ -21,7 +21,7 @@ function statusClass(status: number | null): string {
 /** The proxy's Prometheus metrics, fed by every audit record and by tunnel and WebSocket lifecycles. */
 export class ProxyMetrics {
   readonly registry: Registry;
-  private readonly requests: Counter<"decision" | "status_class" | "host" | "kind">;
+  private readonly requests: Counter<"decision" | "status_class" | "host" | "kind" | "http_version">;
   private readonly duration: Histogram<"decision" | "status_class" | "kind">;
   private readonly upstreamErrors: Counter<"type">;
   private readonly reloads: Counter<"result">;
@@ -35,7 +35,7 @@ export class ProxyMetrics {
     this.requests = new Counter({
       name: "portcullis_requests_total",
       help: "Finished events (HTTP exchanges, WebSocket sessions, tunnels, denials) by decision, status class and host",
-      labelNames: ["decision", "status_class", "host", "kind"],
+      labelNames: ["decision", "status_class", "host", "kind", "http_version"],
       registers: [registry],
     });
     this.duration = new Histogram({
@@ -81,7 +81,7 @@ export class ProxyMetrics {
     // Only traffic the policy let through names its host: anyone who can reach the proxy can
     // make it refuse arbitrary names, and those must not fill the label slots (or be read back).
     const host = record.decision === "allow" ? this.hostLabel(record.host || "-") : "_denied";
-    this.requests.inc({ decision: record.decision, status_class: status, host, kind: record.msg });
+    this.requests.inc({ decision: record.decision, status_class: status, host, kind: record.msg, http_version: record.http_version ?? "1.1" });
     this.duration.observe({ decision: record.decision, status_class: status, kind: record.msg }, record.duration_ms / 1000);
     if (record.error && record.error.type !== "policy_denied" && record.error.type !== "proxy_auth_required") {
       this.upstreamErrors.inc({ type: record.error.type });

@@ -39,6 +39,10 @@ export interface AuditRecord {
   req_headers?: Record<string, string | string[]>;
   req_body?: string;
   ws?: WebSocketSummary;
+  /** The protocol the client spoke inside the tunnel (or on the listener). */
+  http_version?: "1.1" | "2";
+  /** The protocol spoken to the upstream; absent when nothing was sent. */
+  upstream_version?: "1.1" | "2";
 }
 
 export type AuditLevel = "info" | "warn" | "error";

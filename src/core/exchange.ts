@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type WebSocketSummary } from "./audit-record.js";
 import { headersForLog, type RawHeaders } from "./headers.js";
-import type { Target } from "./messages.js";
+import type { HttpVersion, Target } from "./messages.js";
 
 /** What a CONNECT established, carried to every request inside the tunnel. */
 export interface TunnelContext {
@@ -40,6 +40,8 @@ export class Exchange {
   error: AuditError | undefined;
   reqBody: string | undefined;
   ws: WebSocketSummary | undefined;
+  /** The protocol the upstream answered in, once it did. */
+  upstreamVersion: HttpVersion | undefined;
   /**
    * Every way an upstream might read the path (the policy must allow them all); the first is
    * the path as rules see it. Set when the request is located.
@@ -55,6 +57,8 @@ export class Exchange {
     /** The path and query exactly as the client sent them, before any substitution. */
     readonly path: string,
     readonly clientHeaders: RawHeaders,
+    /** The protocol the client spoke. */
+    readonly httpVersion: HttpVersion,
     /** Removes every known secret value from text portcullis writes itself (error bodies). */
     readonly scrub: (text: string) => string = (text) => text,
   ) {}
@@ -95,6 +99,8 @@ export class Exchange {
       req_headers: headersForLog(this.clientHeaders, (name) => this.redactedHeaders.has(name), REDACTED),
       ...(this.reqBody !== undefined ? { req_body: this.reqBody } : {}),
       ...(this.ws ? { ws: this.ws } : {}),
+      http_version: this.httpVersion,
+      ...(this.upstreamVersion ? { upstream_version: this.upstreamVersion } : {}),
     };
   }
 }

@@ -79,6 +79,7 @@ function trailersFor(flow: Flow, upstream: UpstreamResponse): RawHeaders {
  */
 export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder: Responder): void {
   const { exchange } = flow;
+  exchange.upstreamVersion = upstream.httpVersion;
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
   for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
   const plan = planBody(flow, answer, upstream);

@@ -52,14 +52,14 @@ async function openExchange(state: PolicyState, request: InboundRequest, scrub: 
   const requestId = requestIdFrom(getHeader(request.headers, "x-request-id"));
   try {
     const located = await locate(state, request);
-    const exchange = new Exchange(requestId, located.tunnel, located.target, request.method, located.path, request.headers, scrub);
+    const exchange = new Exchange(requestId, located.tunnel, located.target, request.method, located.path, request.headers, request.httpVersion, scrub);
     exchange.pathReadings = pathReadings(located.path);
     return { exchange, located };
   } catch (error) {
     const absolute = request.tunnel ? undefined : parseAbsoluteForm(request.target);
     const tunnel = request.tunnel ?? { host: absolute?.target.host ?? "", port: absolute?.target.port ?? 0, client: null, clientAddr: request.clientAddr };
     const target: Target = absolute?.target ?? { scheme: request.secure ? "https" : "http", host: tunnel.host, port: tunnel.port };
-    const exchange = new Exchange(requestId, tunnel, target, request.method, request.target, request.headers, scrub);
+    const exchange = new Exchange(requestId, tunnel, target, request.method, request.target, request.headers, request.httpVersion, scrub);
     return { exchange, error: toProxyError(error) };
   }
 }

@@ -17,6 +17,7 @@ const PEER_FLUSH_MS = 5000;
  */
 export function openSession(flow: Flow, upstream: UpstreamResponse, stream: Duplex, head: Buffer, responder: Responder, metrics: ProxyMetrics, done: () => void): void {
   const { exchange } = flow;
+  exchange.upstreamVersion = upstream.httpVersion;
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
   for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
   const webSocket = flow.request.upgrade?.toLowerCase() === "websocket";

@@ -16,6 +16,10 @@ const hostName = z.string().min(1).regex(/^[^\s/]+$/, "expected a host name or I
 
 export const proxySection = z.strictObject({
   listen: hostPort.default("127.0.0.1:8080"),
+  /** Offer h2 to clients (ALPN h2, http/1.1; the h2 preface on plain tunnels); false: HTTP/1.1 only. */
+  http2: z.boolean().default(true),
+  /** Streams one client connection may have open at once (h2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+  max_concurrent_streams: z.number().int().min(1).max(10_000).default(100),
 });
 
 export const caSection = z.strictObject({
@@ -156,7 +160,7 @@ export const adminSection = z.strictObject({
 
 export const policySchema = z.strictObject({
   version: z.literal(1, { message: "expected version: 1" }),
-  proxy: proxySection.default({ listen: "127.0.0.1:8080" }),
+  proxy: proxySection.prefault({}),
   ca: caSection.default({ dir: "certs" }),
   upstream: upstreamSection.prefault({}),
   log: logSection.prefault({}),

@@ -1,4 +1,3 @@
-import type { Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { DestinationStream, Logger } from "pino";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
@@ -18,7 +17,7 @@ import { ProxyMetrics } from "../admin/metrics.js";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
 import type { PolicyState } from "../pipeline/context.js";
 import { formatAuthority, parseAuthority } from "../pipeline/target.js";
-import { createServers } from "../transport/listener.js";
+import { createServers, type ProxyServers } from "../transport/listener.js";
 import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
 import { createLookup } from "../transport/upstream/lookup.js";
 import { UpstreamPool } from "../transport/upstream/pool.js";
@@ -157,7 +156,8 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     metrics,
     hooks: options.hooks ? [options.hooks] : [],
   };
-  const { listener, http1: inner } = createServers(runtime);
+  const servers = createServers(runtime);
+  const { listener } = servers;
   const clientSockets = new Set<Socket>();
   listener.on("connection", (socket: Socket) => {
     clientSockets.add(socket);
@@ -247,7 +247,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     },
     async close({ graceMs = 10_000 } = {}) {
       draining = true;
-      await drain(listener, inner, clientSockets, graceMs);
+      await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
       audit.flush();
       if (admin?.listening) {
@@ -259,16 +259,19 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   return proxy;
 }
 
-async function drain(listener: Server, inner: Server, sockets: Set<Socket>, graceMs: number): Promise<void> {
+async function drain({ listener, http1, http2 }: ProxyServers, sockets: Set<Socket>, graceMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
   const deadline = Date.now() + graceMs;
+  // h2 clients get GOAWAY at once: no new streams, those in flight may finish.
+  http2?.closeSessions();
   // Idle keep-alive connections go at once; busy ones as soon as their response is done.
   while (sockets.size > 0 && Date.now() < deadline) {
     listener.closeIdleConnections();
-    inner.closeIdleConnections();
+    http1.closeIdleConnections();
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   for (const socket of sockets) socket.destroy();
-  inner.closeAllConnections();
+  http1.closeAllConnections();
+  http2?.destroySessions();
   await closed;
 }

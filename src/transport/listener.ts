@@ -10,6 +10,7 @@ import { decideTunnel } from "../policy/decide.js";
 import { anyHostMatches } from "../policy/hosts.js";
 import { tunnelRecord } from "./audit.js";
 import { createHttp1Server } from "./http1/server.js";
+import { createHttp2Server } from "./http2/server.js";
 import { SocketResponder } from "./http1/socket-responder.js";
 import { passthroughTunnel } from "./passthrough.js";
 import type { TransportRuntime } from "./runtime.js";
@@ -29,7 +30,7 @@ export function createServers(runtime: TransportRuntime): ProxyServers {
   // The inner server never listens on a port: connections reach it by emit("connection").
   // Node arms header timeouts and idle-connection tracking on "listening", so it is announced here.
   http1.emit("listening");
-  const inner: InnerServers = { http1 };
+  const inner: InnerServers = { http1, http2: runtime.state.policy.proxy.http2 ? createHttp2Server(runtime) : undefined };
   const listener = createHttp1Server(runtime);
   listener.on("connect", (req: IncomingMessage, socket: Socket, head: Buffer) => {
     onConnect(runtime, inner, req, socket, head).catch((error: unknown) => {

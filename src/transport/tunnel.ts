@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { TLSSocket, type TLSSocketOptions } from "node:tls";
 import type { TunnelContext } from "../core/exchange.js";
+import type { Http2Inner } from "./http2/server.js";
 import { tunnelRecord } from "./audit.js";
 import type { TransportRuntime } from "./runtime.js";
 import { labelTunnel } from "./tunnel-context.js";
@@ -10,6 +11,16 @@ import { labelTunnel } from "./tunnel-context.js";
 /** The servers intercepted connections are handed to (never listening themselves). */
 export interface InnerServers {
   http1: Server;
+  /** Absent when proxy.http2 is false. */
+  http2: Http2Inner | undefined;
+}
+
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** Whether a plain-text tunnel starts with the h2 prior-knowledge preface (as far as it has arrived). */
+function startsWithH2Preface(chunk: Buffer): boolean {
+  const length = Math.min(chunk.length, H2_PREFACE.length);
+  return length >= 4 && chunk.subarray(0, length).equals(H2_PREFACE.subarray(0, length));
 }
 
 const TLS_HANDSHAKE_RECORD = 0x16;
@@ -48,7 +59,8 @@ export async function interceptTunnel(runtime: TransportRuntime, inner: InnerSer
   socket.unshift(chunk);
   if (chunk[0] !== TLS_HANDSHAKE_RECORD) {
     labelTunnel(socket, tunnel);
-    inner.http1.emit("connection", socket);
+    if (inner.http2 && startsWithH2Preface(chunk)) inner.http2.server.emit("connection", socket);
+    else inner.http1.emit("connection", socket);
     return;
   }
   const startedAt = performance.now();
@@ -69,7 +81,8 @@ export async function interceptTunnel(runtime: TransportRuntime, inner: InnerSer
     // literals): a client cannot make portcullis forge and store names at will, and a name other
     // than the tunnel's fails the client's own check.
     secureContext: context,
-    ALPNProtocols: ["http/1.1"],
+    // h2 preferred; the client's choice decides which inner server gets the connection.
+    ALPNProtocols: inner.http2 ? ["h2", "http/1.1"] : ["http/1.1"],
     // Larger than the 16 KiB default: fewer pause/resume rounds per MiB on big downloads
     // (measured: about -20% proxy CPU per MiB), at up to this much buffered per slow client.
     highWaterMark: 256 * 1024,
@@ -91,6 +104,9 @@ export async function interceptTunnel(runtime: TransportRuntime, inner: InnerSer
     // The http server's own handler takes over errors from here; this one only keeps a late one from being fatal.
     tls.on("error", () => tls.destroy());
     labelTunnel(tls, tunnel);
-    inner.http1.emit("connection", tls);
+    // Node clears this only for sockets a tls.Server accepted; the h2 session would otherwise wait for a second handshake.
+    (tls as TLSSocket & { secureConnecting: boolean }).secureConnecting = false;
+    if (inner.http2 && tls.alpnProtocol === "h2") inner.http2.server.emit("connection", tls);
+    else inner.http1.emit("connection", tls);
   });
 }

@@ -1,13 +1,15 @@
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
 import { isIP, type Socket } from "node:net";
-import { getHeader, headerPairs } from "../../core/headers.js";
+import { createHash, randomBytes } from "node:crypto";
+import { getHeader, headerPairs, type RawHeaders } from "../../core/headers.js";
 import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
 import { ProxyError } from "../../core/errors.js";
 import { upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
 import { formatDuration } from "../../policy/duration.js";
 import { classifyUpstreamError } from "./classify.js";
+import { isAdopted } from "./http1-agents.js";
 import type { UpstreamSettings } from "./settings.js";
 
 /** isIP, skipped for what cannot be an IP literal (no ':' and not only digits and dots): most hosts are names. */
@@ -42,7 +44,7 @@ function armTimers(request: ClientRequest, target: Target, settings: UpstreamSet
   let connectTimer: NodeJS.Timeout | undefined;
   // 'socket', 'response', 'upgrade' and 'close' each come once: plain listeners spare once()'s wrappers.
   request.on("socket", (socket) => {
-    if (request.reusedSocket) return;
+    if (request.reusedSocket || isAdopted(socket)) return;
     // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
     request.setTimeout(0);
     connectTimer = setTimeout(
@@ -62,10 +64,28 @@ function armTimers(request: ClientRequest, target: Target, settings: UpstreamSet
   request.on("response", clear).on("upgrade", clear).on("close", clear);
 }
 
+const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/**
+ * An upgrade that did not arrive as HTTP/1.1 (an h2 extended CONNECT, RFC 8441) has no
+ * Upgrade, Connection or Sec-WebSocket-Key: this leg's handshake is portcullis' own, and
+ * the key it makes is the one the upstream's Sec-WebSocket-Accept must answer (RFC 6455 4.1).
+ */
+function bridgeUpgrade(request: OutgoingRequest): { headers: RawHeaders; expectAccept: string | undefined } {
+  const protocol = request.upgrade!;
+  if (getHeader(request.headers, "upgrade") !== undefined) return { headers: request.headers, expectAccept: undefined };
+  const headers = [...request.headers, "Connection", "Upgrade", "Upgrade", protocol];
+  if (protocol.toLowerCase() !== "websocket" || getHeader(headers, "sec-websocket-key") !== undefined) return { headers, expectAccept: undefined };
+  const key = randomBytes(16).toString("base64");
+  headers.push("Sec-WebSocket-Key", key);
+  return { headers, expectAccept: createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64") };
+}
+
 /** One request over an HTTP/1.1 keep-alive pool. */
 export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
   const { scheme, host, port } = target;
-  let headers = request.headers;
+  const bridged = request.upgrade !== undefined ? bridgeUpgrade(request) : undefined;
+  let headers = bridged?.headers ?? request.headers;
   // Node frames the body itself; telling it "chunked" keeps a body without a length chunked whatever the method.
   if (request.hasBody && request.body === undefined && getHeader(headers, "content-length") === undefined) headers = [...headers, "Transfer-Encoding", "chunked"];
   const options: https.RequestOptions = { method: request.method, path: request.path, headers, host, port, agent };
@@ -77,6 +97,11 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
   upstreamReq.on("response", (res) => events.response(http1Response(res)));
   upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
     upgraded = true;
+    if (bridged?.expectAccept !== undefined && getHeader(res.rawHeaders, "sec-websocket-accept") !== bridged.expectAccept) {
+      socket.destroy();
+      events.error(new ProxyError("upstream_protocol_error", `${upstreamName(target)} answered the WebSocket handshake with a wrong Sec-WebSocket-Accept`));
+      return;
+    }
     socket.setTimeout(0);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);

@@ -1,25 +1,75 @@
 import { connect, type Socket } from "node:net";
 import type { SecureContext } from "node:tls";
+import type { ProxyError } from "../../core/errors.js";
 import type { OutgoingRequest, Target, Upstream, UpstreamCall, UpstreamEvents } from "../../core/messages.js";
+import { formatAuthority } from "../../pipeline/target.js";
+import { connectTls } from "./connect-tls.js";
+import { DeferredCall } from "./deferred-call.js";
 import { Http1Agents } from "./http1-agents.js";
 import { sendHttp1 } from "./http1.js";
+import { openHttp2Connection, sendHttp2, type Http2Connection } from "./http2.js";
 import type { LookupFunction } from "./lookup.js";
 import type { UpstreamSettings } from "./settings.js";
 
-/** Every upstream connection portcullis makes, shared by all tunnels and clients. */
+type Protocol = "h2" | "http/1.1";
+
+/** How long an upstream's ALPN choice is trusted before a new connection asks again. */
+const PROTOCOL_TTL_MS = 10 * 60_000;
+
+/** Each event reported once; an error after an error is the same failure seen twice. */
+function once(events: UpstreamEvents): UpstreamEvents {
+  let failed = false;
+  return {
+    continue: () => events.continue(),
+    response: (response) => events.response(response),
+    upgraded: (response, stream, head) => events.upgraded(response, stream, head),
+    error(error: ProxyError) {
+      if (failed) return;
+      failed = true;
+      events.error(error);
+    },
+  };
+}
+
+/**
+ * Every upstream connection portcullis makes, shared by all tunnels and clients. TLS
+ * upstreams are offered ALPN h2 and http/1.1 and spoken to in what they choose: h2 sessions
+ * are pooled per host:port and multiplexed (up to the peer's stream limit; GOAWAY sends new
+ * streams to a new session), HTTP/1.1 goes through keep-alive pools. Upgrades (WebSocket)
+ * use HTTP/1.1 `Upgrade`.
+ */
 export class UpstreamPool implements Upstream {
   private readonly agents: Http1Agents;
+  private readonly protocols = new Map<string, { protocol: Protocol; until: number }>();
+  private readonly sessions = new Map<string, Http2Connection[]>();
+  private readonly connecting = new Map<string, Promise<Protocol>>();
 
   constructor(
     private readonly lookup: LookupFunction,
-    trust: SecureContext,
+    private readonly trust: SecureContext,
     private readonly settings: UpstreamSettings,
   ) {
     this.agents = new Http1Agents(lookup, trust);
   }
 
-  send(target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
-    return sendHttp1(this.agents.agentFor(target.scheme), this.settings, target, request, events);
+  send(target: Target, request: OutgoingRequest, rawEvents: UpstreamEvents): UpstreamCall {
+    const events = once(rawEvents);
+    if (target.scheme !== "https" || request.upgrade !== undefined) return this.sendHttp1(target, request, events);
+    const key = formatAuthority(target.host, target.port);
+    if (this.protocolOf(key) === "http/1.1") return this.sendHttp1(target, request, events);
+    const connection = this.sessions.get(key)?.find((candidate) => candidate.available);
+    if (connection) return sendHttp2(connection, this.settings, target, request, events);
+    // The protocol is not known yet, or every h2 session is full: a new connection tells.
+    const deferred = new DeferredCall();
+    this.connect(key, target).then(
+      (protocol) => {
+        if (deferred.isAborted) return;
+        const session = protocol === "h2" ? this.sessions.get(key)?.find((candidate) => candidate.available) : undefined;
+        deferred.attach(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events));
+      },
+      (error: ProxyError) => events.error(error),
+    );
+    return deferred;
   }
 
   dial(host: string, port: number): Socket {
@@ -28,5 +78,42 @@ export class UpstreamPool implements Upstream {
 
   destroy(): void {
     this.agents.destroy();
+    for (const list of this.sessions.values()) for (const connection of list) connection.session.destroy();
+    this.sessions.clear();
+  }
+
+  private sendHttp1(target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
+    return sendHttp1(this.agents.agentFor(target.scheme), this.settings, target, request, events);
+  }
+
+  private protocolOf(key: string): Protocol | undefined {
+    const known = this.protocols.get(key);
+    if (known && known.until > Date.now()) return known.protocol;
+    return undefined;
+  }
+
+  /** One new TLS connection per host:port at a time; concurrent requests wait for the same one. */
+  private connect(key: string, target: Target): Promise<Protocol> {
+    const pending = this.connecting.get(key);
+    if (pending) return pending;
+    const attempt = connectTls(target, this.trust, this.lookup, this.settings)
+      .then((socket): Protocol => {
+        const protocol: Protocol = socket.alpnProtocol === "h2" ? "h2" : "http/1.1";
+        this.protocols.set(key, { protocol, until: Date.now() + PROTOCOL_TTL_MS });
+        if (protocol === "http/1.1") {
+          this.agents.https.adopt(target.host, target.port, socket);
+          return protocol;
+        }
+        const connection = openHttp2Connection(target, socket, (gone) => {
+          const remaining = (this.sessions.get(key) ?? []).filter((candidate) => candidate !== gone);
+          if (remaining.length) this.sessions.set(key, remaining);
+          else this.sessions.delete(key);
+        });
+        this.sessions.set(key, [...(this.sessions.get(key) ?? []), connection]);
+        return protocol;
+      })
+      .finally(() => this.connecting.delete(key));
+    this.connecting.set(key, attempt);
+    return attempt;
   }
 }
