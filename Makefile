@@ -21,12 +21,16 @@ ca: build
 run: ca
 	node dist/cli.js start --policy $(POLICY)
 
-# The end-to-end tests drive real clients: curl, openssl and python3's ssl.
+# The end-to-end tests drive real clients: curl, openssl, python3's ssl and a Go net/http
+# program (test/go/h2client, built by its test; `go` comes from Debian's golang-go).
+# Each entry is command:package; only the packages of missing commands are installed.
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go
+
 system-tools:
-	@missing=""; for tool in curl openssl python3; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for entry in $(SYSTEM_TOOLS); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && apt-get install -y -qq curl openssl python3 >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 test: build system-tools

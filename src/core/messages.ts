@@ -54,7 +54,8 @@ export interface Responder {
   /** The whole response was handed to the transport. */
   readonly finished: boolean;
   writeContinue(): void;
-  writeHead(status: number, reason: string | undefined, headers: RawHeaders): void;
+  /** `alone`: nothing follows the head, no body and no trailers (an h2 HEADERS frame with END_STREAM). */
+  writeHead(status: number, reason: string | undefined, headers: RawHeaders, alone?: boolean): void;
   /** false: wait for onDrain before writing more. */
   write(chunk: Buffer): boolean;
   end(body?: Buffer, trailers?: RawHeaders): void;
@@ -87,6 +88,8 @@ export interface UpstreamResponse {
   readonly reason: string | undefined;
   readonly headers: RawHeaders;
   readonly body: Readable;
+  /** The head is the whole response: the upstream said so (h2 END_STREAM on its HEADERS; gRPC's trailers-only answers). */
+  readonly headOnly: boolean;
   /** The whole body arrived (false while it streams, or when it was cut). */
   readonly complete: boolean;
   /** Trailers that followed the body; complete once the body ended. */
@@ -95,6 +98,8 @@ export interface UpstreamResponse {
 
 /** What an upstream call reports, each at most once (continue aside). */
 export interface UpstreamEvents {
+  /** The request is on its way, in this protocol. */
+  sent(version: HttpVersion): void;
   continue(): void;
   response(response: UpstreamResponse): void;
   /** The upstream switched protocols: the bytes both ways are `stream`'s. */

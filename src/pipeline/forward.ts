@@ -24,6 +24,7 @@ export function forward(flow: Flow, responder: Responder, options: ForwardOption
   const { exchange, outgoing, state } = flow;
   let session = false;
   const call = state.upstream.send(exchange.target, outgoing, {
+    sent: (version) => (exchange.upstreamVersion = version),
     continue: () => responder.writeContinue(),
     response: (upstream) => relayResponse(flow, upstream, responder),
     upgraded: (upstream, stream, head) => {

@@ -101,6 +101,12 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
     }
     // A transformed body has no known length, whatever a hook put back.
     if (plan.kind === "stream") answer.headers = removeHeaders(answer.headers, CONTENT_LENGTH);
+    // The head is the whole answer (gRPC's trailers-only errors): it goes as one.
+    if (upstream.headOnly && plan.kind === "plain") {
+      upstream.body.resume();
+      responder.writeHead(answer.status, answer.reason, answer.headers, true);
+      return;
+    }
     responder.writeHead(answer.status, answer.reason, answer.headers);
     streamBody(flow, upstream, responder, plan.kind === "stream" ? plan : undefined);
   };

@@ -31,9 +31,10 @@ export class Http1Responder implements Responder {
     this.res.writeContinue();
   }
 
-  writeHead(status: number, reason: string | undefined, headers: RawHeaders): void {
+  writeHead(status: number, reason: string | undefined, headers: RawHeaders, alone = false): void {
     if (reason === undefined) this.res.writeHead(status, headers);
     else this.res.writeHead(status, reason, headers);
+    if (alone) this.res.end();
   }
 
   write(chunk: Buffer): boolean {

@@ -42,10 +42,11 @@ export class SocketResponder implements Responder {
     this.socket.write("HTTP/1.1 100 Continue\r\n\r\n");
   }
 
-  writeHead(status: number, reason: string | undefined, headers: RawHeaders): void {
+  writeHead(status: number, reason: string | undefined, headers: RawHeaders, alone = false): void {
     this.statusSent = status;
     const closing = getHeader(headers, "connection") === undefined ? [...headers, "Connection", "close"] : headers;
     this.socket.write(serializeHead(status, reason ?? STATUS_CODES[status] ?? "Error", closing));
+    if (alone) this.end();
   }
 
   write(chunk: Buffer): boolean {

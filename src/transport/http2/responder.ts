@@ -3,6 +3,7 @@ import type { Duplex } from "node:stream";
 import type { RawHeaders } from "../../core/headers.js";
 import type { Responder } from "../../core/messages.js";
 import { toHttp2Headers } from "./headers.js";
+import { resetStream } from "./reset.js";
 
 /** Sec-WebSocket-Accept belongs to the HTTP/1.1 handshake; RFC 8441 answers 200 without it. */
 const NOT_IN_EXTENDED_CONNECT = new Set(["sec-websocket-accept"]);
@@ -27,7 +28,7 @@ export class Http2Responder implements Responder {
       try {
         stream.sendTrailers(toHttp2Headers(this.trailers, {}));
       } catch {
-        stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+        resetStream(stream, constants.NGHTTP2_INTERNAL_ERROR);
       }
     });
   }
@@ -48,9 +49,10 @@ export class Http2Responder implements Responder {
     if (!this.stream.headersSent) this.stream.additionalHeaders({ ":status": 100 });
   }
 
-  writeHead(status: number, _reason: string | undefined, headers: RawHeaders): void {
+  writeHead(status: number, _reason: string | undefined, headers: RawHeaders, alone = false): void {
     this.statusSent = status;
-    const noBody = this.bodiless || status === 204 || status === 304;
+    const noBody = alone || this.bodiless || status === 204 || status === 304;
+    if (alone) this.ended = true;
     this.stream.respond(toHttp2Headers(headers, { ":status": status }), noBody ? { endStream: true } : { waitForTrailers: true });
   }
 
@@ -69,7 +71,7 @@ export class Http2Responder implements Responder {
   }
 
   fail(): void {
-    if (!this.stream.closed) this.stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+    resetStream(this.stream, constants.NGHTTP2_INTERNAL_ERROR);
   }
 
   onDrain(listener: () => void): void {

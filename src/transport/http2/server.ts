@@ -73,8 +73,11 @@ function guardSession(runtime: TransportRuntime, session: Http2Session): void {
   const refuse = (why: string, code = constants.NGHTTP2_ENHANCE_YOUR_CALM) => {
     if (session.destroyed) return;
     runtime.diagnostics.warn({ client_addr: session.socket?.remoteAddress }, `h2 connection closed: ${why}`);
+    // GOAWAY with the reason, then the connection closes once what is in flight is out; a
+    // client that keeps it open anyway is cut a moment later.
     session.goaway(code);
-    session.destroy();
+    session.close();
+    setTimeout(() => session.destroy(), 1000).unref();
   };
   const settingsTimer = setTimeout(() => refuse("the client never acknowledged SETTINGS", constants.NGHTTP2_SETTINGS_TIMEOUT), runtime.timeouts.headersMs);
   settingsTimer.unref();

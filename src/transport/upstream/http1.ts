@@ -21,6 +21,7 @@ export function http1Response(res: IncomingMessage): UpstreamResponse {
   return {
     httpVersion: "1.1",
     status: res.statusCode ?? 502,
+    headOnly: false,
     reason: res.statusMessage,
     headers: res.rawHeaders,
     body: res,
@@ -93,6 +94,7 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
   const upstreamReq = (scheme === "https" ? https : http).request(options);
   armTimers(upstreamReq, target, settings);
   let upgraded = false;
+  upstreamReq.once("socket", () => events.sent("1.1"));
   upstreamReq.on("continue", () => events.continue());
   upstreamReq.on("response", (res) => events.response(http1Response(res)));
   upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {

@@ -6,6 +6,7 @@ import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamRes
 import { formatAuthority, upstreamName } from "../../pipeline/target.js";
 import { formatDuration } from "../../policy/duration.js";
 import { toHttp2Headers, withoutPseudoHeaders } from "../http2/headers.js";
+import { resetStream } from "../http2/reset.js";
 import { classifyUpstreamError } from "./classify.js";
 import type { UpstreamSettings } from "./settings.js";
 
@@ -71,10 +72,11 @@ export function openHttp2Connection(target: Target, socket: TLSSocket, onGone: (
   return new Http2Connection(session, onGone);
 }
 
-function h2Response(stream: ClientHttp2Stream, headers: IncomingHttpHeaders, rawHeaders: readonly string[], state: { ended: boolean; trailers: RawHeaders }): UpstreamResponse {
+function h2Response(stream: ClientHttp2Stream, headers: IncomingHttpHeaders, rawHeaders: readonly string[], flags: number, state: { ended: boolean; trailers: RawHeaders }): UpstreamResponse {
   return {
     httpVersion: "2",
     status: Number(headers[":status"] ?? 502),
+    headOnly: (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0,
     reason: undefined,
     headers: withoutPseudoHeaders(rawHeaders),
     body: stream,
@@ -101,19 +103,20 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
     return { write: () => true, onDrain: () => undefined, end: () => undefined, abort: () => undefined };
   }
   connection.active++;
+  events.sent("2");
   stream.once("close", () => connection.active--);
   const state = { ended: false, trailers: [] as RawHeaders, responded: false };
   let outgoingTrailers: RawHeaders = [];
   const responseTimer = setTimeout(() => {
     events.error(new ProxyError("upstream_timeout", `${upstreamName(target)} sent no response headers within ${formatDuration(settings.responseMs)}`));
-    stream.close(constants.NGHTTP2_CANCEL);
+    resetStream(stream, constants.NGHTTP2_CANCEL);
   }, settings.responseMs);
   stream.once("close", () => clearTimeout(responseTimer));
   stream.on("continue", () => events.continue());
-  stream.once("response", (responseHeaders: IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+  stream.once("response", (responseHeaders: IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
     clearTimeout(responseTimer);
     state.responded = true;
-    events.response(h2Response(stream, responseHeaders, rawHeaders, state));
+    events.response(h2Response(stream, responseHeaders, rawHeaders, flags, state));
   });
   stream.once("trailers", (_headers: IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => (state.trailers = withoutPseudoHeaders(rawHeaders)));
   stream.once("end", () => (state.ended = true));
@@ -121,7 +124,7 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
     try {
       stream.sendTrailers(toHttp2Headers(outgoingTrailers, {}));
     } catch {
-      stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+      resetStream(stream, constants.NGHTTP2_INTERNAL_ERROR);
     }
   });
   stream.on("error", (error: NodeJS.ErrnoException) => {
@@ -142,9 +145,7 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
       if (trailers?.length) outgoingTrailers = trailers;
       stream.end();
     },
-    abort() {
-      if (!stream.closed) stream.close(constants.NGHTTP2_CANCEL);
-    },
+    abort: () => resetStream(stream, constants.NGHTTP2_CANCEL),
   };
 }
 

@@ -20,6 +20,7 @@ const PROTOCOL_TTL_MS = 10 * 60_000;
 function once(events: UpstreamEvents): UpstreamEvents {
   let failed = false;
   return {
+    sent: (version) => events.sent(version),
     continue: () => events.continue(),
     response: (response) => events.response(response),
     upgraded: (response, stream, head) => events.upgraded(response, stream, head),
