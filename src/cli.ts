@@ -8,7 +8,7 @@ import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
 import { formatAuthority } from "./pipeline/target.js";
 import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 import { tailFile, tailStream } from "./log/tail.js";
-import { explain } from "./pipeline/explain.js";
+import { explain } from "./proxy/explain.js";
 import { watchFile } from "./policy/watch.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
@@ -93,13 +93,14 @@ async function commandExplain(args: string[]): Promise<number> {
   if (!loaded) return 1;
   let explanation;
   try {
-    explanation = explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null);
+    explanation = await explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null);
   } catch (error) {
     process.stderr.write(`portcullis: ${(error as Error).message}\n`);
     return 1;
   }
   process.stdout.write(`${JSON.stringify(explanation, null, 2)}\n`);
-  return 0;
+  // A script can branch on the decision without parsing JSON.
+  return explanation.decision === "allow" ? 0 : 3;
 }
 
 async function commandTail(args: string[]): Promise<number> {

@@ -50,6 +50,7 @@ beforeAll(async () => {
       ctx.headers.remove("set-cookie");
       ctx.headers.set("X-Seen-By-Hook", ctx.request.path);
       if (ctx.request.path === "/teapot") ctx.status = 418;
+      if (ctx.request.path === "/response-explodes") throw new Error("response hook bug");
     })
     .onWebSocket((ctx) => {
       if (ctx.path.startsWith("/forbidden")) ctx.deny("not this socket");
@@ -90,6 +91,16 @@ describe("programmatic API and hooks", () => {
     const broken = await request(target("/explode"), { dispatcher });
     expect(broken.statusCode).toBe(403);
     expect(((await broken.body.json()) as { error: { message: string } }).error.message).toContain("hook bug");
+  });
+
+  it("an onResponse hook that throws is portcullis' own fault: 500 internal_error, never blamed on the upstream", async () => {
+    const answer = await request(target("/response-explodes"), { dispatcher });
+    expect(answer.statusCode).toBe(500);
+    expect(answer.headers["x-portcullis-error"]).toBe("internal_error");
+    const body = (await answer.body.json()) as { error: { type: string; message: string; request_id: string } };
+    expect(body.error).toMatchObject({ type: "internal_error", message: "onResponse hook failed: response hook bug" });
+    const line = await audit.waitFor((l) => l.req_id === body.error.request_id);
+    expect(line).toMatchObject({ status: 500, error: { type: "internal_error" } });
   });
 
   it("onWebSocket sees the handshake: adds headers or denies", async () => {

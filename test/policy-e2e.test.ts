@@ -7,6 +7,7 @@ import WebSocket from "ws";
 import { ProxyAgent, request } from "undici";
 import { createProxy } from "../src/proxy/create-proxy.js";
 import { parsePolicy } from "../src/policy/load.js";
+import { explain } from "../src/proxy/explain.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
 import { openConnect } from "./helpers/tunnel.js";
@@ -492,8 +493,28 @@ describe("reload and start-up", () => {
     const explanation = JSON.parse(stdout) as { decision: string; rule: string; credentials: { name: string; header: string; secrets: string[] }[] };
     expect(explanation).toMatchObject({ decision: "allow", rule: "api-read", credentials: [{ name: "github", header: "Authorization", secrets: ["github"] }] });
     for (const value of [...Object.values(SECRETS), PLACEHOLDER]) expect(stdout).not.toContain(value);
-    const denied = await promisify(execFile)(process.execPath, [CLI, "explain", "--policy", file, "POST", `https://api.test:${upstream.port}/repos/x`]);
+    const denied = await promisify(execFile)(process.execPath, [CLI, "explain", "--policy", file, "POST", `https://api.test:${upstream.port}/repos/x`]).catch((error: { code: number; stdout: string }) => error);
+    expect("code" in denied && denied.code).toBe(3);
     expect(JSON.parse(denied.stdout)).toMatchObject({ decision: "deny", rule: null, credentials: [] });
+  });
+
+  it("explain is a dry run of the proxy's own stages: a name resolving to a private address is denied, as the proxy denies it", async () => {
+    const yaml = `version: 1\nupstream:\n  resolve: { sneaky.test: 127.0.0.1, inside.test: 10.1.2.3 }\nnetwork:\n  default: allow\n  private_destinations: deny\n`;
+    const explained = await explain(parsePolicy(yaml).policy, "GET", "https://sneaky.test/x", null);
+    expect(explained).toMatchObject({ decision: "deny", rule: "network.private_destinations" });
+    expect(explained.reason).toContain("127.0.0.1");
+    expect((await explain(parsePolicy(yaml).policy, "GET", "https://inside.test/x", null)).decision).toBe("deny");
+    const live = await startProxy(yaml);
+    try {
+      const answer = await request("https://sneaky.test/x", { dispatcher: live.dispatcher });
+      expect(answer.statusCode).toBe(403);
+      expect(((await answer.body.json()) as { error: { rule: string } }).error.rule).toBe("network.private_destinations");
+    } finally {
+      await live.close();
+    }
+    const allowed = await explain(parsePolicy(`version: 1\nupstream:\n  resolve: { fine.test: 127.0.0.1 }\nnetwork:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n`).policy, "GET", "https://fine.test/x", null);
+    expect(allowed).toMatchObject({ decision: "allow" });
+    expect(allowed.destination).toContain("127.0.0.1");
   });
 });
 

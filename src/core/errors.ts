@@ -58,6 +58,7 @@ export function errorAnswer(error: ProxyError, requestId: string | null, scrub: 
   return { status: error.status, headers, body };
 }
 
+/** Anything thrown that is not a ProxyError is a fault of portcullis itself, never blamed on the upstream. */
 export function toProxyError(error: unknown): ProxyError {
-  return error instanceof ProxyError ? error : new ProxyError("upstream_protocol_error", "internal proxy error");
+  return error instanceof ProxyError ? error : new ProxyError("internal_error", "internal proxy error");
 }

@@ -114,10 +114,10 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
   upstream.body.pause();
   const pending = runResponsePhase(flow, answer);
   if (!pending) return start();
+  // A hook that fails is portcullis' own fault (operator code), not the upstream's.
   pending.then(start, (error: Error) => {
-    exchange.error ??= { type: "upstream_protocol_error", message: `onResponse hook failed: ${error.message}` };
     upstream.body.destroy();
-    answerError(responder, exchange, new ProxyError("upstream_protocol_error", `onResponse hook failed: ${error.message}`));
+    answerError(responder, exchange, new ProxyError("internal_error", `onResponse hook failed: ${error.message}`));
   });
 }
 
@@ -235,7 +235,7 @@ function sendWhole(flow: Flow, responder: Responder, whole: WholeAnswer): void {
   const pending = runResponsePhase(flow, whole);
   if (!pending) return send();
   pending.then(send, (error: Error) => {
-    if (!responder.headersSent) answerError(responder, flow.exchange, new ProxyError("upstream_protocol_error", `could not answer: ${error.message}`));
+    if (!responder.headersSent) answerError(responder, flow.exchange, new ProxyError("internal_error", `onResponse hook failed: ${error.message}`));
     else responder.fail();
   });
 }
