@@ -333,10 +333,15 @@ describe("credential injection", () => {
       headers: { "X-EXECD-ACCESS-TOKEN": "agent-held-fake" },
     });
     const message = await new Promise<Buffer>((resolve, reject) => ws.once("message", (data) => resolve(data as Buffer)).once("error", reject));
-    (check as (m: unknown) => void)(JSON.parse(message.toString()));
+    // The upstream got the real credential on its handshake ...
+    (check as (m: unknown) => void)(upstream.seen.filter((seen) => seen.url.startsWith(path.split("?")[0]!)).at(-1));
+    // ... and echoing it back in a message shows the agent [REDACTED] (SPEC section 8).
+    for (const value of Object.values(SECRETS)) expect(message.toString()).not.toContain(value);
+    expect(message.toString()).toContain("[REDACTED]");
     ws.close();
     const line = await proxy.audit.waitFor((l) => l.msg === "websocket" && l.host === host);
     expect((line.credentials as string[]).length).toBe(1);
+    expect((line.ws as { messages: Record<string, number> }).messages).toMatchObject({ upstream: 1, scrubbed: 1 });
   });
 
   it("never forwards a request whose secret cannot be resolved: 502 credential_unavailable", async () => {

@@ -13,6 +13,8 @@ export interface WebSocketSummary {
   extensions: string | null;
   close_code: number | null;
   closed_by: "client" | "upstream" | "error" | null;
+  /** Inspected sessions only: messages each way, and those a stage denied or scrubbed. */
+  messages?: { client: number; upstream: number; denied: number; scrubbed: number };
 }
 
 /** One canonical audit line (SPEC section 4). */

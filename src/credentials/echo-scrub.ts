@@ -66,3 +66,12 @@ export class EchoScrubber extends Transform {
     return longest;
   }
 }
+
+/** A whole message (text or binary) with every spelling of every secret replaced; how many were. */
+export function scrubBytes(data: Buffer, values: readonly string[]): { data: Buffer; replaced: number } {
+  if (values.length === 0) return { data, replaced: 0 };
+  let replaced = 0;
+  const pattern = new RegExp(byteForms(values).map(escapeRegExp).join("|"), "g");
+  const text = data.toString("latin1").replace(pattern, () => (replaced++, REDACTED));
+  return replaced ? { data: Buffer.from(text, "latin1"), replaced } : { data, replaced: 0 };
+}

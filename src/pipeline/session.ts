@@ -5,7 +5,9 @@ import { getHeader } from "../core/headers.js";
 import type { Responder, UpstreamResponse } from "../core/messages.js";
 import type { Answer, Flow } from "./stage.js";
 import { STAGES } from "./stages.js";
+import { maxMessageBytes } from "./stages/websocket-rules.js";
 import { CloseFrameWatcher } from "./websocket-frames.js";
+import { needsInspection, relayMessages } from "./websocket/message-relay.js";
 
 /** After one side closes, the other gets this long to flush what it holds before it is cut. */
 const PEER_FLUSH_MS = 5000;
@@ -32,10 +34,12 @@ export function openSession(flow: Flow, upstream: UpstreamResponse, stream: Dupl
   const client = responder.upgrade(answer.status, answer.reason ?? "Switching Protocols", answer.headers);
   exchange.status = responder.statusSent ?? answer.status;
   const closed = metrics.webSocketOpened();
-  relay(flow, client, stream, head, () => {
+  const ended = () => {
     closed();
     done();
-  });
+  };
+  if (webSocket && needsInspection(flow)) relayMessages(flow, client, stream, head, maxMessageBytes(flow), ended);
+  else relay(flow, client, stream, head, ended);
 }
 
 /** Raw bidirectional copy: no re-framing, half-close respected, no side outlives its peer. */

@@ -56,6 +56,19 @@ export interface BodyTap {
 
 type Maybe<T> = T | Promise<T>;
 
+/** One whole message of an inspected WebSocket session (fragments reassembled, decompressed). */
+export interface WsMessage {
+  readonly from: "client" | "upstream";
+  readonly binary: boolean;
+  data: Buffer;
+}
+
+/** A stage ends the session: both sides get a close frame with this code. */
+export interface WsEnd {
+  close: number;
+  reason: string;
+}
+
 /**
  * A stage of the pipeline: a small object with hooks named after the events of an exchange.
  * Hooks run in the order of the stage list (pipeline/stages.ts), each phase for every stage
@@ -77,4 +90,8 @@ export interface Stage {
   responseBody?(flow: Flow, answer: Answer, upstream: UpstreamResponse): BodyTap | undefined;
   /** The last look at the head before it is sent (after a held body was judged). */
   response?(flow: Flow, answer: Answer): Maybe<void>;
+  /** A WebSocket session is about to start: true when this stage must read its messages. */
+  webSocketSession?(flow: Flow): boolean;
+  /** A message of an inspected session: what goes on in its place (none: held or dropped), or the end of the session. */
+  webSocketMessage?(flow: Flow, message: WsMessage): Maybe<WsMessage[] | WsEnd>;
 }

@@ -6,6 +6,7 @@ import { placeholders } from "./stages/placeholders.js";
 import { policyDecision } from "./stages/policy-decision.js";
 import { responseRules } from "./stages/response-rules.js";
 import { userHooks } from "./stages/user-hooks.js";
+import { webSocketRules } from "./stages/websocket-rules.js";
 import type { Stage } from "./stage.js";
 
 /**
@@ -16,8 +17,21 @@ import type { Stage } from "./stage.js";
  *   → forward (the upstream) → responseHeaders → responseBody → response → responseTrailers
  *   → one audit line
  *
+ * A WebSocket session some stage must read (webSocketSession) is parsed into messages, each
+ * taken through webSocketMessage in this order; any other session stays a byte copy.
+ *
  * So a request is judged (placeholders headed elsewhere, policy, llm, hooks) before any secret
  * is resolved, and secrets go on (credentials, placeholders) only once it is allowed. A new
  * capability is a new stage in this list.
  */
-export const STAGES: readonly Stage[] = [headerHygiene, credentials, placeholders, policyDecision, llmPolicy, responseRules, echoScrub, userHooks];
+export const STAGES: readonly Stage[] = [
+  headerHygiene,
+  credentials,
+  placeholders,
+  policyDecision,
+  llmPolicy,
+  responseRules,
+  echoScrub,
+  webSocketRules,
+  userHooks,
+];

@@ -105,7 +105,7 @@ export const placeholderSchema = z.strictObject({
   placeholder: z.string().min(8, "a placeholder must be at least 8 characters, so it cannot occur by accident"),
   secret: name,
   hosts: z.array(hostPattern).min(1),
-  in: z.array(z.enum(["header", "query", "path", "body"])).min(1).default(["header", "query", "path"]),
+  in: z.array(z.enum(["header", "query", "path", "body", "websocket"])).min(1).default(["header", "query", "path"]),
 });
 
 const regex = z.string().min(1).superRefine((text, ctx) => {
@@ -158,6 +158,28 @@ export const adminSection = z.strictObject({
   listen: hostPort.optional(),
 });
 
+/** A size in bytes: a number, or "16MiB", "64KiB", "1MB". */
+const byteSize = z
+  .union([z.number().int().min(1), z.string().regex(/^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB)?$/i, 'expected a size like 65536, "64KiB" or "16MiB"')])
+  .transform((value) => (typeof value === "number" ? value : parseByteSize(value)));
+
+function parseByteSize(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim())!;
+  const unit = match[2]!.toLowerCase();
+  const factor = { "": 1, b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3 }[unit] ?? 1;
+  return Math.round(Number(match[1]) * factor);
+}
+
+export const webSocketRuleSchema = z.strictObject({
+  name,
+  hosts: z.array(hostPattern).min(1),
+  paths: z.array(pathGlob).min(1).optional(),
+  /** Parse the session into messages (and apply every message-level check) even when nothing else asks for it. */
+  inspect: z.boolean().default(false),
+  /** Larger messages close an inspected session with 1009. */
+  max_message_bytes: byteSize.default(16 * 1024 * 1024),
+});
+
 export const policySchema = z.strictObject({
   version: z.literal(1, { message: "expected version: 1" }),
   proxy: proxySection.prefault({}),
@@ -173,6 +195,7 @@ export const policySchema = z.strictObject({
   admin: adminSection.prefault({}),
   llm: z.array(llmRuleSchema).default([]),
   responses: z.array(responseRuleSchema).default([]),
+  websocket: z.array(webSocketRuleSchema).default([]),
 });
 
 export type SecretSource = z.output<typeof secretSource>;
@@ -181,6 +204,7 @@ export type Credential = z.output<typeof credentialSchema>;
 export type Placeholder = z.output<typeof placeholderSchema>;
 export type LlmRule = z.output<typeof llmRuleSchema>;
 export type ResponseRule = z.output<typeof responseRuleSchema>;
+export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
 export type ClientIdentity = z.output<typeof clientSchema>;
 
 /** The policy as written in the file (durations as text). */

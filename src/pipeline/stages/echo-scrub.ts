@@ -1,6 +1,6 @@
 import { ProxyError, errorAnswer } from "../../core/errors.js";
 import { restrictAcceptEncoding } from "../../core/headers.js";
-import { EchoScrubber, scrubHeaderValues } from "../../credentials/echo-scrub.js";
+import { EchoScrubber, scrubBytes, scrubHeaderValues } from "../../credentials/echo-scrub.js";
 import { recordError } from "../answer-error.js";
 import type { Flow, Stage, WholeAnswer } from "../stage.js";
 
@@ -21,6 +21,15 @@ export const echoScrub: Stage = {
   responseTrailers(flow: Flow, trailers) {
     const secrets = flow.exchange.injectedSecrets;
     return secrets.length && trailers.length ? scrubHeaderValues(trailers, secrets) : trailers;
+  },
+  // A WebSocket to a host that got a secret could echo it in a message: such sessions are read.
+  webSocketSession: (flow: Flow) => flow.exchange.injectedSecrets.length > 0,
+  webSocketMessage(flow: Flow, message) {
+    if (message.from !== "upstream") return [message];
+    const { data, replaced } = scrubBytes(message.data, flow.exchange.injectedSecrets);
+    if (replaced && flow.exchange.ws?.messages) flow.exchange.ws.messages.scrubbed++;
+    message.data = data;
+    return [message];
   },
   responseBody(flow: Flow) {
     const { exchange } = flow;

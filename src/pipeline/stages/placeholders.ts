@@ -1,5 +1,40 @@
+import { credentialUnavailable } from "../../credentials/inject.js";
 import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, substitutePlaceholders } from "../../credentials/placeholders.js";
-import type { Flow, Stage } from "../stage.js";
+import { anyHostMatches } from "../../policy/hosts.js";
+import type { Flow, Stage, WsEnd, WsMessage } from "../stage.js";
+
+/** A placeholder in a client's message: swapped where it may go, the session ended where it may not. */
+async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<WsMessage[] | WsEnd> {
+  const { exchange, state } = flow;
+  if (message.from !== "client" || message.binary) return [message];
+  let text = message.data.toString("utf8");
+  let changed = false;
+  for (const placeholder of state.policy.placeholders) {
+    if (!text.includes(placeholder.placeholder)) continue;
+    if (!anyHostMatches(placeholder.hosts, exchange.target.host)) {
+      const reason = `placeholder sent to a host not allowed to receive it: placeholder "${placeholder.name}" (in a WebSocket message) may only go to ${placeholder.hosts.join(", ")}`;
+      exchange.placeholders.push(placeholder.name);
+      Object.assign(exchange, { decision: "deny", rule: placeholder.name, reason });
+      exchange.error = { type: "policy_denied", message: reason };
+      if (exchange.ws?.messages) exchange.ws.messages.denied++;
+      return { close: 1008, reason: `policy_denied: placeholder ${placeholder.name}` };
+    }
+    if (!placeholder.in.includes("websocket")) continue;
+    let value: string;
+    try {
+      value = await state.secrets.resolve(placeholder.secret);
+    } catch (error) {
+      exchange.error = { type: "credential_unavailable", message: credentialUnavailable(`placeholder "${placeholder.name}"`, error).message };
+      return { close: 1011, reason: "credential_unavailable" };
+    }
+    text = text.split(placeholder.placeholder).join(value);
+    changed = true;
+    if (!exchange.placeholders.includes(placeholder.name)) exchange.placeholders.push(placeholder.name);
+    if (!exchange.injectedSecrets.includes(value)) exchange.injectedSecrets.push(value);
+  }
+  if (changed) message.data = Buffer.from(text, "utf8");
+  return [message];
+}
 
 /**
  * Placeholder substitution: the sandbox holds a fake value, the upstream gets the real one.
@@ -20,4 +55,8 @@ export const placeholders: Stage = {
     const hits = flow.notes.placeholders;
     if (hits?.length) return substitutePlaceholders(hits, flow.exchange, flow.outgoing, flow.state.secrets);
   },
+  // Sessions are read when a placeholder may travel in their messages (or be headed to this host).
+  webSocketSession: (flow: Flow) =>
+    flow.state.policy.placeholders.some((placeholder) => placeholder.in.includes("websocket") || anyHostMatches(placeholder.hosts, flow.exchange.target.host)),
+  webSocketMessage: placeholdersInMessage,
 };

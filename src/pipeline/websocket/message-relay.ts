@@ -1,0 +1,161 @@
+import type { Duplex } from "node:stream";
+import type { WebSocketSummary } from "../../core/audit-record.js";
+import type { Flow, WsEnd, WsMessage } from "../stage.js";
+import { STAGES } from "../stages.js";
+import { closeCodeOf, createReceiver, createSender, negotiatedExtensions, type WsReceiver, type WsSender } from "./ws-codec.js";
+
+/** After both close frames (or a failure), a side that does not close gets this long. */
+const PEER_FLUSH_MS = 5000;
+
+type Side = "client" | "upstream";
+
+function isEnd(result: WsMessage[] | WsEnd): result is WsEnd {
+  return !Array.isArray(result);
+}
+
+/**
+ * An inspected session: each side's frames parsed (masking, fragments, permessage-deflate
+ * with the parameters the two ends negotiated), every whole message taken through the
+ * stages' webSocketMessage hooks in order, and what they let through framed again for the
+ * other side. Control frames pass in the order they came; close codes are kept.
+ */
+export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upstreamHead: Buffer, maxMessageBytes: number, done: () => void): void {
+  const { exchange } = flow;
+  const ws = exchange.ws!;
+  const counts = (ws.messages = { client: 0, upstream: 0, denied: 0, scrubbed: 0 });
+  const extensions = ws.extensions;
+  const receivers: Record<Side, WsReceiver> = {
+    client: createReceiver(negotiatedExtensions(extensions, true, maxMessageBytes), true, maxMessageBytes),
+    upstream: createReceiver(negotiatedExtensions(extensions, false, maxMessageBytes), false, maxMessageBytes),
+  };
+  // Each sender has the extension instance of the side it writes to.
+  const clientDeflate = negotiatedExtensions(extensions, true, maxMessageBytes);
+  const upstreamDeflate = negotiatedExtensions(extensions, false, maxMessageBytes);
+  const senders: Record<Side, WsSender> = { client: createSender(client, clientDeflate), upstream: createSender(upstream, upstreamDeflate) };
+  const compress: Record<Side, boolean> = { client: Object.keys(clientDeflate).length > 0, upstream: Object.keys(upstreamDeflate).length > 0 };
+  const sockets: Record<Side, Duplex> = { client, upstream };
+  const other = (side: Side): Side => (side === "client" ? "upstream" : "client");
+  /** Frames portcullis writes towards the upstream are masked, as a client's must be (RFC 6455 5.3). */
+  const masked = (to: Side) => to === "upstream";
+  const closeSent: Record<Side, boolean> = { client: false, upstream: false };
+  const closeReceived: Record<Side, boolean> = { client: false, upstream: false };
+  let closedBy: WebSocketSummary["closed_by"] = null;
+  let ending = false;
+  // Messages of one direction are judged one after the other, so their order is kept.
+  const queues: Record<Side, Promise<void>> = { client: Promise.resolve(), upstream: Promise.resolve() };
+
+  const sendClose = (to: Side, code: number | undefined, reason: Buffer | undefined) => {
+    if (closeSent[to] || sockets[to].destroyed) return;
+    closeSent[to] = true;
+    try {
+      senders[to].close(code === 1005 ? undefined : code, reason, masked(to));
+    } catch {
+      senders[to].close(1011, undefined, masked(to));
+    }
+  };
+  const finish = () => {
+    if (ending) return;
+    ending = true;
+    client.resume();
+    upstream.resume();
+    for (const socket of [client, upstream]) {
+      socket.end();
+      setTimeout(() => socket.destroy(), PEER_FLUSH_MS).unref();
+    }
+  };
+  /** A stage or a protocol error ends the session: both sides get the same close. */
+  const endBoth = (end: WsEnd, by: WebSocketSummary["closed_by"]) => {
+    closedBy ??= by;
+    ws.close_code ??= end.close;
+    const reason = Buffer.from(end.reason.slice(0, 120));
+    sendClose("client", end.close, reason);
+    sendClose("upstream", end.close, reason);
+    finish();
+  };
+
+  const deliver = (from: Side, data: Buffer, binary: boolean) => {
+    counts[from]++;
+    queues[from] = queues[from].then(async () => {
+      if (ending) return;
+      let messages: WsMessage[] = [{ from, binary, data }];
+      for (const stage of STAGES) {
+        if (!stage.webSocketMessage) continue;
+        const next: WsMessage[] = [];
+        for (const message of messages) {
+          const result = await stage.webSocketMessage(flow, message);
+          if (isEnd(result)) return endBoth(result, "error");
+          next.push(...result);
+        }
+        messages = next;
+      }
+      for (const message of messages) {
+        const to = message.from === "client" ? "upstream" : "client";
+        if (!closeSent[to]) senders[to].send(message.data, { binary: message.binary, compress: compress[to], fin: true, mask: masked(to) });
+      }
+    });
+    queues[from].catch(() => endBoth({ close: 1011, reason: "internal error" }, "error"));
+  };
+
+  for (const side of ["client", "upstream"] as const) {
+    const receiver = receivers[side];
+    const to = other(side);
+    receiver.on("message", (data, isBinary) => deliver(side, data, isBinary));
+    receiver.on("ping", (data) => void (closeSent[to] || senders[to].ping(data, masked(to))));
+    receiver.on("pong", (data) => void (closeSent[to] || senders[to].pong(data, masked(to))));
+    receiver.on("conclude", (code, reason) => {
+      closeReceived[side] = true;
+      closedBy ??= side;
+      ws.close_code ??= code;
+      // The close goes on after the messages still being judged in that direction.
+      void queues[side].then(() => {
+        sendClose(to, code, reason);
+        if (closeReceived[to] || closeSent[side]) finish();
+      });
+    });
+    receiver.on("error", (error) => {
+      exchange.error ??= { type: "websocket_protocol_error", message: `${side} sent a frame portcullis cannot relay: ${error.message}` };
+      endBoth({ close: closeCodeOf(error), reason: "" }, "error");
+    });
+    const socket = sockets[side];
+    socket.on("data", (chunk: Buffer) => {
+      if (side === "client") exchange.reqBytes += chunk.length;
+      else exchange.respBytes += chunk.length;
+      // Once the session is ending, what still comes is only read to the connection's end.
+      if (!ending && !receiver.write(chunk)) socket.pause();
+    });
+    receiver.on("drain", () => socket.resume());
+  }
+  if (upstreamHead.length) {
+    exchange.respBytes += upstreamHead.length;
+    receivers.upstream.write(upstreamHead);
+  }
+
+  let open = 2;
+  const onClose = (side: Side) => () => {
+    closedBy ??= side;
+    if (!sockets[other(side)].destroyed) {
+      sockets[other(side)].end();
+      setTimeout(() => sockets[other(side)].destroy(), PEER_FLUSH_MS).unref();
+    }
+    if (--open === 0) {
+      ws.closed_by = closedBy;
+      for (const deflate of [clientDeflate, upstreamDeflate]) for (const extension of Object.values(deflate)) extension.cleanup();
+      done();
+    }
+  };
+  client.once("close", onClose("client"));
+  upstream.once("close", onClose("upstream"));
+  const onError = (side: Side) => (error: Error) => {
+    closedBy ??= "error";
+    exchange.error ??= { type: side === "upstream" ? "upstream_protocol_error" : "client_error", message: `${side} connection failed: ${(error as NodeJS.ErrnoException).code ?? error.message}` };
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on("error", onError("client"));
+  upstream.on("error", onError("upstream"));
+}
+
+/** Whether any stage must read this session's messages (SPEC section 8); otherwise it stays a byte copy. */
+export function needsInspection(flow: Flow): boolean {
+  return STAGES.some((stage) => stage.webSocketSession?.(flow) === true);
+}
