@@ -263,12 +263,12 @@ describe("LLM tool-call policy, streams", () => {
     await res.body.text();
   });
 
-  it("refuses a WebSocket to a host under an llm rule (its frames would not be judged)", async () => {
+  it("refuses a WebSocket to an API it does not understand on a host under an llm rule (its frames could not be judged)", async () => {
     const { default: WebSocket } = await import("ws");
-    const ws = new WebSocket(`wss://localhost:${upstream.port}/v1/realtime`, { agent: proxy.agent(), ca: proxy.caPem });
+    const ws = new WebSocket(`wss://localhost:${upstream.port}/v1/some-socket`, { agent: proxy.agent(), ca: proxy.caPem });
     const status = await new Promise<number>((resolve) => ws.once("unexpected-response", (_req, res) => resolve(res.statusCode!)));
     expect(status).toBe(403);
-    const line = await proxy.audit.waitFor((l) => l.path === "/v1/realtime");
+    const line = await proxy.audit.waitFor((l) => l.path === "/v1/some-socket");
     expect(line).toMatchObject({ msg: "denied", rule: "no-destructive-shell" });
     expect(String(line.reason)).toContain("allow_websocket");
   });

@@ -3,6 +3,7 @@ import type { Exchange } from "../core/exchange.js";
 import type { RawHeaders } from "../core/headers.js";
 import type { InboundRequest, OutgoingRequest, UpstreamResponse } from "../core/messages.js";
 import type { PlaceholderHit } from "../credentials/placeholders.js";
+import type { LlmMessageGuard } from "../llm/message-guard.js";
 import type { LlmRule, ResponseRule } from "../policy/schema.js";
 import type { PolicyState } from "./context.js";
 import type { Hooks } from "./hooks.js";
@@ -12,6 +13,8 @@ export interface FlowNotes {
   placeholders?: PlaceholderHit[];
   llmRules?: LlmRule[];
   responseRules?: ResponseRule[];
+  /** Tool calls held across the messages of an inspected LLM WebSocket session. */
+  llmGuard?: LlmMessageGuard;
 }
 
 /** One exchange as the stages see it: what came in, what will go out, and the policy it runs under. */

@@ -6,7 +6,8 @@ import { describeVerdict, evaluateToolCall, llmRulesFor } from "../../llm/evalua
 import { LlmSseGuard, MAX_LLM_BODY_BYTES, type Denial } from "../../llm/sse-guard.js";
 import { apiForBody, apiForPath, toolCallsInBody, UnparseableLlmResponse, type LlmApi } from "../../llm/tool-calls.js";
 import type { LlmRule } from "../../policy/schema.js";
-import type { BodyTap, Flow, Stage, WholeAnswer } from "../stage.js";
+import { LlmMessageGuard, webSocketApiForPath } from "../../llm/message-guard.js";
+import type { BodyTap, Flow, Stage, WholeAnswer, WsEnd, WsMessage } from "../stage.js";
 
 /** Records an LLM denial on the exchange: one `denied` audit line naming the tool and rule. */
 function recordLlmDenial(exchange: Exchange, reason: string, rule: string | null): void {
@@ -71,7 +72,35 @@ export const llmPolicy: Stage = {
     const { state, exchange } = flow;
     if (state.policy.llm.length === 0) return;
     flow.notes.llmRules = llmRulesFor(state.policy, exchange.target.host, exchange.normalisedPath);
-    if (flow.upgrade) refuseUninspectableUpgrade(flow.notes.llmRules, exchange);
+    // A WebSocket API portcullis understands is inspected; any other is refused unless the rule allows it raw.
+    if (flow.upgrade && !webSocketApiForPath(exchange.normalisedPath)) refuseUninspectableUpgrade(flow.notes.llmRules, exchange);
+  },
+  webSocketSession: (flow: Flow) => (flow.notes.llmRules?.length ?? 0) > 0 && webSocketApiForPath(flow.exchange.normalisedPath) !== undefined,
+  webSocketMessage(flow: Flow, message: WsMessage): WsMessage[] | WsEnd {
+    const rules = flow.notes.llmRules;
+    if (!rules?.length || message.from !== "upstream") return [message];
+    const { exchange } = flow;
+    if (message.binary) {
+      recordLlmDenial(exchange, "LLM session could not be checked: binary server message", null);
+      return { close: 1008, reason: "policy_denied: message could not be checked" };
+    }
+    flow.notes.llmGuard ??= new LlmMessageGuard((call) => {
+      const verdict = evaluateToolCall(rules, call);
+      return verdict && { message: describeVerdict(verdict), rule: verdict.rule };
+    });
+    let result;
+    try {
+      result = flow.notes.llmGuard.push(message.data.toString("utf8"));
+    } catch (error) {
+      if (!(error instanceof UnparseableLlmResponse)) throw error;
+      recordLlmDenial(exchange, `LLM session could not be checked: ${error.message}`, null);
+      return { close: 1008, reason: "policy_denied: message could not be checked" };
+    }
+    for (const denial of result.denials) {
+      recordLlmDenial(exchange, denial.message, denial.rule);
+      if (exchange.ws?.messages) exchange.ws.messages.denied++;
+    }
+    return result.send.map((text) => ({ from: "upstream" as const, binary: false, data: Buffer.from(text, "utf8") }));
   },
   beforeForward(flow: Flow) {
     // An upstream must not answer in a coding portcullis cannot read and judge.
