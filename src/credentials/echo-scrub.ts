@@ -1,6 +1,6 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { REDACTED } from "../core/audit-record.js";
-import { escapeRegExp, secretForms } from "../log/secret-forms.js";
+import { escapeRegExp, mixedEncodingPattern, mixedEncodingPrefixPattern, secretForms } from "../log/secret-forms.js";
 import type { RawHeaders } from "../core/headers.js";
 
 function allForms(values: readonly string[]): string[] {
@@ -12,9 +12,17 @@ function byteForms(values: readonly string[]): string[] {
   return [...new Set(allForms(values).map((form) => Buffer.from(form, "utf8").toString("latin1")))].sort((a, b) => b.length - a.length);
 }
 
+/** Every listed spelling, then any mix of encoded and plain bytes: one alternation, longest first. */
+function patternSource(forms: readonly string[], values: readonly string[]): string {
+  return [...forms.map(escapeRegExp), ...values.map(mixedEncodingPattern)].join("|");
+}
+
+/** The most characters one byte of a secret can take in any spelling (\u00XX). */
+const WIDEST_BYTE = 6;
+
 export function scrubText(text: string, values: readonly string[]): string {
   if (values.length === 0) return text;
-  return text.replace(new RegExp(allForms(values).map(escapeRegExp).join("|"), "g"), REDACTED);
+  return text.replace(new RegExp(patternSource(allForms(values), values), "g"), REDACTED);
 }
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
@@ -29,13 +37,18 @@ export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]
 export class EchoScrubber extends Transform {
   private readonly secrets: string[];
   private readonly pattern: RegExp;
+  /** Matches an unfinished mixed spelling at the very end of the text. */
+  private readonly unfinished: RegExp;
+  private readonly widest: number;
   private pending = "";
   replaced = 0;
 
   constructor(values: readonly string[]) {
     super();
     this.secrets = byteForms(values);
-    this.pattern = new RegExp(this.secrets.map(escapeRegExp).join("|"), "g");
+    this.pattern = new RegExp(patternSource(this.secrets, values), "g");
+    this.unfinished = new RegExp(values.map(mixedEncodingPrefixPattern).join("|"));
+    this.widest = Math.max(...values.map((value) => Buffer.byteLength(value) * WIDEST_BYTE));
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -52,9 +65,11 @@ export class EchoScrubber extends Transform {
     callback();
   }
 
-  /** Length of the longest end of text that a secret starts with. */
+  /** Length of the longest end of text that a secret starts with, in any spelling. */
   private partialSecretAtEnd(text: string): number {
-    let longest = 0;
+    const tail = text.slice(-this.widest);
+    const mixed = this.unfinished.exec(tail);
+    let longest = mixed ? tail.length - mixed.index : 0;
     for (const secret of this.secrets) {
       for (let k = Math.min(secret.length - 1, text.length); k > longest; k--) {
         if (text.endsWith(secret.slice(0, k))) {
@@ -71,7 +86,7 @@ export class EchoScrubber extends Transform {
 export function scrubBytes(data: Buffer, values: readonly string[]): { data: Buffer; replaced: number } {
   if (values.length === 0) return { data, replaced: 0 };
   let replaced = 0;
-  const pattern = new RegExp(byteForms(values).map(escapeRegExp).join("|"), "g");
+  const pattern = new RegExp(patternSource(byteForms(values), values), "g");
   const text = data.toString("latin1").replace(pattern, () => (replaced++, REDACTED));
   return replaced ? { data: Buffer.from(text, "latin1"), replaced } : { data, replaced: 0 };
 }

@@ -3,7 +3,7 @@ import { ProxyError } from "../core/errors.js";
 import type { Exchange } from "../core/exchange.js";
 import { getHeader, isChunked, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
 import type { OutgoingRequest, SecretResolver } from "../core/messages.js";
-import { isTextContentType } from "../log/body-sample.js";
+import { escapeRegExp } from "../log/secret-forms.js";
 import { anyHostMatches } from "../policy/hosts.js";
 import type { Placeholder } from "../policy/schema.js";
 import { assertHeaderSafe, credentialUnavailable } from "./inject.js";
@@ -23,12 +23,49 @@ function splitPath(path: string): { pathname: string; query: string } {
   return at < 0 ? { pathname: path, query: "" } : { pathname: path.slice(0, at), query: path.slice(at) };
 }
 
-/** Whether the body must be read before forwarding: only when a placeholder may sit in it. */
+/**
+ * Whether the body must be read before forwarding: whenever placeholders exist, a body of up
+ * to 64 KiB with a known length is read, whatever its type, so a placeholder in it is caught on
+ * its way to the wrong host (and swapped where `in: [body]` allows).
+ */
 export function bodyNeedsReading(placeholders: readonly Placeholder[], headers: RawHeaders): boolean {
-  if (!placeholders.some((placeholder) => placeholder.in.includes("body"))) return false;
-  if (isChunked(headers) || !isTextContentType(getHeader(headers, "content-type"))) return false;
+  if (placeholders.length === 0 || isChunked(headers)) return false;
   const length = Number(getHeader(headers, "content-length") ?? 0);
   return length > 0 && length <= MAX_BODY_BYTES;
+}
+
+const patterns = new Map<string, RegExp>();
+
+/**
+ * The placeholder however a server might decode it: each of its bytes as written, percent-encoded
+ * (either hex case, or encoded twice), as a JSON \u escape, and a space also as "+". Matched on
+ * the latin1 view of the bytes, so one pattern serves headers, URLs, bodies and messages.
+ */
+export function placeholderPattern(needle: string): RegExp {
+  let pattern = patterns.get(needle);
+  if (pattern) return new RegExp(pattern.source, "g");
+  const hexCase = (digit: string) => (/[a-f]/i.test(digit) ? `[${digit.toLowerCase()}${digit.toUpperCase()}]` : digit);
+  const parts = [...Buffer.from(needle, "utf8")].map((byte) => {
+    const hex = byte.toString(16).padStart(2, "0");
+    const flexible = `${hexCase(hex[0]!)}${hexCase(hex[1]!)}`;
+    const alternatives = [escapeRegExp(String.fromCharCode(byte)), `%${flexible}`, `%25${flexible}`];
+    if (byte < 0x80) alternatives.push(`\\\\u00${flexible}`);
+    if (byte === 0x20) alternatives.push("\\+");
+    return `(?:${alternatives.join("|")})`;
+  });
+  pattern = new RegExp(parts.join(""), "g");
+  patterns.set(needle, pattern);
+  return new RegExp(pattern.source, "g");
+}
+
+/** Whether text (a latin1 view of bytes) holds the placeholder in any spelling. */
+export function holdsPlaceholder(text: string, needle: string): boolean {
+  return placeholderPattern(needle).test(text);
+}
+
+/** Every spelling of the placeholder in text replaced by `value`. */
+export function replacePlaceholder(text: string, needle: string, value: string): string {
+  return text.replace(placeholderPattern(needle), () => value);
 }
 
 export async function readBody(body: Readable): Promise<Buffer> {
@@ -44,12 +81,11 @@ export function findPlaceholders(placeholders: readonly Placeholder[], outgoing:
   const bodyText = outgoing.body?.toString("latin1");
   for (const placeholder of placeholders) {
     const needle = placeholder.placeholder;
-    const encoded = encodeURIComponent(needle);
     const places = new Set<Place>();
-    for (let i = 1; i < outgoing.headers.length; i += 2) if (outgoing.headers[i]!.includes(needle)) places.add("header");
-    if (query.includes(needle) || query.includes(encoded)) places.add("query");
-    if (pathname.includes(needle) || pathname.includes(encoded)) places.add("path");
-    if (bodyText?.includes(Buffer.from(needle).toString("latin1"))) places.add("body");
+    for (let i = 1; i < outgoing.headers.length; i += 2) if (holdsPlaceholder(outgoing.headers[i]!, needle)) places.add("header");
+    if (holdsPlaceholder(query, needle)) places.add("query");
+    if (holdsPlaceholder(pathname, needle)) places.add("path");
+    if (bodyText !== undefined && holdsPlaceholder(bodyText, needle)) places.add("body");
     if (places.size) hits.push({ placeholder, places });
   }
   return hits;
@@ -72,7 +108,8 @@ export function checkPlaceholderHosts(hits: readonly PlaceholderHit[], exchange:
 export async function substitutePlaceholders(hits: readonly PlaceholderHit[], exchange: Exchange, outgoing: OutgoingRequest, secrets: SecretResolver): Promise<void> {
   for (const { placeholder, places } of hits) {
     const wanted = [...places].filter((place) => placeholder.in.includes(place));
-    if (wanted.length === 0) continue;
+    // A secret never travels in cleartext unless the placeholder lists http.
+    if (wanted.length === 0 || !placeholder.schemes.includes(exchange.target.scheme)) continue;
     const what = `placeholder "${placeholder.name}"`;
     let value: string;
     try {
@@ -83,18 +120,19 @@ export async function substitutePlaceholders(hits: readonly PlaceholderHit[], ex
     const needle = placeholder.placeholder;
     if (wanted.includes("header")) {
       assertHeaderSafe(what, value);
-      outgoing.headers = outgoing.headers.map((item, index) => (index % 2 === 1 ? item.split(needle).join(value) : item));
+      const raw = Buffer.from(value, "utf8").toString("latin1");
+      outgoing.headers = outgoing.headers.map((item, index) => (index % 2 === 1 ? replacePlaceholder(item, needle, raw) : item));
       for (let i = 0; i < outgoing.headers.length; i += 2) {
         if (outgoing.headers[i + 1]!.includes(value)) exchange.redactedHeaders.add(outgoing.headers[i]!.toLowerCase());
       }
     }
     if (wanted.includes("path") || wanted.includes("query")) {
       const { pathname, query } = splitPath(outgoing.path);
-      const swap = (text: string) => text.split(needle).join(encodeURIComponent(value)).split(encodeURIComponent(needle)).join(encodeURIComponent(value));
+      const swap = (text: string) => replacePlaceholder(text, needle, encodeURIComponent(value));
       outgoing.path = (wanted.includes("path") ? swap(pathname) : pathname) + (wanted.includes("query") ? swap(query) : query);
     }
     if (wanted.includes("body") && outgoing.body) {
-      outgoing.body = Buffer.from(outgoing.body.toString("utf8").split(needle).join(value), "utf8");
+      outgoing.body = Buffer.from(replacePlaceholder(outgoing.body.toString("latin1"), needle, Buffer.from(value, "utf8").toString("latin1")), "latin1");
       outgoing.headers = setHeader(removeHeaders(outgoing.headers, new Set(["content-length"])), "Content-Length", String(outgoing.body.length));
     }
     exchange.placeholders.push(placeholder.name);

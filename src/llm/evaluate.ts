@@ -4,6 +4,9 @@ import { pathMatches } from "../policy/paths.js";
 import type { LlmRule, Policy } from "../policy/schema.js";
 import type { ToolCall } from "./tool-calls.js";
 
+/** What evaluateToolCall needs of a rule: its name and its deny_tools (llm and mcp rules both have them). */
+export type ToolRule = Pick<LlmRule, "name" | "deny_tools">;
+
 export interface ToolVerdict {
   rule: string;
   tool: string;
@@ -29,7 +32,7 @@ const toolMatchers = new Map<string, (name: string) => boolean>();
 const patterns = new Map<string, RegExp>();
 
 /** The first deny_tools entry (rules in order) that this call matches, if any. */
-export function evaluateToolCall(rules: readonly LlmRule[], call: ToolCall): ToolVerdict | undefined {
+export function evaluateToolCall(rules: readonly ToolRule[], call: ToolCall): ToolVerdict | undefined {
   for (const rule of rules) {
     for (const deny of rule.deny_tools) {
       let matcher = toolMatchers.get(deny.tool);

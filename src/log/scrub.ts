@@ -1,5 +1,5 @@
 import { REDACTED } from "../core/audit-record.js";
-import { escapeRegExp, secretForms } from "./secret-forms.js";
+import { escapeRegExp, mixedEncodingPattern, secretForms } from "./secret-forms.js";
 
 
 /** Secret values shorter than this are not scrubbed from free text: they would shred ordinary words. */
@@ -11,12 +11,14 @@ const MIN_SCRUB_LENGTH = 4;
  */
 export class Scrubber {
   private readonly values = new Set<string>();
+  private readonly raw = new Set<string>();
   private pattern: RegExp | undefined;
 
   add(value: string): void {
     if (value.length < MIN_SCRUB_LENGTH || this.values.has(value)) return;
     // A value is also looked for in the forms it takes once serialised, URL-encoded or base64-encoded.
     for (const form of secretForms(value)) this.values.add(form);
+    this.raw.add(value);
     this.pattern = undefined;
   }
 
@@ -27,11 +29,12 @@ export class Scrubber {
   /** Bound, so it can be handed around as a plain function. */
   readonly scrub = (text: string): string => {
     if (this.values.size === 0) return text;
+    // Every listed spelling, then any mix of percent-encoded and plain bytes of each value.
     this.pattern ??= new RegExp(
-      [...this.values]
-        .sort((a, b) => b.length - a.length)
-        .map(escapeRegExp)
-        .join("|"),
+      [
+        ...[...this.values].sort((a, b) => b.length - a.length).map(escapeRegExp),
+        ...[...this.raw].map(mixedEncodingPattern),
+      ].join("|"),
       "g",
     );
     return text.replace(this.pattern, REDACTED);

@@ -63,3 +63,48 @@ export function secretForms(value: string): string[] {
   ];
   return [...new Set(forms.filter((form) => form.length >= MIN_FORM_LENGTH || form === value))].sort((a, b) => b.length - a.length);
 }
+
+function hexCase(digit: string): string {
+  return /[a-f]/i.test(digit) ? `[${digit.toLowerCase()}${digit.toUpperCase()}]` : digit;
+}
+
+/** One byte as every decoder reads it: itself, %XX (either case, or %25XX encoded twice), \u00XX, and "+" for a space. */
+function byteAlternatives(byte: number): string[] {
+  const hex = byte.toString(16).padStart(2, "0");
+  const flexible = `${hexCase(hex[0]!)}${hexCase(hex[1]!)}`;
+  const alternatives = [escapeRegExp(String.fromCharCode(byte)), `%${flexible}`, `%25${flexible}`];
+  if (byte < 0x80) alternatives.push(`\\\\u00${flexible}`);
+  if (byte === 0x20) alternatives.push("\\+");
+  return alternatives;
+}
+
+/** The unfinished starts of a byte's spellings ("%", "%2", "%25", "%255", "\", "\u", ...). */
+function bytePartials(byte: number): string[] {
+  const hex = byte.toString(16).padStart(2, "0");
+  const flexible = [hexCase(hex[0]!), hexCase(hex[1]!)];
+  const partials = ["%", `%${flexible[0]}`, "%2", "%25", `%25${flexible[0]}`];
+  if (byte < 0x80) partials.push("\\\\", "\\\\u", "\\\\u0", "\\\\u00", `\\\\u00${flexible[0]}`);
+  return [...new Set(partials)];
+}
+
+/**
+ * A regex source matching the value's UTF-8 bytes (seen as latin1) with any subset of them
+ * percent-encoded (either hex case, or twice), JSON-\u-escaped or "+" for space: every mix a
+ * decoder would still read as the value, which no list of spellings can enumerate.
+ */
+export function mixedEncodingPattern(value: string): string {
+  return [...Buffer.from(value, "utf8")].map((byte) => `(?:${byteAlternatives(byte).join("|")})`).join("");
+}
+
+/** A regex source, anchored at the end, matching any unfinished start of mixedEncodingPattern(value). */
+export function mixedEncodingPrefixPattern(value: string): string {
+  const bytes = [...Buffer.from(value, "utf8")];
+  let inner = "";
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    const whole = `(?:${byteAlternatives(bytes[i]!).join("|")})`;
+    const partial = `(?:${bytePartials(bytes[i]!).join("|")})`;
+    // Either this byte is unfinished, or it is whole and (if not the last) more may follow.
+    inner = i === bytes.length - 1 ? partial : `(?:${whole}${inner ? `(?:${inner})?` : ""}|${partial})`;
+  }
+  return `(?:${inner})$`;
+}

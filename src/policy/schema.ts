@@ -86,6 +86,8 @@ export const networkSection = z.strictObject({
 
 const nameValue = z.strictObject({ name: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected a header or parameter name"), value: z.string() });
 
+const schemes = z.array(z.enum(["http", "https"])).min(1).default(["https"]);
+
 export const credentialSchema = z
   .strictObject({
     name,
@@ -93,6 +95,8 @@ export const credentialSchema = z
     paths: z.array(pathGlob).min(1).optional(),
     header: nameValue.optional(),
     query: nameValue.optional(),
+    /** A secret never travels in cleartext unless `http` is listed. */
+    schemes: schemes,
   })
   .superRefine((credential, ctx) => {
     if ((credential.header === undefined) === (credential.query === undefined)) {
@@ -106,6 +110,8 @@ export const placeholderSchema = z.strictObject({
   secret: name,
   hosts: z.array(hostPattern).min(1),
   in: z.array(z.enum(["header", "query", "path", "body", "websocket"])).min(1).default(["header", "query", "path"]),
+  /** The real value is only swapped in on these schemes (the placeholder is still refused elsewhere). */
+  schemes: schemes,
 });
 
 const regex = z.string().min(1).superRefine((text, ctx) => {
@@ -133,6 +139,20 @@ export const llmRuleSchema = z.strictObject({
     .min(1),
   /** WebSocket sessions (e.g. a realtime API) are relayed raw and cannot be judged: refused unless allowed here. */
   allow_websocket: z.boolean().default(false),
+});
+
+/** A glob on a tool name ("get_*"). */
+const toolGlob = z.string().min(1);
+
+/** MCP tool calls (SPEC section 9): which tools an agent may call on an MCP server, and see listed. */
+export const mcpRuleSchema = z.strictObject({
+  name,
+  hosts: z.array(hostPattern).min(1),
+  paths: z.array(pathGlob).min(1).optional(),
+  /** globs on the tool name; absent: every tool not denied */
+  allow_tools: z.array(toolGlob).min(1).optional(),
+  /** the same entries as an llm rule's: tool glob, optional `when` regex on a dotted argument path, message */
+  deny_tools: z.array(llmRuleSchema.shape.deny_tools.element).default([]),
 });
 
 export const responseRuleSchema = z
@@ -194,6 +214,7 @@ export const policySchema = z.strictObject({
   passthrough: passthroughSection.prefault({}),
   admin: adminSection.prefault({}),
   llm: z.array(llmRuleSchema).default([]),
+  mcp: z.array(mcpRuleSchema).default([]),
   responses: z.array(responseRuleSchema).default([]),
   websocket: z.array(webSocketRuleSchema).default([]),
 });
@@ -203,6 +224,7 @@ export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
 export type Placeholder = z.output<typeof placeholderSchema>;
 export type LlmRule = z.output<typeof llmRuleSchema>;
+export type McpRule = z.output<typeof mcpRuleSchema>;
 export type ResponseRule = z.output<typeof responseRuleSchema>;
 export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
 export type ClientIdentity = z.output<typeof clientSchema>;

@@ -49,6 +49,7 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   duplicates(policy.credentials, ["credentials"], issues);
   duplicates(policy.placeholders, ["placeholders"], issues);
   duplicates(policy.network.rules, ["network", "rules"], issues);
+  duplicates(policy.mcp, ["mcp"], issues);
 
   policy.credentials.forEach((credential, index) => {
     const part = credential.header ? "header" : "query";

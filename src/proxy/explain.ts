@@ -125,7 +125,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
 
   const allowed = verdict.action === "allow";
   const credentials = allowed
-    ? planCredentials(policy.credentials, host, exchange.normalisedPath).map((credential) => {
+    ? planCredentials(policy.credentials, host, exchange.normalisedPath, scheme).map((credential) => {
         const part = credential.header ? { header: credential.header.name } : { query: credential.query!.name };
         const template = (credential.header ?? credential.query)!.value;
         return { name: credential.name, ...part, secrets: [...template.matchAll(/\$\{\s*secrets\.([^}\s]+)\s*\}/g)].map((m) => m[1]!) };

@@ -11,7 +11,7 @@ export const credentials: Stage = {
   beforeForward(flow: Flow) {
     const { state, exchange, outgoing } = flow;
     if (state.policy.credentials.length === 0) return;
-    const plan = planCredentials(state.policy.credentials, exchange.target.host, exchange.normalisedPath);
+    const plan = planCredentials(state.policy.credentials, exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
     if (plan.length) return injectCredentials(plan, exchange, outgoing, state.secrets);
   },
 };

@@ -1,16 +1,17 @@
 import { credentialUnavailable } from "../../credentials/inject.js";
-import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, substitutePlaceholders } from "../../credentials/placeholders.js";
+import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, holdsPlaceholder, replacePlaceholder, substitutePlaceholders } from "../../credentials/placeholders.js";
 import { anyHostMatches } from "../../policy/hosts.js";
 import type { Flow, Stage, WsEnd, WsMessage } from "../stage.js";
 
 /** A placeholder in a client's message: swapped where it may go, the session ended where it may not. */
 async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<WsMessage[] | WsEnd> {
   const { exchange, state } = flow;
-  if (message.from !== "client" || message.binary) return [message];
-  let text = message.data.toString("utf8");
+  if (message.from !== "client") return [message];
+  // The bytes as latin1, so every spelling of a placeholder is found in text and binary alike.
+  let text = message.data.toString("latin1");
   let changed = false;
   for (const placeholder of state.policy.placeholders) {
-    if (!text.includes(placeholder.placeholder)) continue;
+    if (!holdsPlaceholder(text, placeholder.placeholder)) continue;
     if (!anyHostMatches(placeholder.hosts, exchange.target.host)) {
       const reason = `placeholder sent to a host not allowed to receive it: placeholder "${placeholder.name}" (in a WebSocket message) may only go to ${placeholder.hosts.join(", ")}`;
       exchange.placeholders.push(placeholder.name);
@@ -19,7 +20,7 @@ async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<Ws
       if (exchange.ws?.messages) exchange.ws.messages.denied++;
       return { close: 1008, reason: `policy_denied: placeholder ${placeholder.name}` };
     }
-    if (!placeholder.in.includes("websocket")) continue;
+    if (message.binary || !placeholder.in.includes("websocket") || !placeholder.schemes.includes(exchange.target.scheme)) continue;
     let value: string;
     try {
       value = await state.secrets.resolve(placeholder.secret);
@@ -27,12 +28,12 @@ async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<Ws
       exchange.error = { type: "credential_unavailable", message: credentialUnavailable(`placeholder "${placeholder.name}"`, error).message };
       return { close: 1011, reason: "credential_unavailable" };
     }
-    text = text.split(placeholder.placeholder).join(value);
+    text = replacePlaceholder(text, placeholder.placeholder, Buffer.from(value, "utf8").toString("latin1"));
     changed = true;
     if (!exchange.placeholders.includes(placeholder.name)) exchange.placeholders.push(placeholder.name);
     if (!exchange.injectedSecrets.includes(value)) exchange.injectedSecrets.push(value);
   }
-  if (changed) message.data = Buffer.from(text, "utf8");
+  if (changed) message.data = Buffer.from(text, "latin1");
   return [message];
 }
 
