@@ -51,6 +51,7 @@ beforeAll(async () => {
       ctx.headers.set("X-Seen-By-Hook", ctx.request.path);
       if (ctx.request.path === "/teapot") ctx.status = 418;
       if (ctx.request.path === "/response-explodes") throw new Error("response hook bug");
+      if (ctx.request.path === "/bad-header") ctx.headers.set("X-Bad", "a\nb");
     })
     .onWebSocket((ctx) => {
       if (ctx.path.startsWith("/forbidden")) ctx.deny("not this socket");
@@ -101,6 +102,11 @@ describe("programmatic API and hooks", () => {
     expect(body.error).toMatchObject({ type: "internal_error", message: "onResponse hook failed: response hook bug" });
     const line = await audit.waitFor((l) => l.req_id === body.error.request_id);
     expect(line).toMatchObject({ status: 500, error: { type: "internal_error" } });
+    // A header a hook made that cannot be written is the same kind of fault: answered, not a hang.
+    const bad = await request(target("/bad-header"), { dispatcher });
+    expect(bad.statusCode).toBe(500);
+    expect(bad.headers["x-portcullis-error"]).toBe("internal_error");
+    await bad.body.text();
   });
 
   it("onWebSocket sees the handshake: adds headers or denies", async () => {

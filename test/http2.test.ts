@@ -135,13 +135,16 @@ describe("HTTP/2 through portcullis", () => {
   it("translates both ways: an h2 client reaches an HTTP/1.1-only upstream, an HTTP/1.1 client reaches an h2-only upstream", async () => {
     const { session } = await h2ThroughProxy(proxy.port, "localhost", h1Up.port, proxy.caPem);
     const body = randomBytes(100_000);
-    const answer = await h2Request(session, { ":path": "/echo?q=1", "x-custom": "kept" }, body);
+    const answer = await h2Request(session, { ":path": "/echo?q=1", "x-custom": "kept", cookie: ["a=1", "b=2"] }, body);
     const seen = JSON.parse(answer.body.toString()) as { method: string; url: string; rawHeaders: string[]; hash: string; version: string };
     expect(seen).toMatchObject({ method: "POST", url: "/echo?q=1", hash: sha256(body), version: "1.1" });
     // :authority becomes Host; the h2 client's headers arrive, no pseudo-header leaks as a field.
     expect(seen.rawHeaders).toContain(`localhost:${h1Up.port}`);
     expect(seen.rawHeaders).toContain("kept");
     expect(seen.rawHeaders.some((name) => name.startsWith(":"))).toBe(false);
+    // h2 cookie crumbs become one HTTP/1.1 Cookie (RFC 9113 8.2.3).
+    expect(seen.rawHeaders.filter((_, i) => i % 2 === 0 && seen.rawHeaders[i]!.toLowerCase() === "cookie")).toHaveLength(1);
+    expect(seen.rawHeaders).toContain("a=1; b=2");
     expect(await proxy.audit.waitFor((l) => l.path === "/echo?q=1" && l.http_version === "2")).toMatchObject({ upstream_version: "1.1", status: 200 });
     session.close();
 

@@ -17,6 +17,13 @@ export interface WebSocketSummary {
   messages?: { client: number; upstream: number; denied: number; scrubbed: number };
 }
 
+/** An MCP exchange (SPEC section 9): the JSON-RPC method, the tool of a tools/call, the session. */
+export interface McpSummary {
+  method: string;
+  tool?: string;
+  session?: string;
+}
+
 /** One canonical audit line (SPEC section 4). */
 export interface AuditRecord {
   msg: AuditMessage;
@@ -41,6 +48,7 @@ export interface AuditRecord {
   req_headers?: Record<string, string | string[]>;
   req_body?: string;
   ws?: WebSocketSummary;
+  mcp?: McpSummary;
   /** The protocol the client spoke inside the tunnel (or on the listener). */
   http_version?: "1.1" | "2";
   /** The protocol spoken to the upstream; absent when nothing was sent. */

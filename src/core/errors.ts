@@ -29,10 +29,12 @@ export class ProxyError extends Error {
     readonly type: ProxyErrorType,
     message: string,
     readonly rule: string | null = null,
+    /** A more precise status of the same family (431, 414 for a bad_request). */
+    status?: number,
   ) {
     super(message);
     this.name = "ProxyError";
-    this.status = STATUS[type];
+    this.status = status ?? STATUS[type];
   }
 }
 

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type WebSocketSummary } from "./audit-record.js";
+import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type McpSummary, type WebSocketSummary } from "./audit-record.js";
 import { headersForLog, type RawHeaders } from "./headers.js";
 import type { HttpVersion, Target } from "./messages.js";
 
@@ -40,6 +40,8 @@ export class Exchange {
   error: AuditError | undefined;
   reqBody: string | undefined;
   ws: WebSocketSummary | undefined;
+  /** An MCP exchange: what it asked of the server. */
+  mcp: McpSummary | undefined;
   /** The protocol the upstream answered in, once it did. */
   upstreamVersion: HttpVersion | undefined;
   /**
@@ -99,6 +101,7 @@ export class Exchange {
       req_headers: headersForLog(this.clientHeaders, (name) => this.redactedHeaders.has(name), REDACTED),
       ...(this.reqBody !== undefined ? { req_body: this.reqBody } : {}),
       ...(this.ws ? { ws: this.ws } : {}),
+      ...(this.mcp ? { mcp: this.mcp } : {}),
       http_version: this.httpVersion,
       ...(this.upstreamVersion ? { upstream_version: this.upstreamVersion } : {}),
     };

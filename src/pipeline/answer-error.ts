@@ -34,5 +34,10 @@ export function answerError(responder: Responder, exchange: Exchange, error: Pro
     return;
   }
   if (responder.destroyed) return;
-  exchange.status = writeErrorAnswer(responder, error, exchange.requestId, exchange.scrub);
+  try {
+    exchange.status = writeErrorAnswer(responder, error, exchange.requestId, exchange.scrub);
+  } catch {
+    // The transport cannot take even portcullis' own answer (the stream is gone): break it off.
+    responder.fail();
+  }
 }

@@ -1,9 +1,11 @@
 import type { ProxyMetrics } from "../admin/metrics.js";
-import { getHeader } from "../core/headers.js";
+import { getHeader, removeHeaders } from "../core/headers.js";
 import type { InboundRequest, Responder, UpstreamCall } from "../core/messages.js";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
 import type { Policy } from "../policy/schema.js";
+import { ProxyError, toProxyError } from "../core/errors.js";
 import { answerError } from "./answer-error.js";
+import { upstreamName } from "./target.js";
 import { relayResponse } from "./relay-response.js";
 import { openSession } from "./session.js";
 import type { Flow } from "./stage.js";
@@ -13,6 +15,8 @@ export interface ForwardOptions {
   /** A WebSocket (or other upgrade) session started: the audit line waits for its end. */
   sessionStarted(): void;
   sessionEnded(): void;
+  /** A fault of portcullis itself, for the diagnostics log. */
+  internalError(error: unknown, where: string): void;
 }
 
 /**
@@ -23,15 +27,30 @@ export interface ForwardOptions {
 export function forward(flow: Flow, responder: Responder, options: ForwardOptions): void {
   const { exchange, outgoing, state } = flow;
   let session = false;
+  // These run inside the transport's event callbacks: whatever throws is answered here, never left to crash the process.
+  const guarded = (what: string, run: () => void) => {
+    try {
+      run();
+    } catch (error) {
+      options.internalError(error, what);
+      answerError(responder, exchange, toProxyError(error));
+    }
+  };
   const call = state.upstream.send(exchange.target, outgoing, {
     sent: (version) => (exchange.upstreamVersion = version),
-    continue: () => responder.writeContinue(),
-    response: (upstream) => relayResponse(flow, upstream, responder),
-    upgraded: (upstream, stream, head) => {
-      session = true;
-      options.sessionStarted();
-      openSession(flow, upstream, stream, head, responder, options.metrics, options.sessionEnded);
-    },
+    continue: () => guarded("continue", () => responder.writeContinue()),
+    response: (upstream) => guarded("response", () => relayResponse(flow, upstream, responder)),
+    upgraded: (upstream, stream, head) =>
+      guarded("upgrade", () => {
+        // Only a handshake may switch protocols: anything else would leave the stages behind.
+        if (!flow.upgrade) {
+          stream.destroy();
+          throw new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} switched protocols on a request that did not ask to`);
+        }
+        session = true;
+        options.sessionStarted();
+        openSession(flow, upstream, stream, head, responder, options.metrics, options.sessionEnded);
+      }),
     error: (error) => {
       // Abandoned because the client left: nobody is listening for an answer.
       if (responder.destroyed) return;
@@ -64,7 +83,8 @@ function streamRequestBody(flow: Flow, request: InboundRequest, call: UpstreamCa
   call.onDrain(() => body.resume());
   body.on("end", () => {
     if (sample) exchange.reqBody = sample.text();
-    call.end(request.trailers());
+    // Trailers are the client's too: none may smuggle a credential's header (or Proxy-Authorization) past the stages.
+    call.end(removeHeaders(request.trailers(), exchange.redactedHeaders));
   });
 }
 

@@ -33,8 +33,8 @@ function decoderFor(encoding: string | undefined): Transform | undefined | "unsu
 }
 
 function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse): BodyPlan {
-  // HEAD, 204 and 304 carry no body to judge or rewrite.
-  if (flow.exchange.method === "HEAD" || answer.status === 204 || answer.status === 304) return PLAIN;
+  // HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge or rewrite.
+  if (upstream.headOnly || flow.exchange.method === "HEAD" || answer.status === 204 || answer.status === 304) return PLAIN;
   const taps: BodyTap[] = [];
   for (const stage of STAGES) {
     const tap = stage.responseBody?.(flow, answer, upstream);
@@ -80,6 +80,12 @@ function trailersFor(flow: Flow, upstream: UpstreamResponse): RawHeaders {
 export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder: Responder): void {
   const { exchange } = flow;
   exchange.upstreamVersion = upstream.httpVersion;
+  // RFC 9110 15: a status is three digits, 100 to 599; anything else no client can be given.
+  if (!Number.isInteger(upstream.status) || upstream.status < 100 || upstream.status > 599) {
+    upstream.body.destroy();
+    answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with status ${upstream.status}`));
+    return;
+  }
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
   for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
   const plan = planBody(flow, answer, upstream);
@@ -114,8 +120,9 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
   upstream.body.pause();
   const pending = runResponsePhase(flow, answer);
   if (!pending) return start();
-  // A hook that fails is portcullis' own fault (operator code), not the upstream's.
-  pending.then(start, (error: Error) => {
+  // A hook that fails is portcullis' own fault (operator code), not the upstream's; so is a head
+  // a hook made that the transport cannot write.
+  pending.then(start).catch((error: Error) => {
     upstream.body.destroy();
     answerError(responder, exchange, new ProxyError("internal_error", `onResponse hook failed: ${error.message}`));
   });
@@ -188,7 +195,9 @@ function holdWhole(flow: Flow, upstream: UpstreamResponse, responder: Responder,
       if (instead) return sendWhole(flow, responder, instead);
     }
     if (body === undefined) return responder.fail();
-    transformWhole(body, plan.transforms).then(
+    let edited = body;
+    for (const tap of plan.taps) if (tap.hold?.edit) edited = tap.hold.edit(edited);
+    transformWhole(edited, plan.transforms).then(
       (final) => sendWhole(flow, responder, { ...answer, headers: setHeader(answer.headers, "Content-Length", String(final.length)), body: final }),
       () => responder.fail(),
     );
@@ -224,8 +233,8 @@ async function transformWhole(body: Buffer, transforms: Transform[]): Promise<Bu
   return Buffer.concat(out);
 }
 
-/** An answer with its whole body: through the response phase, then sent at once. */
-function sendWhole(flow: Flow, responder: Responder, whole: WholeAnswer): void {
+/** An answer with its whole body (a judge's, or a stage's own: flow.answer): through the response phase, then sent at once. */
+export function sendWhole(flow: Flow, responder: Responder, whole: WholeAnswer): void {
   const send = () => {
     if (responder.destroyed) return;
     responder.writeHead(whole.status, whole.reason, whole.headers);
@@ -234,7 +243,7 @@ function sendWhole(flow: Flow, responder: Responder, whole: WholeAnswer): void {
   };
   const pending = runResponsePhase(flow, whole);
   if (!pending) return send();
-  pending.then(send, (error: Error) => {
+  pending.then(send).catch((error: Error) => {
     if (!responder.headersSent) answerError(responder, flow.exchange, new ProxyError("internal_error", `onResponse hook failed: ${error.message}`));
     else responder.fail();
   });

@@ -1,13 +1,14 @@
+import type { Readable } from "node:stream";
 import { ProxyError, toProxyError } from "../core/errors.js";
 import { Exchange, requestIdFrom, type TunnelContext } from "../core/exchange.js";
-import { getHeader, removeHeaders } from "../core/headers.js";
+import { getHeader, removeHeaders, setHeader } from "../core/headers.js";
 import type { InboundRequest, OutgoingRequest, Responder, Target } from "../core/messages.js";
-import { readBody } from "../credentials/placeholders.js";
 import type { AuditMessage } from "../core/audit-record.js";
-import { pathReadings } from "../policy/paths.js";
+import { pathEncodingProblem, pathReadings } from "../policy/paths.js";
 import { answerError } from "./answer-error.js";
 import type { PipelineRuntime, PolicyState } from "./context.js";
 import { bodySampler, forward } from "./forward.js";
+import { sendWhole } from "./relay-response.js";
 import type { Flow } from "./stage.js";
 import { STAGES } from "./stages.js";
 import { parseAbsoluteForm, pathInTunnel } from "./target.js";
@@ -27,8 +28,12 @@ export async function authenticate(state: PolicyState, proxyAuthorization: strin
   return result.client;
 }
 
+/** A longer request target is refused with 414 (servers differ in what they take; 8 KiB is the common floor). */
+export const MAX_REQUEST_TARGET = 8 * 1024;
+
 /** Where a request goes: the CONNECT authority of its tunnel, or the URL of an absolute-form request. */
 async function locate(state: PolicyState, request: InboundRequest): Promise<Located> {
+  if (request.target.length > MAX_REQUEST_TARGET) throw new ProxyError("bad_request", `request URL over ${MAX_REQUEST_TARGET / 1024} KiB`, null, 414);
   const { tunnel } = request;
   if (tunnel) {
     const target: Target = { scheme: request.secure ? "https" : "http", host: tunnel.host, port: tunnel.port };
@@ -52,6 +57,8 @@ async function openExchange(state: PolicyState, request: InboundRequest, scrub: 
   const requestId = requestIdFrom(getHeader(request.headers, "x-request-id"));
   try {
     const located = await locate(state, request);
+    const encoding = pathEncodingProblem(located.path);
+    if (encoding) throw new ProxyError("bad_request", encoding);
     const exchange = new Exchange(requestId, located.tunnel, located.target, request.method, located.path, request.headers, request.httpVersion, scrub);
     exchange.pathReadings = pathReadings(located.path);
     return { exchange, located };
@@ -64,7 +71,41 @@ async function openExchange(state: PolicyState, request: InboundRequest, scrub: 
   }
 }
 
-/** A body a stage must see is read before anything is decided (bounded by that stage). */
+/** The most of a request body the runner holds in memory for the stages to read (flow.readBody). */
+export const MAX_READ_BODY_BYTES = 10 * 1024 * 1024;
+
+/** A request body read whole, refused (400) past `limit` bytes: the rest is left unread, the connection closed after the answer. */
+function readBounded(body: Readable, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) return void chunks.push(chunk);
+      done();
+      body.pause();
+      reject(new ProxyError("bad_request", `request body over ${limit} bytes cannot be checked before it is forwarded`));
+    };
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(chunks));
+    };
+    const onError = (error: Error) => {
+      done();
+      reject(error);
+    };
+    const done = () => {
+      body.off("data", onData);
+      body.off("end", onEnd);
+      body.off("error", onError);
+    };
+    body.on("data", onData);
+    body.on("end", onEnd);
+    body.on("error", onError);
+  });
+}
+
+/** A body a stage must see is read before anything is decided (bounded: MAX_READ_BODY_BYTES). */
 async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
   const { request, outgoing, exchange } = flow;
   // A client waiting for 100 Continue sends nothing until it gets one: give it, or we wait forever.
@@ -72,19 +113,31 @@ async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
     responder.writeContinue();
     outgoing.headers = removeHeaders(outgoing.headers, new Set(["expect"]));
   }
-  outgoing.body = await readBody(request.body);
+  outgoing.body = await readBounded(request.body, MAX_READ_BODY_BYTES);
   exchange.reqBytes = outgoing.body.length;
   const sample = bodySampler(request, flow.state.policy);
   sample?.add(outgoing.body);
   exchange.reqBody = sample?.text();
 }
 
-/** Runs one request phase for every stage in order; awaits only the hooks that return a promise. */
+/**
+ * Runs one request phase for every stage in order; awaits only the hooks that return a promise.
+ * A stage that answered the request itself (flow.answer) ends the phase.
+ */
 async function runPhase(flow: Flow, phase: "request" | "beforeForward"): Promise<void> {
   for (const stage of STAGES) {
     const pending = stage[phase]?.(flow);
     if (pending) await pending;
+    if (flow.answer) return;
   }
+}
+
+/** A stage's own answer (flow.answer): through the response phase to the client; nothing is forwarded. */
+function answerItself(flow: Flow, responder: Responder): void {
+  const answer = flow.answer!;
+  let headers = setHeader(answer.headers, "X-Request-Id", flow.exchange.requestId);
+  headers = setHeader(headers, "Content-Length", String(answer.body.length));
+  sendWhole(flow, responder, { ...answer, headers });
 }
 
 function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMessage): void {
@@ -136,6 +189,10 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     for (const stage of STAGES) stage.requestHeaders?.(flow);
     if (flow.readBody) await readBodyFirst(flow, responder);
     await runPhase(flow, "request");
+    if (flow.answer) {
+      if (!responder.destroyed) answerItself(flow, responder);
+      return;
+    }
     await runPhase(flow, "beforeForward");
     // A client that left while secrets were resolved gets nothing sent upstream on its behalf.
     if (responder.destroyed) return;
@@ -143,6 +200,9 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
       metrics: runtime.metrics,
       sessionStarted: () => (session = true),
       sessionEnded: finish,
+      internalError: (caught, where) => {
+        if (!(caught instanceof ProxyError)) runtime.diagnostics.error({ err: caught, req_id: exchange.requestId, where }, "internal error in the pipeline");
+      },
     });
   } catch (caught) {
     if (!(caught instanceof ProxyError)) runtime.diagnostics.error({ err: caught, req_id: exchange.requestId }, "internal error in the pipeline");

@@ -4,7 +4,7 @@ import type { RawHeaders } from "../core/headers.js";
 import type { InboundRequest, OutgoingRequest, UpstreamResponse } from "../core/messages.js";
 import type { PlaceholderHit } from "../credentials/placeholders.js";
 import type { LlmMessageGuard } from "../llm/message-guard.js";
-import type { LlmRule, ResponseRule } from "../policy/schema.js";
+import type { LlmRule, McpRule, ResponseRule } from "../policy/schema.js";
 import type { PolicyState } from "./context.js";
 import type { Hooks } from "./hooks.js";
 
@@ -15,6 +15,8 @@ export interface FlowNotes {
   responseRules?: ResponseRule[];
   /** Tool calls held across the messages of an inspected LLM WebSocket session. */
   llmGuard?: LlmMessageGuard;
+  /** The mcp rules of this exchange, and portcullis' answers to refused calls of a batch, merged into the upstream's. */
+  mcp?: { rules: McpRule[]; pendingAnswers: string[] };
 }
 
 /** One exchange as the stages see it: what came in, what will go out, and the policy it runs under. */
@@ -29,8 +31,20 @@ export interface Flow {
   readonly hostHeader: string | undefined;
   /** An upgrade handshake (a WebSocket, over HTTP/1.1 Upgrade or h2 extended CONNECT). */
   readonly upgrade: boolean;
-  /** Set by a requestHeaders hook that must see the body before the request is judged. */
+  /**
+   * Set by a requestHeaders hook that must see the body before the request is judged: the
+   * runner reads it whole into `outgoing.body` (at most MAX_READ_BODY_BYTES; a larger body is
+   * refused 400 bad_request).
+   */
   readBody: boolean;
+  /**
+   * Set by a request hook to answer the request itself: it is never forwarded, no later request
+   * hook runs and no secret is resolved for it; the answer goes through the response phase
+   * (onResponse hooks) to the client, with X-Request-Id and Content-Length set by the runner,
+   * and the exchange gets its one audit line like any other. For answers in a protocol's own
+   * shape (a JSON-RPC error with HTTP 200); a plain refusal is a thrown ProxyError.
+   */
+  answer?: WholeAnswer;
   readonly notes: FlowNotes;
 }
 
@@ -50,7 +64,12 @@ export interface BodyTap {
   /** A streaming transform over the decoded body. */
   transform?: Transform;
   /** Judge the whole decoded body (at most `limit` bytes) before anything is sent; a returned answer replaces it. */
-  hold?: { limit: number; judge(body: Buffer | undefined): WholeAnswer | undefined };
+  hold?: {
+    limit: number;
+    judge(body: Buffer | undefined): WholeAnswer | undefined;
+    /** Once every judge let it pass: the body the client gets instead; the taps' transforms still run over it. */
+    edit?(body: Buffer): Buffer;
+  };
   /** The body's Content-Encoding cannot be decoded: the answer to send instead, or "pass" to relay it untouched. */
   undecodable(): WholeAnswer | "pass";
   /** The tap may end the body early (an LLM guard): `abandon` then drops the rest of the upstream's answer. */
@@ -75,7 +94,9 @@ export interface WsEnd {
 /**
  * A stage of the pipeline: a small object with hooks named after the events of an exchange.
  * Hooks run in the order of the stage list (pipeline/stages.ts), each phase for every stage
- * before the next phase starts. A hook refuses the exchange by throwing a ProxyError.
+ * before the next phase starts. A hook refuses the exchange by throwing a ProxyError; a
+ * request hook may instead answer it itself, in the protocol's own terms, by setting
+ * `flow.answer` (see Flow.answer).
  */
 export interface Stage {
   readonly name: string;

@@ -2,6 +2,7 @@ import { credentials } from "./stages/credentials.js";
 import { echoScrub } from "./stages/echo-scrub.js";
 import { headerHygiene } from "./stages/header-hygiene.js";
 import { llmPolicy } from "./stages/llm.js";
+import { mcpPolicy } from "./stages/mcp.js";
 import { placeholders } from "./stages/placeholders.js";
 import { policyDecision } from "./stages/policy-decision.js";
 import { responseRules } from "./stages/response-rules.js";
@@ -17,10 +18,14 @@ import type { Stage } from "./stage.js";
  *   → forward (the upstream) → responseHeaders → responseBody → response → responseTrailers
  *   → one audit line
  *
+ * A request hook may answer the request itself (flow.answer, e.g. mcp's JSON-RPC error for a
+ * refused tool call): the rest of the request phase and the forward are skipped, and the answer
+ * goes through the response phase to the client.
+ *
  * A WebSocket session some stage must read (webSocketSession) is parsed into messages, each
  * taken through webSocketMessage in this order; any other session stays a byte copy.
  *
- * So a request is judged (placeholders headed elsewhere, policy, llm, hooks) before any secret
+ * So a request is judged (placeholders headed elsewhere, policy, llm, mcp, hooks) before any secret
  * is resolved, and secrets go on (credentials, placeholders) only once it is allowed. A new
  * capability is a new stage in this list.
  */
@@ -30,6 +35,7 @@ export const STAGES: readonly Stage[] = [
   placeholders,
   policyDecision,
   llmPolicy,
+  mcpPolicy,
   responseRules,
   echoScrub,
   webSocketRules,

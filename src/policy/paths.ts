@@ -42,20 +42,74 @@ export function normalisePath(rawPath: string): string {
 }
 
 const ENCODED_SEPARATOR = /%2f|%5c/i;
+/** What some servers drop from the end of a segment (Windows and IIS: dots and spaces; others: whitespace). */
+const TRAILING_IN_SEGMENT = /[\s.]+(?=\/|$)/;
+
+/** Raw bytes of a request target (latin1 in Node's strings) as the UTF-8 text they are. */
+function asText(path: string): string {
+  return /[\x80-\xff]/.test(path) ? Buffer.from(path, "latin1").toString("utf8") : path;
+}
 
 /**
  * Every plausible reading of a path, the first being normalisePath's. Servers disagree on
- * what an encoded slash is (a separator once decoded, or part of a segment) and on ";params"
- * in a segment (Tomcat drops them, "..;" then climbs a level). Where the path leaves room for
- * such a disagreement, each reading is returned and the policy must agree with all of them.
+ * what an encoded slash is (a separator once decoded, or part of a segment), on ";params"
+ * in a segment (Tomcat drops them, "..;" then climbs a level), on decoding twice, on Unicode
+ * compatibility forms (a fullwidth "．" or "／" read as "." or "/" after NFKC), on a NUL
+ * (where C code stops reading) and on trailing dots and whitespace in a segment (which Windows
+ * drops). Where the path leaves room for such a disagreement, each reading is returned and the
+ * policy must agree with all of them.
  */
 export function pathReadings(rawPath: string): string[] {
   const end = rawPath.search(/[?#]/);
   const pathOnly = end < 0 ? rawPath : rawPath.slice(0, end);
   const readings = [normalisePath(pathOnly)];
+  if (ALREADY_NORMAL.test(pathOnly) && !pathOnly.includes(";") && !TRAILING_IN_SEGMENT.test(pathOnly) && !/[^\x00-\x7f]/.test(pathOnly)) return readings;
   if (ENCODED_SEPARATOR.test(pathOnly)) readings.push(normalisePath(pathOnly.replace(/%(2f|5c)/gi, "%25$1")));
   if (pathOnly.includes(";")) readings.push(normalisePath(pathOnly.replace(/;[^/]*/g, "")));
+  const once = decode(asText(pathOnly));
+  // Decoded a second time: "%252e%252e" is ".." to a server that decodes twice.
+  if (/%[0-9A-Fa-f]{2}/.test(once)) readings.push(normalisePath(once));
+  const compatible = once.normalize("NFKC");
+  if (compatible !== once) readings.push(normalisePath(compatible.replace(/%/g, "%25")));
+  if (once.includes("\0")) readings.push(normalisePath(once.split("\0")[0]!.replace(/%/g, "%25")));
+  if (TRAILING_IN_SEGMENT.test(once)) {
+    const trimmed = once
+      .split("/")
+      .map((segment) => (/^\.+$/.test(segment) ? segment : segment.replace(/[\s.]+$/, "")))
+      .join("/");
+    readings.push(normalisePath(trimmed.replace(/%/g, "%25")));
+  }
   return [...new Set(readings)];
+}
+
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Why a path cannot be read as UTF-8, if it cannot: raw bytes or escapes that form an overlong
+ * sequence, a stray continuation byte, a surrogate ... Servers decode those differently (or
+ * not at all), so such a path is refused (400) rather than judged.
+ */
+export function pathEncodingProblem(rawPath: string): string | undefined {
+  const end = rawPath.search(/[?#]/);
+  const pathOnly = end < 0 ? rawPath : rawPath.slice(0, end);
+  const check = (bytes: Buffer, what: string) => {
+    if (!bytes.some((byte) => byte >= 0x80)) return undefined;
+    try {
+      STRICT_UTF8.decode(bytes);
+      return undefined;
+    } catch {
+      return `the path has ${what} that are not valid UTF-8 (overlong or malformed)`;
+    }
+  };
+  const raw = check(Buffer.from(pathOnly.replace(/%[0-9A-Fa-f]{2}/g, ""), "latin1"), "bytes");
+  if (raw) return raw;
+  for (const text of [pathOnly, decode(asText(pathOnly))]) {
+    for (const run of text.match(/(?:%[0-9A-Fa-f]{2})+/g) ?? []) {
+      const problem = check(Buffer.from(run.replace(/%/g, ""), "hex"), "percent-encoded bytes");
+      if (problem) return problem;
+    }
+  }
+  return undefined;
 }
 
 const compiled = new Map<string, (path: string) => boolean>();

@@ -56,8 +56,7 @@ export const placeholders: Stage = {
     const hits = flow.notes.placeholders;
     if (hits?.length) return substitutePlaceholders(hits, flow.exchange, flow.outgoing, flow.state.secrets);
   },
-  // Sessions are read when a placeholder may travel in their messages (or be headed to this host).
-  webSocketSession: (flow: Flow) =>
-    flow.state.policy.placeholders.some((placeholder) => placeholder.in.includes("websocket") || anyHostMatches(placeholder.hosts, flow.exchange.target.host)),
+  // Any placeholder could be carried off in a message: sessions are read whenever there are placeholders.
+  webSocketSession: (flow: Flow) => flow.state.policy.placeholders.length > 0,
   webSocketMessage: placeholdersInMessage,
 };

@@ -4,7 +4,7 @@ import type { Duplex } from "node:stream";
 import { ProxyError } from "../../core/errors.js";
 import type { TunnelContext } from "../../core/exchange.js";
 import { writeErrorAnswer } from "../../pipeline/answer-error.js";
-import { runExchange } from "../../pipeline/runner.js";
+import { MAX_REQUEST_TARGET, runExchange } from "../../pipeline/runner.js";
 import { tunnelRecord } from "../audit.js";
 import type { TransportRuntime } from "../runtime.js";
 import { clientAddress, tunnelOf } from "../tunnel-context.js";
@@ -36,6 +36,14 @@ export function createHttp1Server(runtime: TransportRuntime): Server {
   return server;
 }
 
+/** A head over Node's limit: 414 when the request line alone is too long, 431 otherwise (RFC 9110 15.5.15, RFC 6585 5). */
+function oversizedHead(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): ProxyError {
+  const packet = error.rawPacket?.toString("latin1") ?? "";
+  const lineEnd = packet.indexOf("\r\n");
+  if (lineEnd < 0 || lineEnd > MAX_REQUEST_TARGET) return new ProxyError("bad_request", "request URL too long", null, 414);
+  return new ProxyError("bad_request", `request head over ${Math.round(http.maxHeaderSize / 1024)} KiB`, null, 431);
+}
+
 /** Malformed HTTP from a client: one 400 and one audit line, and everyone else carries on. */
 function onClientError(runtime: TransportRuntime, error: NodeJS.ErrnoException, socket: Duplex): void {
   if (error.code === "ECONNRESET" || error.code === "EPIPE" || !socket.writable) {
@@ -44,7 +52,7 @@ function onClientError(runtime: TransportRuntime, error: NodeJS.ErrnoException, 
   }
   const timedOut = error.code === "ERR_HTTP_REQUEST_TIMEOUT" || error.code === "ERR_HTTP_HEADERS_TIMEOUT";
   const tunnel: TunnelContext = tunnelOf(socket) ?? { host: "", port: 0, client: null, clientAddr: clientAddress(socket) };
-  const proxyError = new ProxyError("bad_request", timedOut ? "request headers not received in time" : `malformed HTTP request (${error.code ?? error.message})`);
+  const proxyError = error.code === "HPE_HEADER_OVERFLOW" ? oversizedHead(error) : new ProxyError("bad_request", timedOut ? "request headers not received in time" : `malformed HTTP request (${error.code ?? error.message})`);
   const status = writeErrorAnswer(new SocketResponder(socket), proxyError, null, runtime.scrubber.scrub);
   runtime.audit.write(
     tunnelRecord(tunnel, performance.now(), { msg: "http", method: null, status, error: { type: proxyError.type, message: proxyError.message } }),

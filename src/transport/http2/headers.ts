@@ -2,7 +2,7 @@ import type { OutgoingHttpHeaders } from "node:http2";
 import type { RawHeaders } from "../../core/headers.js";
 
 /** RFC 9113 8.2.2: connection-specific fields never travel in h2 (TE only as "trailers"). */
-const CONNECTION_SPECIFIC = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"]);
+const CONNECTION_SPECIFIC = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings"]);
 
 /** Fields Node's h2 encoder takes only once (it throws on a second); an HTTP/1.1 peer may have sent two. */
 const SINGLE_VALUE = new Set([

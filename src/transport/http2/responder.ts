@@ -46,7 +46,12 @@ export class Http2Responder implements Responder {
   }
 
   writeContinue(): void {
-    if (!this.stream.headersSent) this.stream.additionalHeaders({ ":status": 100 });
+    if (this.stream.headersSent || this.destroyed) return;
+    try {
+      this.stream.additionalHeaders({ ":status": 100 });
+    } catch {
+      // An interim answer that cannot go out changes nothing: the final one still will.
+    }
   }
 
   writeHead(status: number, _reason: string | undefined, headers: RawHeaders, alone = false): void {

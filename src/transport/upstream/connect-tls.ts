@@ -40,6 +40,8 @@ export function connectTls(target: Target, trust: SecureContext, lookup: LookupF
     socket.once("secureConnect", () => {
       clearTimeout(timer);
       socket.off("error", fail);
+      // Until its new owner listens, an error (a reset) must not go unhandled.
+      socket.on("error", () => socket.destroy());
       resolve(socket);
     });
   });

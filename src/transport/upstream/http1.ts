@@ -2,7 +2,7 @@ import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
 import { isIP, type Socket } from "node:net";
 import { createHash, randomBytes } from "node:crypto";
-import { getHeader, headerPairs, type RawHeaders } from "../../core/headers.js";
+import { getHeader, getHeaderValues, headerPairs, setHeader, type RawHeaders } from "../../core/headers.js";
 import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
 import { ProxyError } from "../../core/errors.js";
 import { upstreamName } from "../../pipeline/target.js";
@@ -82,22 +82,42 @@ function bridgeUpgrade(request: OutgoingRequest): { headers: RawHeaders; expectA
   return { headers, expectAccept: createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64") };
 }
 
+/** h2 may split Cookie into several fields; HTTP/1.1 wants one, joined with "; " (RFC 9113 8.2.3). */
+function joinCookies(headers: RawHeaders): RawHeaders {
+  const cookies = getHeaderValues(headers, "cookie");
+  return cookies.length > 1 ? setHeader(headers, "Cookie", cookies.join("; ")) : headers;
+}
+
+/** A call that never left: its failure is reported once the caller has its handle. */
+export function failedCall(events: UpstreamEvents, error: ProxyError): UpstreamCall {
+  queueMicrotask(() => events.error(error));
+  return { write: () => true, onDrain: () => undefined, end: () => undefined, abort: () => undefined };
+}
+
 /** One request over an HTTP/1.1 keep-alive pool. */
 export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
   const { scheme, host, port } = target;
   const bridged = request.upgrade !== undefined ? bridgeUpgrade(request) : undefined;
-  let headers = bridged?.headers ?? request.headers;
+  let headers = joinCookies(bridged?.headers ?? request.headers);
   // Node frames the body itself; telling it "chunked" keeps a body without a length chunked whatever the method.
   if (request.hasBody && request.body === undefined && getHeader(headers, "content-length") === undefined) headers = [...headers, "Transfer-Encoding", "chunked"];
   const options: https.RequestOptions = { method: request.method, path: request.path, headers, host, port, agent };
   if (scheme === "https" && !isIpLiteral(host)) options.servername = host;
-  const upstreamReq = (scheme === "https" ? https : http).request(options);
+  let upstreamReq: ClientRequest;
+  try {
+    upstreamReq = (scheme === "https" ? https : http).request(options);
+  } catch (error) {
+    // Node refuses the head (a header value it cannot write): reported like any failure, never thrown at the caller.
+    return failedCall(events, new ProxyError("internal_error", `cannot send the request to ${upstreamName(target)}: ${(error as Error).message}`));
+  }
   armTimers(upstreamReq, target, settings);
   let upgraded = false;
   upstreamReq.once("socket", () => events.sent("1.1"));
   upstreamReq.on("continue", () => events.continue());
   upstreamReq.on("response", (res) => events.response(http1Response(res)));
-  upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
+  // Only a request that asked to switch protocols may: a 101 to anything else is a protocol
+  // error (Node destroys the socket when nobody listens for 'upgrade').
+  if (request.upgrade !== undefined) upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
     upgraded = true;
     if (bridged?.expectAccept !== undefined && getHeader(res.rawHeaders, "sec-websocket-accept") !== bridged.expectAccept) {
       socket.destroy();
@@ -109,9 +129,17 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
     socket.setKeepAlive(true, 30_000);
     events.upgraded(http1Response(res), socket, head);
   });
+  let answered = false;
+  upstreamReq.once("response", () => (answered = true));
   upstreamReq.on("error", (error) => {
+    answered = true;
     if (!upgraded) events.error(classifyUpstreamError(error, upstreamName(target)));
   });
+  // Closed with neither an answer nor an error (Node drops a 101 nobody asked for this way).
+  upstreamReq.once("close", () => {
+    if (!answered && !upgraded) events.error(new ProxyError("upstream_protocol_error", `${upstreamName(target)} closed the connection without a usable answer`));
+  });
+
   return {
     write: (chunk) => upstreamReq.write(chunk),
     onDrain: (listener) => void upstreamReq.on("drain", listener),

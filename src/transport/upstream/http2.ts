@@ -8,6 +8,7 @@ import { formatDuration } from "../../policy/duration.js";
 import { toHttp2Headers, withoutPseudoHeaders } from "../http2/headers.js";
 import { resetStream } from "../http2/reset.js";
 import { classifyUpstreamError } from "./classify.js";
+import { failedCall } from "./http1.js";
 import type { UpstreamSettings } from "./settings.js";
 
 /** Per-stream and per-connection receive windows (see transport/http2/server.ts for why). */
@@ -24,12 +25,18 @@ const AS_PSEUDO = new Set(["host"]);
 /** One pooled h2 connection to an upstream and the streams it carries. */
 export class Http2Connection {
   active = 0;
+  /** Settles when the peer's SETTINGS arrived (its stream limit is known), or the session failed first. */
+  readonly ready: Promise<void>;
   private readonly pinger: NodeJS.Timeout;
 
   constructor(
     readonly session: ClientHttp2Session,
     onGone: (connection: Http2Connection) => void,
   ) {
+    this.ready = new Promise((resolve) => {
+      session.once("remoteSettings", () => resolve());
+      session.once("close", () => resolve());
+    });
     session.on("error", () => session.destroy());
     // GOAWAY: streams in flight finish, new ones go to a new session.
     session.once("goaway", () => onGone(this));
@@ -99,8 +106,7 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
   try {
     stream = connection.session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
   } catch (error) {
-    queueMicrotask(() => events.error(new ProxyError("upstream_protocol_error", `cannot send to ${upstreamName(target)} over h2: ${(error as Error).message}`)));
-    return { write: () => true, onDrain: () => undefined, end: () => undefined, abort: () => undefined };
+    return failedCall(events, new ProxyError("internal_error", `cannot send to ${upstreamName(target)} over h2: ${(error as Error).message}`));
   }
   connection.active++;
   events.sent("2");

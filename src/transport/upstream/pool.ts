@@ -1,6 +1,6 @@
 import { connect, type Socket } from "node:net";
 import type { SecureContext } from "node:tls";
-import type { ProxyError } from "../../core/errors.js";
+import { ProxyError } from "../../core/errors.js";
 import type { OutgoingRequest, Target, Upstream, UpstreamCall, UpstreamEvents } from "../../core/messages.js";
 import { formatAuthority } from "../../pipeline/target.js";
 import { connectTls } from "./connect-tls.js";
@@ -13,8 +13,6 @@ import type { UpstreamSettings } from "./settings.js";
 
 type Protocol = "h2" | "http/1.1";
 
-/** How long an upstream's ALPN choice is trusted before a new connection asks again. */
-const PROTOCOL_TTL_MS = 10 * 60_000;
 
 /** Each event reported once; an error after an error is the same failure seen twice. */
 function once(events: UpstreamEvents): UpstreamEvents {
@@ -41,7 +39,8 @@ function once(events: UpstreamEvents): UpstreamEvents {
  */
 export class UpstreamPool implements Upstream {
   private readonly agents: Http1Agents;
-  private readonly protocols = new Map<string, { protocol: Protocol; until: number }>();
+  /** What each host:port chose when first asked (ALPN); a reload starts a new pool, which asks again. */
+  private readonly protocols = new Map<string, Protocol>();
   private readonly sessions = new Map<string, Http2Connection[]>();
   private readonly connecting = new Map<string, Promise<Protocol>>();
 
@@ -62,15 +61,24 @@ export class UpstreamPool implements Upstream {
     if (connection) return sendHttp2(connection, this.settings, target, request, events);
     // The protocol is not known yet, or every h2 session is full: a new connection tells.
     const deferred = new DeferredCall();
-    this.connect(key, target).then(
-      (protocol) => {
+    this.acquire(key, target)
+      .then((session) => {
         if (deferred.isAborted) return;
-        const session = protocol === "h2" ? this.sessions.get(key)?.find((candidate) => candidate.available) : undefined;
         deferred.attach(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events));
-      },
-      (error: ProxyError) => events.error(error),
-    );
+      })
+      .catch((error: unknown) => events.error(error instanceof ProxyError ? error : new ProxyError("internal_error", `cannot send to ${key}: ${(error as Error).message}`)));
     return deferred;
+  }
+
+  /** An h2 session with room for one more stream, connecting as often as it takes; undefined when the host speaks HTTP/1.1. */
+  private async acquire(key: string, target: Target): Promise<Http2Connection | undefined> {
+    for (let attempt = 0; attempt < 8; attempt++) {
+      if (this.protocols.get(key) === "http/1.1") return undefined;
+      const ready = this.sessions.get(key)?.find((candidate) => candidate.available);
+      if (ready) return ready;
+      await this.connect(key, target);
+    }
+    throw new ProxyError("upstream_unreachable", `no h2 connection to ${key} has room for another stream`);
   }
 
   dial(host: string, port: number): Socket {
@@ -88,9 +96,7 @@ export class UpstreamPool implements Upstream {
   }
 
   private protocolOf(key: string): Protocol | undefined {
-    const known = this.protocols.get(key);
-    if (known && known.until > Date.now()) return known.protocol;
-    return undefined;
+    return this.protocols.get(key);
   }
 
   /** One new TLS connection per host:port at a time; concurrent requests wait for the same one. */
@@ -98,9 +104,9 @@ export class UpstreamPool implements Upstream {
     const pending = this.connecting.get(key);
     if (pending) return pending;
     const attempt = connectTls(target, this.trust, this.lookup, this.settings)
-      .then((socket): Protocol => {
+      .then((socket): Protocol | Promise<Protocol> => {
         const protocol: Protocol = socket.alpnProtocol === "h2" ? "h2" : "http/1.1";
-        this.protocols.set(key, { protocol, until: Date.now() + PROTOCOL_TTL_MS });
+        this.protocols.set(key, protocol);
         if (protocol === "http/1.1") {
           this.agents.https.adopt(target.host, target.port, socket);
           return protocol;
@@ -111,7 +117,8 @@ export class UpstreamPool implements Upstream {
           else this.sessions.delete(key);
         });
         this.sessions.set(key, [...(this.sessions.get(key) ?? []), connection]);
-        return protocol;
+        // Its stream limit is known only once the peer's SETTINGS arrived.
+        return connection.ready.then(() => protocol);
       })
       .finally(() => this.connecting.delete(key));
     this.connecting.set(key, attempt);

@@ -1,0 +1,115 @@
+import http2 from "node:http2";
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { request } from "undici";
+import { h2Request, h2ThroughProxy, startH2Upstream, type H2Upstream } from "./helpers/h2.js";
+import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
+import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
+
+/** Upstreams that misbehave: each is answered for that one request, and the proxy keeps serving. */
+let pki: ServerPki;
+let raw: TlsServer;
+let rawPort: number;
+let limited: H2Upstream;
+let proxy: TestProxy;
+const sockets = new Set<TLSSocket>();
+
+/** A TLS server that answers every request with whatever bytes its path asks for. */
+const ANSWERS: Record<string, string> = {
+  "/switch": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\nyou sent: Bearer SECRET",
+  "/h2-settings": "HTTP/1.1 200 OK\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 2\r\n\r\nok",
+  "/status-600": "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nno",
+};
+
+beforeAll(async () => {
+  process.env.PCX_FAULT_SECRET = "fault-secret-1234567890";
+  pki = await makeUpstreamPki();
+  raw = createTlsServer({ key: pki.key, cert: pki.ipCert, SNICallback: pki.sniCallback, ALPNProtocols: ["http/1.1"] }, (socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    let head = "";
+    socket.on("data", (chunk: Buffer) => {
+      head += chunk.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const path = head.split(" ")[1] ?? "/";
+      head = head.slice(end + 4);
+      socket.write(ANSWERS[path] ?? "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine.");
+    });
+  });
+  await new Promise<void>((resolve) => raw.listen(0, "127.0.0.1", resolve));
+  rawPort = (raw.address() as AddressInfo).port;
+  limited = await startH2Upstream(pki, (stream, headers) => {
+    if (headers[":path"] === "/trailers-only") {
+      stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "5", "grpc-message": "not found" }, { endStream: true });
+      return;
+    }
+    // Answered on the next turn, so a burst really overlaps.
+    setImmediate(() => {
+      stream.respond({ ":status": 200 });
+      stream.end(`limited ${headers[":path"]}`);
+    });
+  });
+  limited.server.updateSettings({ maxConcurrentStreams: 2 });
+  proxy = await startProxy(policyTrusting(pki.caFile, 'secrets:\n  s: { env: PCX_FAULT_SECRET }\ncredentials:\n  - { name: to-limited, hosts: [127.0.0.1], header: { name: Authorization, value: "Bearer ${secrets.s}" } }\n'));
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  for (const socket of sockets) socket.destroy();
+  await new Promise<void>((resolve) => (raw ? raw.close(() => resolve()) : resolve()));
+  await limited?.close();
+});
+
+async function stillServing(): Promise<void> {
+  const answer = await request(`https://localhost:${rawPort}/fine`, { dispatcher: proxy.dispatcher });
+  expect(await answer.body.text()).toBe("fine.");
+}
+
+describe("upstream faults", () => {
+  it("answers 502 when an upstream switches protocols on a request that did not ask to (HTTP/1.1 and h2 clients)", async () => {
+    const h1 = await request(`https://localhost:${rawPort}/switch`, { dispatcher: proxy.dispatcher });
+    expect(h1.statusCode).toBe(502);
+    expect(await h1.body.text()).not.toContain("SECRET");
+    const { session } = await h2ThroughProxy(proxy.port, "localhost", rawPort, proxy.caPem);
+    const h2 = await h2Request(session, { ":path": "/switch" });
+    expect(h2.status).toBe(502);
+    expect(h2.body.toString()).not.toContain("you sent");
+    session.close();
+    await stillServing();
+  });
+
+  it("drops connection-specific fields an HTTP/1.1 upstream sends, and refuses a status no client can be given", async () => {
+    const { session } = await h2ThroughProxy(proxy.port, "localhost", rawPort, proxy.caPem);
+    const settings = await h2Request(session, { ":path": "/h2-settings" });
+    expect(settings.status).toBe(200);
+    expect(settings.headers["http2-settings"]).toBeUndefined();
+    const odd = await h2Request(session, { ":path": "/status-600" });
+    expect(odd.status).toBe(502);
+    session.close();
+    expect((await request(`https://localhost:${rawPort}/status-600`, { dispatcher: proxy.dispatcher })).statusCode).toBe(502);
+    await stillServing();
+  });
+
+  it("keeps a burst within an h2 upstream's stream limit by opening more connections, refusing none", async () => {
+    const { session } = await h2ThroughProxy(proxy.port, "localhost", limited.port, proxy.caPem);
+    const answers = await Promise.all(Array.from({ length: 8 }, (_, i) => h2Request(session, { ":path": `/burst/${i}` })));
+    expect(answers.map((answer) => answer.status)).toEqual(Array(8).fill(200));
+    expect(answers.map((answer) => answer.body.toString())).toEqual(Array.from({ length: 8 }, (_, i) => `limited /burst/${i}`));
+    session.close();
+  });
+
+  it("sends a trailers-only answer as one HEADERS frame even when a stage reads bodies on that host", async () => {
+    const { session } = await h2ThroughProxy(proxy.port, "127.0.0.1", limited.port, proxy.caPem);
+    const flags = await new Promise<number>((resolve, reject) => {
+      const stream = session.request({ ":path": "/trailers-only", ":method": "POST", "content-type": "application/grpc" });
+      stream.once("response", (_headers, responseFlags: number) => resolve(responseFlags));
+      stream.once("error", reject);
+      stream.end();
+    });
+    expect(flags & http2.constants.NGHTTP2_FLAG_END_STREAM).toBeTruthy();
+    session.close();
+  });
+});
