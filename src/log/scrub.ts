@@ -13,6 +13,7 @@ export class Scrubber {
   private readonly values = new Set<string>();
   private readonly raw = new Set<string>();
   private pattern: RegExp | undefined;
+  private mixed: RegExp | undefined;
 
   add(value: string): void {
     if (value.length < MIN_SCRUB_LENGTH || this.values.has(value)) return;
@@ -20,6 +21,7 @@ export class Scrubber {
     for (const form of secretForms(value)) this.values.add(form);
     this.raw.add(value);
     this.pattern = undefined;
+    this.mixed = undefined;
   }
 
   get size(): number {
@@ -29,14 +31,18 @@ export class Scrubber {
   /** Bound, so it can be handed around as a plain function. */
   readonly scrub = (text: string): string => {
     if (this.values.size === 0) return text;
-    // Every listed spelling, then any mix of percent-encoded and plain bytes of each value.
     this.pattern ??= new RegExp(
-      [
-        ...[...this.values].sort((a, b) => b.length - a.length).map(escapeRegExp),
-        ...[...this.raw].map(mixedEncodingPattern),
-      ].join("|"),
+      [...this.values]
+        .sort((a, b) => b.length - a.length)
+        .map(escapeRegExp)
+        .join("|"),
       "g",
     );
-    return text.replace(this.pattern, REDACTED);
+    const scrubbed = text.replace(this.pattern, REDACTED);
+    // Any mix of percent-encoded (or \u-escaped, or "+") and plain bytes of each value; only a
+    // line with an escape in it can hold one, so most lines skip the costlier pattern.
+    if (!/[%\\+]/.test(scrubbed)) return scrubbed;
+    this.mixed ??= new RegExp([...this.raw].map(mixedEncodingPattern).join("|"), "g");
+    return scrubbed.replace(this.mixed, REDACTED);
   };
 }

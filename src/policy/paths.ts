@@ -92,6 +92,8 @@ const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
 export function pathEncodingProblem(rawPath: string): string | undefined {
   const end = rawPath.search(/[?#]/);
   const pathOnly = end < 0 ? rawPath : rawPath.slice(0, end);
+  // Plain ASCII with no escapes (most paths) has nothing to get wrong.
+  if (!/[%\x80-\xff]/.test(pathOnly)) return undefined;
   const check = (bytes: Buffer, what: string) => {
     if (!bytes.some((byte) => byte >= 0x80)) return undefined;
     try {

@@ -1,16 +1,20 @@
 import { ProxyError } from "../../core/errors.js";
-import { getHeaderValues, type RawHeaders } from "../../core/headers.js";
+import type { RawHeaders } from "../../core/headers.js";
 import { decideRequest, type Decision } from "../../policy/decide.js";
 import type { Flow, Stage } from "../stage.js";
 
 /** Headers some frameworks take as the real method (Rails, Express' method-override, ASP.NET ...). */
-const METHOD_OVERRIDES = ["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDES = new Set(["x-http-method-override", "x-http-method", "x-method-override"]);
 
-/** The method the request says, and every method an override header claims it is. */
+/** The method the request says, and every method an override header claims it is (one pass over the headers). */
 function claimedMethods(method: string, headers: RawHeaders): string[] {
-  const methods = [method];
-  for (const name of METHOD_OVERRIDES) for (const value of getHeaderValues(headers, name)) methods.push(value.trim().toUpperCase());
-  return [...new Set(methods)];
+  let methods: string[] | undefined;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if ((name.charCodeAt(0) | 0x20) !== 0x78 || !METHOD_OVERRIDES.has(name.toLowerCase())) continue;
+    (methods ??= [method]).push(headers[i + 1]!.trim().toUpperCase());
+  }
+  return methods ? [...new Set(methods)] : [method];
 }
 
 /**
