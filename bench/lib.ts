@@ -1,6 +1,7 @@
 // Small helpers shared by the benchmark driver and its child processes.
 import { fork, type ChildProcess } from "node:child_process";
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 /** Every host name the benchmark uses ends in this suffix and resolves to 127.0.0.1. */
@@ -157,6 +158,23 @@ export function serveParent(ready: ChildMessage, handlers: Record<string, () => 
   process.on("disconnect", shutdown);
   process.on("SIGTERM", shutdown);
   send(ready);
+}
+
+/** utime + stime of a process in seconds and its parent pid, from /proc (Linux; undefined elsewhere). */
+export function procStat(pid: number): { ppid: number; cpu: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    return { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / 100 };
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far; NaN when /proc cannot tell. */
+export function cpuSeconds(pid: number | undefined): number {
+  return pid === undefined ? NaN : (procStat(pid)?.cpu ?? NaN);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
 // first; make bench does). The upstream, portcullis and http-mitm-proxy each run in a child
 // process of their own, so each has its own event loop as in production; this process is only
 // the client. Two more portcullis instances are started through the CLI (`start --workers 1`
-// and `--workers 2`), and one with an `llm:` rule for the streaming scenario. Every loop is
+// and `--workers 2`), and one with an `llm:` rule for the streaming scenario. The HTTP/2 and
+// gRPC scenarios (bench/h2.ts) compare direct, portcullis (h2 to an h2 upstream, and h2 to an
+// HTTP/1.1-only one) and mitmproxy (mitmdump, bench/mitmproxy.ts) in the same rounds. Every loop is
 // bounded, every scenario has a deadline, and every server and child is closed at the end.
 // Progress goes to stderr; the results (markdown tables) go to stdout.
 import { spawn, type ChildProcess } from "node:child_process";
@@ -22,21 +24,25 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { Agent, ProxyAgent, type Dispatcher } from "undici";
 import WebSocket from "ws";
+import { grpcStream, grpcUnary, h2Download, h2Gets, type H2Path } from "./h2.js";
 import {
   benchLookup,
   BENCH_DOMAIN,
+  cpuSeconds,
   formatNumber,
   formatRatio,
   killAllChildren,
   log,
   median,
   percentile,
+  procStat,
   startChild,
   trackChild,
   withTimeout,
   type ChildHandle,
   type ChildMessage,
 } from "./lib.js";
+import { mitmdumpVersion, startMitmproxy, type MitmproxyHandle } from "./mitmproxy.js";
 
 // ---------------------------------------------------------------------------------------------
 // The build under test. dist/ is imported dynamically so that a missing build is a clear message.
@@ -77,9 +83,16 @@ const P = {
   firstSeen: { hosts: QUICK ? 3 : 8 },
   /** Per round, on one warm keep-alive connection; the table pools every round's samples. */
   ttft: { requests: QUICK ? 10 : 40, warmup: QUICK ? 3 : 5 },
+  // HTTP/2 and gRPC (bench/h2.ts): one h2 connection (one gRPC channel) per path and round.
+  // Smaller counts than the HTTP/1.1 rows: mitmproxy (Python) is the slow column.
+  h2Gets: { streams: 100, requests: QUICK ? 300 : 2000, warmup: QUICK ? 100 : 300 },
+  h2Download: { bytes: (QUICK ? 8 : 100) * 1024 * 1024, warmupBytes: (QUICK ? 1 : 4) * 1024 * 1024 },
+  grpcUnary: { calls: QUICK ? 100 : 1000, warmup: QUICK ? 20 : 100, inFlight: 32, size: 64 },
+  grpcStream: { messages: QUICK ? 2000 : 20_000, warmup: QUICK ? 200 : 1000, size: 64 },
 };
 const SCENARIO_TIMEOUT_MS = 60_000;
-const WATCHDOG_MS = 300_000;
+/** The whole run's deadline; BENCH_WATCHDOG_S raises it on a machine too slow for five rounds in 300 s. */
+const WATCHDOG_MS = Math.max(300, Number(process.env.BENCH_WATCHDOG_S ?? 300) || 300) * 1000;
 /** The streaming scenario's host: under the llm rule's `*.bench.test`, not used elsewhere. */
 const LLM_HOST = `llm.${BENCH_DOMAIN}`;
 const LLM_REQUEST = JSON.stringify({
@@ -111,6 +124,45 @@ interface Target {
   proxyUrl?: string;
   /** The CA the client trusts for the TLS session it sees (upstream's for direct, else the proxy's). */
   ca: string;
+  /** The proxy's process, for CPU per request (keep-alive and download); none for direct and the CLI. */
+  pid?: number;
+}
+
+/**
+ * The HTTP/2 and gRPC paths. direct: h2 client to the h2 upstream (node:http2; grpc-js for
+ * gRPC). portcullis: the main portcullis instance, h2 on both sides. portcullis_h1: the same
+ * instance, h2 client, HTTP/1.1-only upstream (the HTTPS server of the HTTP/1.1 rows, which
+ * also answers gRPC by hand). mitmproxy: mitmdump, h2 on both sides.
+ */
+type H2Name = "direct" | "portcullis" | "portcullis_h1" | "mitmproxy";
+const H2_NAMES: H2Name[] = ["direct", "portcullis", "portcullis_h1", "mitmproxy"];
+const H2_COLUMN: Record<H2Name, string> = {
+  direct: "direct",
+  portcullis: "portcullis h2↔h2",
+  portcullis_h1: "portcullis h2→h1",
+  mitmproxy: "mitmproxy",
+};
+type H2Metric = "h2_rps" | "h2_p50" | "h2_p99" | "h2_dl" | "grpc_unary" | "grpc_stream";
+/** The rows; `cpu` names the unit of the proxy CPU shown for the row's measured run. */
+const H2_ROWS: { metric: H2Metric; label: string; cpu?: string }[] = [
+  { metric: "h2_rps", label: `h2 small GET, ${P.h2Gets.streams} streams in flight on one connection, ${P.h2Gets.requests} req — req/s ↑`, cpu: "µs/req" },
+  { metric: "h2_p50", label: "  ″ latency p50 — ms ↓" },
+  { metric: "h2_p99", label: "  ″ latency p99 — ms ↓" },
+  { metric: "h2_dl", label: `h2 ${P.h2Download.bytes / 1024 / 1024} MiB download, one stream — MB/s ↑`, cpu: "µs/MB" },
+  { metric: "grpc_unary", label: `gRPC unary, ${P.grpcUnary.size} B, ${P.grpcUnary.inFlight} in flight on one channel, ${P.grpcUnary.calls} calls — calls/s ↑`, cpu: "µs/call" },
+  { metric: "grpc_stream", label: `gRPC server streaming, ${P.grpcStream.size} B messages, ${P.grpcStream.messages} msgs — msgs/s ↑`, cpu: "µs/msg" },
+];
+const h2Results = Object.fromEntries(H2_NAMES.map((name) => [name, {}])) as Record<H2Name, Partial<Record<H2Metric, number[]>>>;
+/** The proxy's CPU over each measured run, per unit (µs), by the metric of the row it belongs to. */
+const h2Cpu = Object.fromEntries(H2_NAMES.map((name) => [name, {}])) as Record<H2Name, Partial<Record<H2Metric, number[]>>>;
+/** h2 streams and gRPC calls sent per path (portcullis' audit log must have one line for each). */
+const h2Sent = Object.fromEntries(H2_NAMES.map((name) => [name, 0])) as Record<H2Name, number>;
+/** The HTTP/1.1 rows' proxy CPU per request (keep-alive, µs) and per MB (download, µs), for comparison. */
+const h1Cpu: Partial<Record<TargetName, { ka?: number[]; dl?: number[] }>> = {};
+
+function recordH2(name: H2Name, metric: H2Metric, value: number, cpuPerUnit?: number): void {
+  (h2Results[name][metric] ??= []).push(value);
+  if (cpuPerUnit !== undefined && Number.isFinite(cpuPerUnit)) (h2Cpu[name][metric] ??= []).push(cpuPerUnit);
 }
 
 type Metric =
@@ -171,6 +223,9 @@ function anomaly(message: string): void {
 // Clients.
 
 let upstreamPort = 0;
+/** The upstream's h2-only port (GET /small, /download) and its grpc-js port. */
+let upstreamH2Port = 0;
+let upstreamGrpcPort = 0;
 /** The event stream the upstream sends for POST /v1/messages; a proxy must pass it on unchanged. */
 let sseBody = "";
 const origin = (host = BENCH_DOMAIN) => `https://${host}:${upstreamPort}`;
@@ -238,7 +293,10 @@ async function keepAliveGets(target: Target): Promise<void> {
   const dispatcher = dispatcherFor(target, { connections: concurrency });
   try {
     await runGets(target, dispatcher, warmup, concurrency, false, "keep-alive warm-up");
+    const cpuBefore = cpuSeconds(target.pid);
     const run = await runGets(target, dispatcher, requests, concurrency, false, "keep-alive GETs");
+    const cpu = cpuSeconds(target.pid) - cpuBefore;
+    if (Number.isFinite(cpu)) ((h1Cpu[target.name] ??= {}).ka ??= []).push((cpu / run.latencies.length) * 1e6);
     record(target.name, "ka_rps", run.latencies.length / (run.elapsedMs / 1000));
     record(target.name, "ka_p50", percentile(run.latencies, 50));
     record(target.name, "ka_p99", percentile(run.latencies, 99));
@@ -275,7 +333,10 @@ async function download(target: Target): Promise<void> {
   const dispatcher = dispatcherFor(target, { connections: 1 });
   try {
     await downloadOnce(target, dispatcher, P.download.warmupBytes);
+    const cpuBefore = cpuSeconds(target.pid);
     const elapsedMs = await downloadOnce(target, dispatcher, P.download.bytes);
+    const cpu = cpuSeconds(target.pid) - cpuBefore;
+    if (Number.isFinite(cpu)) ((h1Cpu[target.name] ??= {}).dl ??= []).push((cpu / (P.download.bytes / 1e6)) * 1e6);
     record(target.name, "dl_mbps", P.download.bytes / 1e6 / (elapsedMs / 1000));
   } finally {
     await dispatcher.close();
@@ -504,18 +565,6 @@ interface CliHandle {
   close(): Promise<void>;
 }
 
-/** utime + stime of a process in seconds and its parent pid, from /proc (Linux; undefined elsewhere). */
-function procStat(pid: number): { ppid: number; cpu: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-    return { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / 100 };
-  } catch {
-    return undefined;
-  }
-}
-
 function childPids(parent: number): number[] {
   const pids: number[] = [];
   let entries: string[] = [];
@@ -631,7 +680,7 @@ function portcullisPolicy(dir: string, upstreamCaFile: string, hosts: string[], 
     - name: bench
       action: allow
       hosts: [${JSON.stringify(BENCH_DOMAIN)}, ${JSON.stringify(`*.${BENCH_DOMAIN}`)}]
-      ports: [${upstreamPort}]
+      ports: [${upstreamPort}, ${upstreamH2Port}, ${upstreamGrpcPort}]
 `
     : "";
   // The streaming scenario's rule, as a policy author would write it: tool calls are judged,
@@ -698,24 +747,37 @@ async function main(): Promise<number> {
   if (stale) log(`WARNING: ${stale} is newer than dist/index.js; measuring the build in dist/ as it is`);
   const { parsePolicy } = (await import(pathToFileURL(DIST_INDEX).href)) as { parsePolicy: ParsePolicy };
   const work = mkdtempSync(join(tmpdir(), "portcullis-bench-"));
+  workDir = work;
   const children: ChildHandle[] = [];
   const clis: CliHandle[] = [];
+  let mitmproxy: MitmproxyHandle | undefined;
   try {
     const hosts = [BENCH_DOMAIN, LLM_HOST];
     for (let round = 0; round < ROUNDS; round++) for (let i = 0; i < P.firstSeen.hosts; i++) hosts.push(firstSeenHost(round, i));
 
+    const mitmproxyVersionAsked = mitmdumpVersion();
     log(`work dir ${work}; starting the upstream`);
-    const upstream = await startChild<ChildMessage & { port: number; caFile: string; caPem: string; sseBody: string }>(
+    const upstream = await startChild<ChildMessage & { port: number; h2Port: number; grpcPort: number; caFile: string; caPem: string; sseBody: string }>(
       "upstream",
       "upstream-child.ts",
       [join(work, "upstream-ca"), hosts.join(",")],
     );
     children.push(upstream);
     upstreamPort = upstream.ready.port;
+    upstreamH2Port = upstream.ready.h2Port;
+    upstreamGrpcPort = upstream.ready.grpcPort;
     sseBody = upstream.ready.sseBody;
 
     const policy = writePolicies(parsePolicy, work, upstream.ready.caFile, hosts);
-    log(`starting portcullis ×2 (dist/, policy ${policy.withNetwork ? "with" : "without"} network rules; one with an llm rule) and http-mitm-proxy`);
+    const mitmproxyVersion = await mitmproxyVersionAsked;
+    log(
+      `starting portcullis ×2 (dist/, policy ${policy.withNetwork ? "with" : "without"} network rules; one with an llm rule), http-mitm-proxy` +
+        (mitmproxyVersion ? ` and mitmproxy (${mitmproxyVersion})` : "; no mitmdump on the PATH (apt-get install mitmproxy), so no mitmproxy column"),
+    );
+    // mitmdump (Python) takes a few seconds to start: it comes up while the rest starts, and is awaited last.
+    const mitmproxyStarting = mitmproxyVersion
+      ? startMitmproxy(join(work, "mitmproxy"), upstream.ready.caFile, mitmproxyVersion).catch((error: unknown) => error as Error)
+      : Promise.resolve(new Error("mitmdump is not installed (apt-get install mitmproxy)"));
     const [portcullis, llm, mitm] = await Promise.all([
       startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policy.files.main]),
       startChild<ChildMessage & { port: number; caPem: string }>("portcullis+llm", "portcullis-child.ts", [policy.files.llm]),
@@ -727,9 +789,18 @@ async function main(): Promise<number> {
 
     const targets: Partial<Record<TargetName, Target>> = {
       direct: { name: "direct", ca: upstream.ready.caPem },
-      portcullis: { name: "portcullis", proxyUrl: `http://127.0.0.1:${portcullis.ready.port}`, ca: portcullis.ready.caPem },
-      mitm: { name: "mitm", proxyUrl: `http://127.0.0.1:${mitm.ready.port}`, ca: mitm.ready.caPem },
+      portcullis: { name: "portcullis", proxyUrl: `http://127.0.0.1:${portcullis.ready.port}`, ca: portcullis.ready.caPem, pid: portcullis.process.pid },
+      mitm: { name: "mitm", proxyUrl: `http://127.0.0.1:${mitm.ready.port}`, ca: mitm.ready.caPem, pid: mitm.process.pid },
       llm: { name: "llm", proxyUrl: `http://127.0.0.1:${llm.ready.port}`, ca: llm.ready.caPem },
+    };
+    const count = (name: H2Name, auditAs?: TargetName) => (n: number) => {
+      h2Sent[name] += n;
+      if (auditAs) sent[auditAs].requests += n;
+    };
+    const h2Paths: Partial<Record<H2Name, H2Path>> = {
+      direct: { ca: upstream.ready.caPem, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("direct") },
+      portcullis: { ...targets.portcullis!, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("portcullis", "portcullis") },
+      portcullis_h1: { ...targets.portcullis!, httpPort: upstreamPort, grpcPort: upstreamPort, sent: count("portcullis_h1", "portcullis") },
     };
 
     // One after the other: each start forges nothing on the clock, but the CA and key are made now.
@@ -744,6 +815,14 @@ async function main(): Promise<number> {
         anomaly(`could not start ${COLUMN[name]}: ${describe(error)}`);
       }
     }
+    const mitmproxyStarted = await mitmproxyStarting;
+    if (mitmproxyStarted instanceof Error) {
+      failures++;
+      anomaly(`no mitmproxy column: ${describe(mitmproxyStarted)}`);
+    } else {
+      mitmproxy = mitmproxyStarted;
+      h2Paths.mitmproxy = { proxyUrl: `http://127.0.0.1:${mitmproxy.port}`, ca: mitmproxy.caPem, pid: mitmproxy.pid, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("mitmproxy") };
+    }
 
     const scenarios: { name: string; targets: TargetName[]; run: (target: Target, round: number) => Promise<void> }[] = [
       { name: "keep-alive GETs", targets: TARGETS, run: keepAliveGets },
@@ -754,6 +833,41 @@ async function main(): Promise<number> {
       { name: "WebSocket echo", targets: TARGETS, run: webSocketEcho },
       { name: "first-seen host", targets: TARGETS, run: (target, round) => firstSeen(target, round, target.name === "portcullis" ? portcullis : undefined) },
       { name: "first text token", targets: ["direct", "llm"], run: firstTextToken },
+    ];
+    /** TLS connections the upstream's HTTP/1.1 and h2 servers have accepted so far (grpc-js' are not counted). */
+    const upstreamConnections = async () =>
+      (await upstream.ask<ChildMessage & { tlsConnections: { http1: number; h2: number } }>({ type: "stats" }).catch(() => ({ tlsConnections: { http1: NaN, h2: NaN } }))).tlsConnections;
+    const h2Scenarios: { name: string; run: (path: H2Path, name: H2Name) => Promise<void> }[] = [
+      {
+        name: "h2 multiplexed GETs",
+        run: async (path, name) => {
+          const r = await h2Gets(path, P.h2Gets, (text) => anomaly(`${H2_COLUMN[name]}, ${text}`));
+          recordH2(name, "h2_rps", r.rps, r.cpuPerRequestUs);
+          recordH2(name, "h2_p50", r.p50);
+          recordH2(name, "h2_p99", r.p99);
+        },
+      },
+      {
+        name: "h2 download",
+        run: async (path, name) => {
+          const r = await h2Download(path, P.h2Download);
+          recordH2(name, "h2_dl", r.mbps, r.cpuPerMbUs);
+        },
+      },
+      {
+        name: "gRPC unary",
+        run: async (path, name) => {
+          const r = await grpcUnary(path, P.grpcUnary, (text) => anomaly(`${H2_COLUMN[name]}, ${text}`));
+          recordH2(name, "grpc_unary", r.cps, r.cpuPerCallUs);
+        },
+      },
+      {
+        name: "gRPC streaming",
+        run: async (path, name) => {
+          const r = await grpcStream(path, P.grpcStream);
+          recordH2(name, "grpc_stream", r.mps, r.cpuPerMessageUs);
+        },
+      },
     ];
 
     for (let round = 0; round < ROUNDS; round++) {
@@ -772,6 +886,25 @@ async function main(): Promise<number> {
           log(`round ${round + 1}/${ROUNDS} ${scenario.name.padEnd(22)} ${COLUMN[name].padEnd(15)} ${Math.round(performance.now() - started)} ms`);
         }
       }
+      for (const scenario of h2Scenarios) {
+        const available = H2_NAMES.filter((name) => h2Paths[name]);
+        const order = available.map((_name, i) => available[(i + round) % available.length]!);
+        for (const name of order) {
+          const started = performance.now();
+          const before = await upstreamConnections();
+          try {
+            await withTimeout(scenario.run(h2Paths[name]!, name), SCENARIO_TIMEOUT_MS, `${name} ${scenario.name}`);
+          } catch (error) {
+            failures++;
+            anomaly(`${H2_COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describe(error)}`);
+          }
+          const after = await upstreamConnections();
+          log(
+            `round ${round + 1}/${ROUNDS} ${scenario.name.padEnd(22)} ${H2_COLUMN[name].padEnd(16)} ${Math.round(performance.now() - started)} ms` +
+              ` (new upstream TLS connections: h2 port ${after.h2 - before.h2}, HTTP/1.1 port ${after.http1 - before.http1})`,
+          );
+        }
+      }
     }
 
     // Correctness cross-checks, reported as anomalies when off.
@@ -782,13 +915,19 @@ async function main(): Promise<number> {
     const cliCpu = clis.map((cli) => ({ name: cli.name, cpu: cli.cpu() }));
 
     log("closing");
-    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close())]);
+    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close()), mitmproxy?.close()]);
     children.length = 0;
     for (const cli of clis) {
       const output = cli.output();
       if (output) anomaly(`${cli.name} printed: ${output}`);
     }
     clis.length = 0;
+    const mitmproxyErrors = mitmproxy?.errors();
+    if (mitmproxy) {
+      const output = mitmproxy.output();
+      if (output) anomaly(`mitmproxy printed: ${output}`);
+      if (mitmproxyErrors?.count === undefined) anomaly("mitmproxy did not report its error count on exit");
+    }
 
     const auditLines: Partial<Record<TargetName, number>> = {};
     for (const name of ["portcullis", "workers1", "workers2", "llm"] as const) {
@@ -813,6 +952,23 @@ async function main(): Promise<number> {
         }
       }
       if (broken) anomaly(`${COLUMN[name]} audit log: ${broken} of ${lines.length} lines are not JSON (interleaved writes?)`);
+      if (name === "portcullis") {
+        // The h2 paths by what portcullis wrote: client h2 to the h2 ports, to the HTTP/1.1 port.
+        const h2Ports = new Set([upstreamH2Port, upstreamGrpcPort]);
+        const tally = { h2h2: 0, h2h1: 0 };
+        for (const line of lines) {
+          try {
+            const record = JSON.parse(line) as { http_version?: string; upstream_version?: string; port?: number };
+            if (record.http_version !== "2") continue;
+            if (record.upstream_version === "2" && h2Ports.has(record.port ?? 0)) tally.h2h2++;
+            else if (record.upstream_version === "1.1" && record.port === upstreamPort) tally.h2h1++;
+          } catch {
+            // Counted above.
+          }
+        }
+        if (tally.h2h2 !== h2Sent.portcullis) anomaly(`portcullis audit log: ${tally.h2h2} lines with h2 on both sides for ${h2Sent.portcullis} h2 requests sent to the h2 upstreams`);
+        if (tally.h2h1 !== h2Sent.portcullis_h1) anomaly(`portcullis audit log: ${tally.h2h1} lines with h2 client and HTTP/1.1 upstream for ${h2Sent.portcullis_h1} h2 requests sent to the HTTP/1.1 upstream`);
+      }
     }
 
     printReport(startedAt, policy.withNetwork, stale, {
@@ -822,10 +978,16 @@ async function main(): Promise<number> {
       mitmErrors: mitmStats.errors,
       mitmErrorCount,
       mitmFirst: mitmStats.firstErrors,
+      mitmproxyVersion: mitmproxy?.version,
+      mitmproxyErrors,
     });
     return failures ? 1 : 0;
   } finally {
-    await Promise.all([...children.map((child) => child.close().catch(() => null)), ...clis.map((cli) => cli.close().catch(() => null))]);
+    await Promise.all([
+      ...children.map((child) => child.close().catch(() => null)),
+      ...clis.map((cli) => cli.close().catch(() => null)),
+      mitmproxy?.close().catch(() => null),
+    ]);
     killAllChildren();
     if (process.env.BENCH_KEEP_WORK === "1") log(`BENCH_KEEP_WORK=1: left ${work} (policies, audit logs, CAs) in place`);
     else rmSync(work, { recursive: true, force: true });
@@ -848,6 +1010,8 @@ function printReport(
     mitmErrors: Record<string, number>;
     mitmErrorCount: number;
     mitmFirst: string[];
+    mitmproxyVersion: string | undefined;
+    mitmproxyErrors: { count: number | undefined; first: string[] } | undefined;
   },
 ): void {
   const cpuList = cpus();
@@ -857,7 +1021,8 @@ function printReport(
   lines.push(
     `Node ${process.version}, ${process.platform}/${process.arch}, ${cpuList.length} × ${cpuList[0]?.model.trim() ?? "unknown CPU"}; ` +
       `median of ${ROUNDS} round${ROUNDS > 1 ? "s" : ""}${QUICK ? " (BENCH_QUICK: reduced counts)" : ""}; ` +
-      `portcullis as built in dist/, policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file.` +
+      `portcullis as built in dist/, policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file; ` +
+      `the run took ${Math.round((Date.now() - startedAt.getTime()) / 1000)} s.` +
       (stale ? ` **dist/ is older than ${stale}**: the build measured may lack the latest source edits.` : ""),
   );
   lines.push("");
@@ -914,9 +1079,13 @@ function printReport(
     lines.push(`| ${label} | ${formatNumber(d)} | ${formatNumber(g)} | ${formatNumber(g - d)} |`);
   }
 
+  printH2Report(lines, extra.mitmproxyVersion);
+
   // The issue's targets, judged on this run's medians.
   const ratio = (metric: Metric, lowerIsBetter = false) => (lowerIsBetter ? value("direct", metric) / value("portcullis", metric) : value("portcullis", metric) / value("direct", metric));
   const ttftAdded = pooled(guarded?.first, 50) - pooled(direct?.first, 50);
+  const h2Rps = h2Value("portcullis", "h2_rps");
+  const h2DlRatio = h2Value("portcullis", "h2_dl") / h2Value("direct", "h2_dl");
   const targetsMet: [string, string, boolean][] = [
     ["keep-alive req/s ≥ 0.5× direct", formatRatio(ratio("ka_rps")), ratio("ka_rps") >= 0.5],
     ["keep-alive req/s ≥ 2× http-mitm-proxy", formatRatio(value("portcullis", "ka_rps") / value("mitm", "ka_rps")), value("portcullis", "ka_rps") / value("mitm", "ka_rps") >= 2],
@@ -925,6 +1094,12 @@ function printReport(
     ["WSS echo msgs/s ≥ 0.5× direct", formatRatio(ratio("ws_mps")), ratio("ws_mps") >= 0.5],
     ["first-seen host adds ≤ 10 ms", `${formatNumber(value("portcullis", "fs_added"))} ms`, value("portcullis", "fs_added") <= 10],
     ["first text token adds ≤ 5 ms (p50)", `${formatNumber(ttftAdded)} ms`, ttftAdded <= 5],
+    [
+      "h2 multiplexed req/s through portcullis (h2↔h2) ≥ its HTTP/1.1 keep-alive req/s",
+      `${formatNumber(h2Rps)} vs ${formatNumber(value("portcullis", "ka_rps"))}`,
+      h2Rps >= value("portcullis", "ka_rps"),
+    ],
+    ["h2 download ratio (h2↔h2/direct) ≥ HTTP/1.1 download ratio", `${formatRatio(h2DlRatio)} vs ${formatRatio(ratio("dl_mbps"))}`, h2DlRatio >= ratio("dl_mbps")],
   ];
   lines.push("");
   lines.push("Targets (this run's medians): " + targetsMet.map(([what, got, met]) => `${what}: ${got} ${met ? "met" : "**not met**"}`).join("; ") + ".");
@@ -936,7 +1111,10 @@ function printReport(
     .join(", ");
   lines.push(
     `portcullis certificates: ${extra.portcullisStats.forged} forged, ${extra.portcullisStats.hits} cache hits; audit log lines: ${audit}. ` +
-      `http-mitm-proxy reported ${extra.mitmErrorCount} errors${extra.mitmErrorCount ? ` (${Object.entries(extra.mitmErrors).map(([k, v]) => `${k} ×${v}`).join(", ")})` : ""}.`,
+      `http-mitm-proxy reported ${extra.mitmErrorCount} errors${extra.mitmErrorCount ? ` (${Object.entries(extra.mitmErrors).map(([k, v]) => `${k} ×${v}`).join(", ")})` : ""}.` +
+      (extra.mitmproxyErrors
+        ? ` mitmproxy reported ${extra.mitmproxyErrors.count ?? "?"} failed flows${extra.mitmproxyErrors.first.length ? ` (the first: ${extra.mitmproxyErrors.first.join("; ")})` : ""}.`
+        : ""),
   );
   if (anomalies.length) {
     lines.push("");
@@ -949,6 +1127,14 @@ function printReport(
     log(`per round: ${metric.padEnd(10)} ${names.map((target) => `${COLUMN[target]} ${(results[target][metric] ?? []).map(formatNumber).join(" / ")}`).join(" | ")}`);
   for (const row of ROWS) perRound(row.metric, TARGETS);
   for (const row of WORKER_ROWS) perRound(row.metric, ["workers1", "workers2"]);
+  const rounds = (values: number[] | undefined) => (values ?? []).map(formatNumber).join(" / ");
+  for (const row of H2_ROWS) {
+    log(`per round: ${row.metric.padEnd(11)} ${H2_NAMES.map((name) => `${H2_COLUMN[name]} ${rounds(h2Results[name][row.metric])}`).join(" | ")}`);
+    if (row.cpu) log(`per round: ${`${row.metric} CPU`.padEnd(15)} ${row.cpu}: ${H2_NAMES.filter((n) => n !== "direct").map((name) => `${H2_COLUMN[name]} ${rounds(h2Cpu[name][row.metric])}`).join(" | ")}`);
+  }
+  for (const name of ["portcullis", "mitm"] as const) {
+    log(`per round: HTTP/1.1 CPU ${COLUMN[name]}: keep-alive µs/req ${rounds(h1Cpu[name]?.ka)} | download µs/MB ${rounds(h1Cpu[name]?.dl)}`);
+  }
   for (const metric of ["ttft_p50", "ttft_p90", "stream_p50"] as const) perRound(metric, ["direct", "llm"]);
   const w1 = results.workers1.ka_rps ?? [];
   const w2 = results.workers2.ka_rps ?? [];
@@ -957,6 +1143,82 @@ function printReport(
   log(`per round: 2 workers / 1 worker keep-alive ${w2.map((v, i) => formatRatio(v / w1[i]!)).join(" / ")} | new tunnel ${t2.map((v, i) => formatRatio(v / t1[i]!)).join(" / ")}`);
   const d50 = results.direct.ttft_p50 ?? [];
   log(`per round: first text token added (p50) ${(results.llm.ttft_p50 ?? []).map((v, i) => `${formatNumber(v - d50[i]!)} ms`).join(" / ")}`);
+}
+
+const h2Value = (name: H2Name, metric: H2Metric) => median(h2Results[name][metric] ?? []);
+
+/** Lowest–highest of the values, or "—". */
+function range(values: number[]): string {
+  const finite = values.filter((v) => Number.isFinite(v));
+  if (!finite.length) return "—";
+  return `${formatNumber(Math.min(...finite))}–${formatNumber(Math.max(...finite))}`;
+}
+
+/** The per-round quotient a/b of two paths' values (rounds in which both produced one). */
+function perRoundRatios(a: H2Name, b: H2Name, metric: H2Metric): number[] {
+  const x = h2Results[a][metric] ?? [];
+  const y = h2Results[b][metric] ?? [];
+  // A round that failed for one of the two leaves the rounds unaligned: no per-round ratio then.
+  if (x.length !== y.length) return [];
+  return x.map((v, i) => v / y[i]!).filter((v) => Number.isFinite(v));
+}
+
+function printH2Report(lines: string[], mitmproxyVersion: string | undefined): void {
+  const proxies = H2_NAMES.filter((name) => name !== "direct");
+  lines.push("");
+  lines.push(`### HTTP/2 and gRPC: h2 client, same rounds`);
+  lines.push("");
+  lines.push(
+    "direct: node:http2 (gRPC: grpc-js) to the upstream's h2 port (gRPC: its grpc-js server). " +
+      "portcullis h2↔h2: the portcullis instance of the main table, h2 to the client and to the upstream. " +
+      "portcullis h2→h1: the same instance, h2 client, the HTTP/1.1-only upstream of the main table (gRPC answered by hand over HTTP/1.1: chunked body, grpc-status in trailers). " +
+      `mitmproxy: ${mitmproxyVersion ? `mitmdump ${mitmproxyVersion}` : "not run"}, streaming bodies, h2 both sides. ` +
+      "Proxy CPU: user + system of the proxy process over the measured part only (/proc, 10 ms ticks), per unit; median of the rounds.",
+  );
+  lines.push("");
+  lines.push(
+    "| scenario | direct | portcullis h2↔h2 | portcullis h2→h1 | mitmproxy | h2↔h2/direct | h2→h1/direct | mitmproxy/direct | h2↔h2/mitmproxy | proxy CPU: h2↔h2 / h2→h1 / mitmproxy |",
+  );
+  lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const row of H2_ROWS) {
+    const [d, p2, p1, m] = H2_NAMES.map((name) => h2Value(name, row.metric)) as [number, number, number, number];
+    const cpu = row.cpu ? `${proxies.map((name) => formatNumber(median(h2Cpu[name][row.metric] ?? []))).join(" / ")} ${row.cpu}` : "";
+    lines.push(
+      `| ${row.label} | ${formatNumber(d)} | ${formatNumber(p2)} | ${formatNumber(p1)} | ${formatNumber(m)} | ` +
+        `${formatRatio(p2 / d)} | ${formatRatio(p1 / d)} | ${formatRatio(m / d)} | ${formatRatio(p2 / m)} | ${cpu} |`,
+    );
+  }
+  lines.push("");
+  lines.push(`Spread over the ${ROUNDS} round${ROUNDS > 1 ? "s" : ""} (lowest–highest):`);
+  lines.push("");
+  lines.push("| scenario | direct | portcullis h2↔h2 | portcullis h2→h1 | mitmproxy | h2↔h2/direct | h2→h1/direct | h2↔h2/mitmproxy |");
+  lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const row of H2_ROWS) {
+    const ratios = [perRoundRatios("portcullis", "direct", row.metric), perRoundRatios("portcullis_h1", "direct", row.metric), perRoundRatios("portcullis", "mitmproxy", row.metric)];
+    lines.push(
+      `| ${row.label} | ${H2_NAMES.map((name) => range(h2Results[name][row.metric] ?? [])).join(" | ")} | ` +
+        `${ratios.map((r) => (r.length ? `${Math.min(...r).toFixed(2)}–${Math.max(...r).toFixed(2)}×` : "—")).join(" | ")} |`,
+    );
+  }
+  const h1 = (name: TargetName, key: "ka" | "dl") => formatNumber(median(h1Cpu[name]?.[key] ?? []));
+  lines.push("");
+  lines.push(
+    `For comparison, proxy CPU in the HTTP/1.1 rows (median of the rounds): portcullis ${h1("portcullis", "ka")} µs per keep-alive request, ${h1("portcullis", "dl")} µs/MB downloaded; ` +
+      `http-mitm-proxy ${h1("mitm", "ka")} µs per request, ${h1("mitm", "dl")} µs/MB.`,
+  );
+}
+
+/** The run's work dir, for the signal handler below. */
+let workDir: string | undefined;
+// Stopped from outside (Ctrl-C, SIGTERM): Node would exit without its 'exit' event, leaving the
+// children (the CLI's workers, mitmdump) running.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    log(`${signal}: stopping every child process`);
+    killAllChildren();
+    if (workDir && process.env.BENCH_KEEP_WORK !== "1") rmSync(workDir, { recursive: true, force: true });
+    process.exit(130);
+  });
 }
 
 const watchdog = setTimeout(() => {

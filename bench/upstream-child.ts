@@ -4,16 +4,26 @@
 //   WebSocket upgrade /echo    ws echo server
 //   POST /v1/messages          an Anthropic-style event stream: one text event at once, more
 //                              events SSE_STEP_MS and 2 × SSE_STEP_MS later, then the end
+//   POST /bench.Bench/Unary, /bench.Bench/Stream
+//                              gRPC (bench/bench.proto) by hand over HTTP/1.1: length-prefixed
+//                              messages in a chunked body, grpc-status in the trailers
+// That server is HTTP/1.1 only (ALPN http/1.1). Two more ports, both TLS with the same
+// certificates:
+//   h2Port                     node:http2, h2 only: GET /small and GET /download?bytes=N as above
+//   grpcPort                   a grpc-js server for bench.Bench (h2)
 // Usage: node --import tsx bench/upstream-child.ts DIR NAME[,NAME...]
 // Certificates for every NAME (and 127.0.0.1) are forged before "ready", so that no upstream
 // certificate work is ever on the clock.
 import { type IncomingMessage, type ServerResponse } from "node:http";
+import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from "node:http2";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import { WebSocketServer } from "ws";
-import { serveParent } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, serveParent } from "./lib.js";
 
 // portcullis' own CA code, from the build (dist/) like every other portcullis import in bench/;
 // typed from src/, so type-checking bench/ needs no build.
@@ -98,9 +108,101 @@ function download(res: ServerResponse, total: number): void {
   pump();
 }
 
+// gRPC by hand, for the h2 -> HTTP/1.1 path: the messages of bench/bench.proto are small
+// enough to encode here (field 1 and 2, wire types 2 and 0).
+let grpcCalls = 0;
+
+function varint(value: number): Buffer {
+  const bytes: number[] = [];
+  while (value > 0x7f) {
+    bytes.push((value & 0x7f) | 0x80);
+    value = Math.floor(value / 128);
+  }
+  bytes.push(value);
+  return Buffer.from(bytes);
+}
+
+/** A gRPC message frame: uncompressed flag, 4-byte length, the message. */
+function grpcFrame(message: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(message.length, 1);
+  return Buffer.concat([head, message]);
+}
+
+/** bench.Payload { data } */
+function payloadMessage(size: number): Buffer {
+  return Buffer.concat([Buffer.from([0x0a]), varint(size), Buffer.alloc(size, 0x62)]);
+}
+
+/** bench.StreamRequest { count = 1; size = 2 } from its encoding (varint fields only). */
+function decodeStreamRequest(message: Buffer): { count: number; size: number } {
+  const fields: Record<number, number> = {};
+  let at = 0;
+  const readVarint = () => {
+    let value = 0;
+    let shift = 1;
+    for (;;) {
+      const byte = message[at++];
+      if (byte === undefined) throw new Error("truncated varint");
+      value += (byte & 0x7f) * shift;
+      if (byte < 0x80) return value;
+      shift *= 128;
+    }
+  };
+  while (at < message.length) {
+    const tag = readVarint();
+    if ((tag & 7) !== 0) throw new Error(`unexpected wire type in StreamRequest (tag ${tag})`);
+    fields[tag >> 3] = readVarint();
+  }
+  return { count: fields[1] ?? 0, size: fields[2] ?? 0 };
+}
+
+function grpcOverHttp1(req: IncomingMessage, res: ServerResponse, method: "Unary" | "Stream"): void {
+  grpcCalls++;
+  const parts: Buffer[] = [];
+  req.on("data", (chunk: Buffer) => parts.push(chunk));
+  req.once("end", () => {
+    const body = Buffer.concat(parts);
+    const finish = (status: number, message = "") => {
+      res.addTrailers({ "grpc-status": String(status), ...(message ? { "grpc-message": encodeURIComponent(message) } : {}) });
+      res.end();
+    };
+    res.writeHead(200, { "content-type": "application/grpc", trailer: "grpc-status, grpc-message" });
+    if (body.length < 5 || body.readUInt32BE(1) !== body.length - 5) return finish(13, "expected exactly one uncompressed message");
+    if (method === "Unary") {
+      res.write(body); // bench.Payload in, the same bench.Payload out
+      return finish(0);
+    }
+    let request: { count: number; size: number };
+    try {
+      request = decodeStreamRequest(body.subarray(5));
+    } catch (error) {
+      return finish(13, (error as Error).message);
+    }
+    const frame = grpcFrame(payloadMessage(request.size));
+    let left = request.count;
+    const pump = (): void => {
+      while (left > 0) {
+        if (res.destroyed) return;
+        left--;
+        if (!res.write(frame)) {
+          res.once("drain", pump);
+          return;
+        }
+      }
+      finish(0);
+    };
+    pump();
+  });
+}
+
 function handle(req: IncomingMessage, res: ServerResponse): void {
   requests++;
   const url = new URL(req.url ?? "/", "https://upstream");
+  if (req.method === "POST" && (url.pathname === "/bench.Bench/Unary" || url.pathname === "/bench.Bench/Stream")) {
+    grpcOverHttp1(req, res, url.pathname === "/bench.Bench/Unary" ? "Unary" : "Stream");
+    return;
+  }
   if (req.method === "GET" && url.pathname === "/small") {
     res.writeHead(200, { "content-type": "application/json", "content-length": String(SMALL_BODY.length) });
     res.end(SMALL_BODY);
@@ -135,7 +237,10 @@ const server = https.createServer(
 server.keepAliveTimeout = 120_000;
 server.requestTimeout = 0;
 const sockets = new Set<Socket>();
+/** TLS connections accepted so far, per server: how well the proxies pool their upstream connections. */
+const tlsConnections = { http1: 0, h2: 0 };
 server.on("secureConnection", (socket: Socket) => {
+  tlsConnections.http1++;
   sockets.add(socket);
   socket.once("close", () => sockets.delete(socket));
 });
@@ -150,14 +255,132 @@ wss.on("connection", (ws) => {
 
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
 
+// ---------------------------------------------------------------------------------------------
+// The h2 upstream: node:http2's stream API (what an h2 server written for speed uses), h2 only.
+
+let h2Requests = 0;
+function h2Download(stream: ServerHttp2Stream, total: number): void {
+  stream.respond({ ":status": 200, "content-type": "application/octet-stream", "content-length": String(total) });
+  let left = total;
+  const pump = (): void => {
+    while (left > 0) {
+      if (stream.destroyed) return;
+      const chunk = left >= CHUNK.length ? CHUNK : CHUNK.subarray(0, left);
+      left -= chunk.length;
+      if (!stream.write(chunk)) {
+        stream.once("drain", pump);
+        return;
+      }
+    }
+    stream.end();
+  };
+  pump();
+}
+
+const h2Server = http2.createSecureServer({
+  key: ca.leafKey.pem,
+  cert: ipCert,
+  SNICallback: (servername, callback) => callback(null, contexts.get(servername.toLowerCase())),
+  allowHTTP1: false,
+});
+const h2Sessions = new Set<ServerHttp2Session>();
+h2Server.on("session", (session: ServerHttp2Session) => {
+  tlsConnections.h2++;
+  h2Sessions.add(session);
+  session.once("close", () => h2Sessions.delete(session));
+  session.on("error", () => session.destroy());
+});
+h2Server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+  h2Requests++;
+  stream.on("error", () => undefined);
+  const url = new URL(String(headers[":path"] ?? "/"), "https://upstream");
+  const method = headers[":method"];
+  if (method === "GET" && url.pathname === "/small") {
+    stream.respond({ ":status": 200, "content-type": "application/json", "content-length": String(SMALL_BODY.length) });
+    stream.end(SMALL_BODY);
+    return;
+  }
+  if (method === "GET" && url.pathname === "/download") {
+    const bytes = Number(url.searchParams.get("bytes") ?? 0);
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > 1024 ** 3) {
+      stream.respond({ ":status": 400 });
+      stream.end("bad bytes");
+      return;
+    }
+    h2Download(stream, bytes);
+    return;
+  }
+  stream.respond({ ":status": 404, "content-type": "text/plain" });
+  stream.end("no such page");
+});
+await new Promise<void>((resolve) => h2Server.listen(0, "127.0.0.1", resolve));
+
+// ---------------------------------------------------------------------------------------------
+// The gRPC upstream: grpc-js, bench/bench.proto, a certificate for bench.test.
+
+interface Payload {
+  data: Buffer;
+}
+interface StreamRequest {
+  count: number;
+  size: number;
+}
+const definition = protoLoader.loadSync(benchFile("bench.proto"), { keepCase: true, longs: Number, defaults: true });
+const { bench } = grpc.loadPackageDefinition(definition) as unknown as { bench: { Bench: grpc.ServiceClientConstructor } };
+const grpcServer = new grpc.Server();
+grpcServer.addService(bench.Bench.service, {
+  Unary: ((call, callback) => {
+    grpcCalls++;
+    callback(null, { data: call.request.data });
+  }) satisfies grpc.handleUnaryCall<Payload, Payload>,
+  Stream: ((call) => {
+    grpcCalls++;
+    const message = { data: Buffer.alloc(call.request.size, 0x62) };
+    let left = call.request.count;
+    const pump = (): void => {
+      while (left > 0) {
+        if (call.cancelled) return;
+        left--;
+        if (!call.write(message)) {
+          call.once("drain", pump);
+          return;
+        }
+      }
+      call.end();
+    };
+    pump();
+  }) satisfies grpc.handleServerStreamingCall<StreamRequest, Payload>,
+});
+const grpcCert = await forgeLeafCertificate(ca, BENCH_DOMAIN);
+const grpcPort = await new Promise<number>((resolve, reject) =>
+  grpcServer.bindAsync(
+    "127.0.0.1:0",
+    grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(ca.leafKey.pem), cert_chain: Buffer.from(grpcCert) }], false),
+    (error, port) => (error ? reject(error) : resolve(port)),
+  ),
+);
+
 serveParent(
-  { type: "ready", port: (server.address() as AddressInfo).port, caFile: join(dir, "ca.pem"), caPem: ca.certPem, sseBody: SSE_BODY },
-  { stats: () => ({ type: "stats", requests, wsSessions, openSockets: sockets.size }) },
+  {
+    type: "ready",
+    port: (server.address() as AddressInfo).port,
+    h2Port: (h2Server.address() as AddressInfo).port,
+    grpcPort,
+    caFile: join(dir, "ca.pem"),
+    caPem: ca.certPem,
+    sseBody: SSE_BODY,
+  },
+  { stats: () => ({ type: "stats", requests, h2Requests, grpcCalls, wsSessions, openSockets: sockets.size, tlsConnections: { ...tlsConnections } }) },
   async () => {
     for (const client of wss.clients) client.terminate();
     await new Promise<void>((resolve) => wss.close(() => resolve()));
     for (const socket of sockets) socket.destroy();
     server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const session of h2Sessions) session.destroy();
+    grpcServer.forceShutdown();
+    await Promise.all([
+      new Promise<void>((resolve) => server.close(() => resolve())),
+      new Promise<void>((resolve) => h2Server.close(() => resolve())),
+    ]);
   },
 );
