@@ -31,8 +31,11 @@ export async function authenticate(state: PolicyState, proxyAuthorization: strin
 /** A longer request target is refused with 414 (servers differ in what they take; 8 KiB is the common floor). */
 export const MAX_REQUEST_TARGET = 8 * 1024;
 
-/** Where a request goes: the CONNECT authority of its tunnel, or the URL of an absolute-form request. */
-async function locate(state: PolicyState, request: InboundRequest): Promise<Located> {
+/**
+ * Where a request goes: the CONNECT authority of its tunnel (known at once), or the URL of an
+ * absolute-form request (once its proxy credentials are checked).
+ */
+function locate(state: PolicyState, request: InboundRequest): Located | Promise<Located> {
   if (request.target.length > MAX_REQUEST_TARGET) throw new ProxyError("bad_request", `request URL over ${MAX_REQUEST_TARGET / 1024} KiB`, null, 414);
   const { tunnel } = request;
   if (tunnel) {
@@ -49,25 +52,43 @@ async function locate(state: PolicyState, request: InboundRequest): Promise<Loca
     throw new ProxyError("bad_request", "portcullis is a proxy: send absolute-form requests (GET http://host/path) or CONNECT host:port");
   }
   const { host, port } = absolute.target;
-  const client = await authenticate(state, getHeader(request.headers, "proxy-authorization"));
-  return { tunnel: { host, port, client, clientAddr: request.clientAddr }, target: absolute.target, path: absolute.path, hostHeader: absolute.authority };
+  return authenticate(state, getHeader(request.headers, "proxy-authorization")).then((client) => ({
+    tunnel: { host, port, client, clientAddr: request.clientAddr },
+    target: absolute.target,
+    path: absolute.path,
+    hostHeader: absolute.authority,
+  }));
 }
 
-async function openExchange(state: PolicyState, request: InboundRequest, scrub: (text: string) => string): Promise<{ exchange: Exchange; located?: Located; error?: ProxyError }> {
+interface Opened {
+  exchange: Exchange;
+  located?: Located;
+  error?: ProxyError;
+}
+
+/** The exchange for a request: synchronous inside a tunnel (the hot path), after authentication on the listener. */
+function openExchange(state: PolicyState, request: InboundRequest, scrub: (text: string) => string): Opened | Promise<Opened> {
   const requestId = requestIdFrom(getHeader(request.headers, "x-request-id"));
-  try {
-    const located = await locate(state, request);
+  const opened = (located: Located): Opened => {
     const encoding = pathEncodingProblem(located.path);
     if (encoding) throw new ProxyError("bad_request", encoding);
     const exchange = new Exchange(requestId, located.tunnel, located.target, request.method, located.path, request.headers, request.httpVersion, scrub);
     exchange.pathReadings = pathReadings(located.path);
     return { exchange, located };
-  } catch (error) {
+  };
+  const failed = (error: unknown): Opened => {
     const absolute = request.tunnel ? undefined : parseAbsoluteForm(request.target);
     const tunnel = request.tunnel ?? { host: absolute?.target.host ?? "", port: absolute?.target.port ?? 0, client: null, clientAddr: request.clientAddr };
     const target: Target = absolute?.target ?? { scheme: request.secure ? "https" : "http", host: tunnel.host, port: tunnel.port };
     const exchange = new Exchange(requestId, tunnel, target, request.method, request.target, request.headers, request.httpVersion, scrub);
     return { exchange, error: toProxyError(error) };
+  };
+  try {
+    const located = locate(state, request);
+    if (located instanceof Promise) return located.then(opened).catch(failed);
+    return opened(located);
+  } catch (error) {
+    return failed(error);
   }
 }
 
@@ -124,12 +145,14 @@ async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
  * Runs one request phase for every stage in order; awaits only the hooks that return a promise.
  * A stage that answered the request itself (flow.answer) ends the phase.
  */
-async function runPhase(flow: Flow, phase: "request" | "beforeForward"): Promise<void> {
-  for (const stage of STAGES) {
-    const pending = stage[phase]?.(flow);
-    if (pending) await pending;
-    if (flow.answer) return;
+function runPhase(flow: Flow, phase: "request" | "beforeForward", from = 0): Promise<void> | undefined {
+  for (let i = from; i < STAGES.length; i++) {
+    const pending = STAGES[i]![phase]?.(flow);
+    // The rest of the phase waits for a hook that is busy; none busy, none awaited.
+    if (pending) return pending.then(() => (flow.answer ? undefined : runPhase(flow, phase, i + 1)));
+    if (flow.answer) return undefined;
   }
+  return undefined;
 }
 
 /** A stage's own answer (flow.answer): through the response phase to the client; nothing is forwarded. */
@@ -152,7 +175,8 @@ function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMess
  */
 export async function runExchange(runtime: PipelineRuntime, request: InboundRequest, responder: Responder): Promise<void> {
   const state = runtime.state;
-  const { exchange, located, error } = await openExchange(state, request, runtime.scrubber.scrub);
+  const opening = openExchange(state, request, runtime.scrubber.scrub);
+  const { exchange, located, error } = opening instanceof Promise ? await opening : opening;
   const upgrade = request.upgrade !== undefined;
   const webSocket = request.upgrade?.toLowerCase() === "websocket";
   let session = false;
@@ -188,12 +212,14 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
   try {
     for (const stage of STAGES) stage.requestHeaders?.(flow);
     if (flow.readBody) await readBodyFirst(flow, responder);
-    await runPhase(flow, "request");
+    const judging = runPhase(flow, "request");
+    if (judging) await judging;
     if (flow.answer) {
       if (!responder.destroyed) answerItself(flow, responder);
       return;
     }
-    await runPhase(flow, "beforeForward");
+    const preparing = runPhase(flow, "beforeForward");
+    if (preparing) await preparing;
     // A client that left while secrets were resolved gets nothing sent upstream on its behalf.
     if (responder.destroyed) return;
     forward(flow, responder, {

@@ -9,46 +9,49 @@ import type { Answer, Flow, Stage } from "../stage.js";
  */
 export const userHooks: Stage = {
   name: "hooks",
-  async request(flow: Flow) {
-    if (flow.hooks.length === 0) return;
-    const { outgoing, exchange } = flow;
-    let denial: string | undefined;
-    const ctx: RequestContext = {
-      ...requestInfo(exchange),
-      get path() {
-        return outgoing.path;
-      },
-      set path(value: string) {
-        outgoing.path = value;
-      },
-      headers: headerMap(
-        () => outgoing.headers,
-        (headers) => (outgoing.headers = headers),
-      ),
-      webSocket: flow.upgrade,
-      deny: (reason) => (denial ??= reason),
-    };
-    const stage = flow.upgrade ? "onWebSocket" : "onRequest";
-    try {
-      await runHooks(flow.hooks, (set) => (flow.upgrade ? set.onWebSocket : set.onRequest), ctx);
-    } catch (error) {
-      // A hook that fails cannot vouch for the request: it is refused.
-      throw new ProxyError("policy_denied", `${stage} hook failed: ${(error as Error).message}`, `hook:${stage}`);
-    }
-    if (denial !== undefined) throw new ProxyError("policy_denied", denial, `hook:${stage}`);
-  },
-  async response(flow: Flow, answer: Answer) {
-    if (!flow.hooks.some((set) => set.onResponse)) return;
-    const { exchange } = flow;
-    const ctx: ResponseContext = {
-      request: { ...requestInfo(exchange), path: exchange.path },
-      status: answer.status,
-      headers: headerMap(
-        () => answer.headers,
-        (headers) => (answer.headers = headers),
-      ),
-    };
-    await runHooks(flow.hooks, (set) => set.onResponse, ctx);
-    answer.status = ctx.status;
-  },
+  // Not async: without hooks nothing is awaited, and the request goes on in the same turn.
+  request: (flow: Flow) => (flow.hooks.some((set) => (flow.upgrade ? set.onWebSocket : set.onRequest)) ? runRequestHooks(flow) : undefined),
+  response: (flow: Flow, answer: Answer) => (flow.hooks.some((set) => set.onResponse) ? runResponseHooks(flow, answer) : undefined),
 };
+
+async function runRequestHooks(flow: Flow): Promise<void> {
+  const { outgoing, exchange } = flow;
+  let denial: string | undefined;
+  const ctx: RequestContext = {
+    ...requestInfo(exchange),
+    get path() {
+      return outgoing.path;
+    },
+    set path(value: string) {
+      outgoing.path = value;
+    },
+    headers: headerMap(
+      () => outgoing.headers,
+      (headers) => (outgoing.headers = headers),
+    ),
+    webSocket: flow.upgrade,
+    deny: (reason) => (denial ??= reason),
+  };
+  const stage = flow.upgrade ? "onWebSocket" : "onRequest";
+  try {
+    await runHooks(flow.hooks, (set) => (flow.upgrade ? set.onWebSocket : set.onRequest), ctx);
+  } catch (error) {
+    // A hook that fails cannot vouch for the request: it is refused.
+    throw new ProxyError("policy_denied", `${stage} hook failed: ${(error as Error).message}`, `hook:${stage}`);
+  }
+  if (denial !== undefined) throw new ProxyError("policy_denied", denial, `hook:${stage}`);
+}
+
+async function runResponseHooks(flow: Flow, answer: Answer): Promise<void> {
+  const { exchange } = flow;
+  const ctx: ResponseContext = {
+    request: { ...requestInfo(exchange), path: exchange.path },
+    status: answer.status,
+    headers: headerMap(
+      () => answer.headers,
+      (headers) => (answer.headers = headers),
+    ),
+  };
+  await runHooks(flow.hooks, (set) => set.onResponse, ctx);
+  answer.status = ctx.status;
+}

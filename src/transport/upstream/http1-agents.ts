@@ -66,7 +66,9 @@ export class Http1Agents {
     const common = {
       keepAlive: true,
       maxSockets: 256,
-      maxFreeSockets: 64,
+      // At least as many as an h2 client may have streams open (max_concurrent_streams): freed sockets past
+      // this are closed, and every one re-dialled costs a TLS handshake.
+      maxFreeSockets: 256,
       timeout: Http1Agents.IDLE_MS,
       scheduling: "lifo" as const,
       lookup,
