@@ -5,6 +5,9 @@ import type { Responder } from "../../core/messages.js";
 import { toHttp2Headers } from "./headers.js";
 import { resetStream } from "./reset.js";
 
+/** How much a stream may buffer towards a client before its source is paused (as the HTTP/1.1 tunnels' 256 KiB). */
+const WRITE_BUFFER_BYTES = 256 * 1024;
+
 /** Sec-WebSocket-Accept belongs to the HTTP/1.1 handshake; RFC 8441 answers 200 without it. */
 const NOT_IN_EXTENDED_CONNECT = new Set(["sec-websocket-accept"]);
 
@@ -62,7 +65,9 @@ export class Http2Responder implements Responder {
   }
 
   write(chunk: Buffer): boolean {
-    return this.stream.write(chunk);
+    // An h2 stream's writable buffer is 16 KiB: asking the source to pause at that mark costs a
+    // pause/resume round per 16 KiB of a download. 'drain' still follows once the buffer empties.
+    return this.stream.write(chunk) || this.stream.writableLength < WRITE_BUFFER_BYTES;
   }
 
   end(body?: Buffer, trailers?: RawHeaders): void {

@@ -144,7 +144,8 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
     }
   });
   return {
-    write: (chunk) => stream.write(chunk),
+    // As towards clients: pause the source at 256 KiB buffered, not at the stream's 16 KiB mark.
+    write: (chunk) => stream.write(chunk) || stream.writableLength < 256 * 1024,
     onDrain: (listener) => void stream.on("drain", listener),
     end(trailers) {
       if (bodyless) return;
