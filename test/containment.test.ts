@@ -4,7 +4,8 @@ import { request } from "undici";
 import WebSocket, { WebSocketServer } from "ws";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
-import { readStream } from "./helpers/h2.js";
+import { Readable } from "node:stream";
+import { h2Request, h2ThroughProxy, readStream } from "./helpers/h2.js";
 import { rawExchange } from "./helpers/tunnel.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 
@@ -81,6 +82,30 @@ describe("placeholders, however they are spelled", () => {
     expect(answer.statusCode).toBe(403);
     expect(((await answer.body.json()) as { error: { rule: string } }).error.rule).toBe("key");
     expect(seen.length).toBe(before);
+  });
+
+  it("is refused at the start of a body with no length (chunked, or h2 without content-length), however long it is", async () => {
+    const before = seen.length;
+    const chunked = await request(at("elsewhere.test", "/chunked"), {
+      dispatcher: proxy.dispatcher,
+      method: "POST",
+      body: Readable.from([Buffer.from(`key=${partlyEncoded}&`), Buffer.alloc(200 * 1024, 120)]),
+    });
+    expect(chunked.statusCode).toBe(403);
+    await chunked.body.text();
+    const { session } = await h2ThroughProxy(proxy.port, "elsewhere.test", upstream.port, proxy.caPem);
+    const h2 = await h2Request(session, { ":method": "POST", ":path": "/h2-no-length" }, `{"key":"${PLACEHOLDER}"}`);
+    expect(h2.status).toBe(403);
+    expect(seen.length).toBe(before);
+    // To its own host it is swapped, and a long body streams on after the part that was read.
+    const { session: keys } = await h2ThroughProxy(proxy.port, "keys.test", upstream.port, proxy.caPem);
+    const long = Buffer.concat([Buffer.from(`${PLACEHOLDER}:`), Buffer.alloc(300 * 1024, 121)]);
+    expect((await h2Request(keys, { ":method": "POST", ":path": "/h2-long" }, long)).status).toBe(200);
+    const last = seen.at(-1)!;
+    expect(last.body.startsWith(`${SECRET}:`)).toBe(true);
+    expect(last.body.length).toBe(long.length - PLACEHOLDER.length + SECRET.length);
+    session.close();
+    keys.close();
   });
 
   it("is swapped for the real value in any spelling where it may go", async () => {

@@ -78,6 +78,8 @@ export interface OutgoingRequest {
   hasBody: boolean;
   /** Set when the body had to be read before forwarding (placeholder substitution); sent instead of streaming. */
   body?: Buffer;
+  /** `body` is only the start of the client's body: the rest streams on from the client after it. */
+  bodyContinues?: boolean;
   /** The protocol to switch to (WebSocket handshakes); the upstream answers 101 or refuses. */
   upgrade?: string;
 }

@@ -1,7 +1,6 @@
-import type { Readable } from "node:stream";
 import { ProxyError } from "../core/errors.js";
 import type { Exchange } from "../core/exchange.js";
-import { getHeader, isChunked, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
+import { getHeader, removeHeaders, setHeader } from "../core/headers.js";
 import type { OutgoingRequest, SecretResolver } from "../core/messages.js";
 import { escapeRegExp } from "../log/secret-forms.js";
 import { anyHostMatches } from "../policy/hosts.js";
@@ -24,14 +23,14 @@ function splitPath(path: string): { pathname: string; query: string } {
 }
 
 /**
- * Whether the body must be read before forwarding: whenever placeholders exist, a body of up
- * to 64 KiB with a known length is read, whatever its type, so a placeholder in it is caught on
- * its way to the wrong host (and swapped where `in: [body]` allows).
+ * How much of a body must be read before forwarding: whenever placeholders exist, its first
+ * 64 KiB (all of it when shorter), whatever its type or framing, so a placeholder there is
+ * caught on its way to the wrong host (and swapped where `in: [body]` allows). Beyond that
+ * the body streams unread.
  */
-export function bodyNeedsReading(placeholders: readonly Placeholder[], headers: RawHeaders): boolean {
-  if (placeholders.length === 0 || isChunked(headers)) return false;
-  const length = Number(getHeader(headers, "content-length") ?? 0);
-  return length > 0 && length <= MAX_BODY_BYTES;
+export function bodyStartToRead(placeholders: readonly Placeholder[], hasBody: boolean): number {
+  if (placeholders.length === 0 || !hasBody) return 0;
+  return MAX_BODY_BYTES;
 }
 
 const patterns = new Map<string, RegExp>();
@@ -66,12 +65,6 @@ export function holdsPlaceholder(text: string, needle: string): boolean {
 /** Every spelling of the placeholder in text replaced by `value`. */
 export function replacePlaceholder(text: string, needle: string, value: string): string {
   return text.replace(placeholderPattern(needle), () => value);
-}
-
-export async function readBody(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
 }
 
 /** Where each placeholder occurs in the outgoing request (case-sensitive, as the agent wrote it). */
@@ -131,9 +124,11 @@ export async function substitutePlaceholders(hits: readonly PlaceholderHit[], ex
       const swap = (text: string) => replacePlaceholder(text, needle, encodeURIComponent(value));
       outgoing.path = (wanted.includes("path") ? swap(pathname) : pathname) + (wanted.includes("query") ? swap(query) : query);
     }
-    if (wanted.includes("body") && outgoing.body) {
+    // A body whose length was announced can only change when portcullis holds all of it.
+    const lengthFixed = getHeader(outgoing.headers, "content-length") !== undefined;
+    if (wanted.includes("body") && outgoing.body && !(outgoing.bodyContinues && lengthFixed)) {
       outgoing.body = Buffer.from(replacePlaceholder(outgoing.body.toString("latin1"), needle, Buffer.from(value, "utf8").toString("latin1")), "latin1");
-      outgoing.headers = setHeader(removeHeaders(outgoing.headers, new Set(["content-length"])), "Content-Length", String(outgoing.body.length));
+      if (lengthFixed) outgoing.headers = setHeader(removeHeaders(outgoing.headers, new Set(["content-length"])), "Content-Length", String(outgoing.body.length));
     }
     exchange.placeholders.push(placeholder.name);
     exchange.injectedSecrets.push(value);

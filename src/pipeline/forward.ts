@@ -62,7 +62,8 @@ export function forward(flow: Flow, responder: Responder, options: ForwardOption
   });
   if (outgoing.body !== undefined) {
     call.write(outgoing.body);
-    call.end();
+    if (outgoing.bodyContinues) streamRequestBody(flow, flow.request, call);
+    else call.end();
   } else if (!outgoing.hasBody) {
     call.end();
   } else {
@@ -81,6 +82,8 @@ function streamRequestBody(flow: Flow, request: InboundRequest, call: UpstreamCa
     if (!call.write(chunk)) body.pause();
   });
   call.onDrain(() => body.resume());
+  // Paused after its start was read for the stages (readBodyStart): it flows on from here.
+  body.resume();
   body.on("end", () => {
     if (sample) exchange.reqBody = sample.text();
     // Trailers are the client's too: none may smuggle a credential's header (or Proxy-Authorization) past the stages.

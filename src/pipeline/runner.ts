@@ -126,6 +126,38 @@ function readBounded(body: Readable, limit: number): Promise<Buffer> {
   });
 }
 
+/** The first `limit` bytes of a body (all of it if it is shorter); the stream is left paused after them. */
+function readStart(body: Readable, limit: number): Promise<{ data: Buffer; ended: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      body.off("data", onData);
+      body.off("end", onEnd);
+      body.off("error", onError);
+    };
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size < limit) return;
+      body.pause();
+      done();
+      resolve({ data: Buffer.concat(chunks), ended: false });
+    };
+    const onEnd = () => {
+      done();
+      resolve({ data: Buffer.concat(chunks), ended: true });
+    };
+    const onError = (error: Error) => {
+      done();
+      reject(error);
+    };
+    body.on("data", onData);
+    body.on("end", onEnd);
+    body.on("error", onError);
+  });
+}
+
 /** A body a stage must see is read before anything is decided (bounded: MAX_READ_BODY_BYTES). */
 async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
   const { request, outgoing, exchange } = flow;
@@ -134,7 +166,13 @@ async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
     responder.writeContinue();
     outgoing.headers = removeHeaders(outgoing.headers, new Set(["expect"]));
   }
-  outgoing.body = await readBounded(request.body, MAX_READ_BODY_BYTES);
+  if (flow.readBody) {
+    outgoing.body = await readBounded(request.body, MAX_READ_BODY_BYTES);
+  } else {
+    const start = await readStart(request.body, flow.readBodyStart!);
+    outgoing.body = start.data;
+    outgoing.bodyContinues = !start.ended;
+  }
   exchange.reqBytes = outgoing.body.length;
   const sample = bodySampler(request, flow.state.policy);
   sample?.add(outgoing.body);
@@ -211,7 +249,7 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
   const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
   try {
     for (const stage of STAGES) stage.requestHeaders?.(flow);
-    if (flow.readBody) await readBodyFirst(flow, responder);
+    if (flow.readBody || flow.readBodyStart) await readBodyFirst(flow, responder);
     const judging = runPhase(flow, "request");
     if (judging) await judging;
     if (flow.answer) {

@@ -37,6 +37,8 @@ export interface Flow {
    * refused 400 bad_request).
    */
   readBody: boolean;
+  /** Set by a requestHeaders hook that must see (at least) the first bytes of the body before it is judged; the rest may stream. */
+  readBodyStart?: number;
   /**
    * Set by a request hook to answer the request itself: it is never forwarded, no later request
    * hook runs and no secret is resolved for it; the answer goes through the response phase

@@ -1,5 +1,5 @@
 import { credentialUnavailable } from "../../credentials/inject.js";
-import { bodyNeedsReading, checkPlaceholderHosts, findPlaceholders, holdsPlaceholder, replacePlaceholder, substitutePlaceholders } from "../../credentials/placeholders.js";
+import { bodyStartToRead, checkPlaceholderHosts, findPlaceholders, holdsPlaceholder, replacePlaceholder, substitutePlaceholders } from "../../credentials/placeholders.js";
 import { anyHostMatches } from "../../policy/hosts.js";
 import type { Flow, Stage, WsEnd, WsMessage } from "../stage.js";
 
@@ -45,7 +45,10 @@ async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<Ws
 export const placeholders: Stage = {
   name: "placeholders",
   requestHeaders(flow: Flow) {
-    if (bodyNeedsReading(flow.state.policy.placeholders, flow.request.headers)) flow.readBody = true;
+    // An upgrade's stream is not a body: its messages are read by webSocketMessage.
+    if (flow.upgrade) return;
+    const start = bodyStartToRead(flow.state.policy.placeholders, flow.request.hasBody);
+    if (start) flow.readBodyStart = Math.max(flow.readBodyStart ?? 0, start);
   },
   request(flow: Flow) {
     if (flow.state.policy.placeholders.length === 0) return;
