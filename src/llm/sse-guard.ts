@@ -1,37 +1,16 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
+import { parseSseEvent, takeSseEvents, withoutByteOrderMark, type SseEvent } from "../core/sse.js";
 import { apiErrorEvent } from "./api-errors.js";
 import { apiForBody, callFromItem, isCallItem, isObject, isToolBlock, parseArguments, UnparseableLlmResponse, type Json, type LlmApi, type ToolCall } from "./tool-calls.js";
 
 export const MAX_LLM_BODY_BYTES = 10 * 1024 * 1024;
-
-interface SseEvent {
-  raw: string;
-  event: string | undefined;
-  data: string | undefined;
-}
 
 export type Denial = { kind: "tool"; call: ToolCall; message: string; rule: string } | { kind: "unparseable"; message: string };
 
 /** Decides a complete tool call: a denial message and rule, or undefined to let it through. */
 export type ToolJudge = (call: ToolCall) => { message: string; rule: string } | undefined;
 
-/** Field lines as the SSE spec reads them: CRLF, LF or a lone CR ends a line; "data" alone is an empty data field. */
-function parseEvent(raw: string): SseEvent {
-  let event: string | undefined;
-  let data: string[] | undefined;
-  for (const line of raw.split(/\r\n|\r|\n/)) {
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "event") event = value;
-    else if (field === "data") (data ??= []).push(value);
-  }
-  return { raw, event, data: data?.join("\n") };
-}
-
-/** A blank line ends an event; a CR at the very end may be the first half of a CRLF, so it waits. */
-const EVENT_END = /(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)/g;
 
 
 interface PendingCall {
@@ -76,7 +55,7 @@ export class LlmSseGuard extends Transform {
     this.buffer += this.decoder.write(chunk);
     if (!this.started && this.buffer.length > 0) {
       this.started = true;
-      if (this.buffer.startsWith("\uFEFF")) this.buffer = this.buffer.slice(1);
+      this.buffer = withoutByteOrderMark(this.buffer);
     }
     this.drain(false);
     callback();
@@ -95,20 +74,15 @@ export class LlmSseGuard extends Transform {
 
   private drain(atEnd: boolean): void {
     try {
-      let consumed = 0;
-      EVENT_END.lastIndex = 0;
-      for (let match = EVENT_END.exec(this.buffer); match; match = EVENT_END.exec(this.buffer)) {
-        const end = match.index + match[0].length;
-        if (!atEnd && end === this.buffer.length && this.buffer.endsWith("\r")) break;
-        this.handle(parseEvent(this.buffer.slice(consumed, end)));
-        consumed = end;
-        if (this.finished) return;
-      }
-      this.buffer = this.buffer.slice(consumed);
+      this.buffer = takeSseEvents(this.buffer, atEnd, (event) => {
+        this.handle(event);
+        return !this.finished;
+      });
+      if (this.finished) return;
       if (atEnd && this.buffer.trim() !== "") {
         const rest = this.buffer;
         this.buffer = "";
-        this.handle(parseEvent(rest));
+        this.handle(parseSseEvent(rest));
       }
       if (this.buffer.length > MAX_LLM_BODY_BYTES) throw new UnparseableLlmResponse("an event larger than 10 MiB");
     } catch (error) {

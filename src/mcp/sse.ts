@@ -1,31 +1,8 @@
 import { Transform, type TransformCallback } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
+import { takeSseEvents, withoutByteOrderMark, type SseEvent } from "../core/sse.js";
 import { rewriteAnswer, type ToolFilter } from "./answers.js";
 import { MAX_MCP_BODY_BYTES, NotJsonRpc } from "./jsonrpc.js";
-
-/** One server-sent event: its field lines in order, and what a client makes of them. */
-interface SseEvent {
-  raw: string;
-  lines: string[];
-  /** The `event` field; undefined (or "") is a "message" event. */
-  type: string | undefined;
-  data: string | undefined;
-}
-
-/** Field lines as the SSE spec reads them: CRLF, LF or a lone CR ends a line; "data" alone is an empty data field. */
-function parseEvent(raw: string): SseEvent {
-  let type: string | undefined;
-  let data: string[] | undefined;
-  const lines = raw.split(/\r\n|\r|\n/).filter((line) => line !== "");
-  for (const line of lines) {
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "event") type = value;
-    else if (field === "data") (data ??= []).push(value);
-  }
-  return { raw, lines, type, data: data?.join("\n") };
-}
 
 /** The same event with its data replaced: every other field line kept, in order. */
 function withData(event: SseEvent, data: string): string {
@@ -37,9 +14,6 @@ function withData(event: SseEvent, data: string): string {
 export function messageEvent(json: string): string {
   return `event: message\ndata: ${json}\n\n`;
 }
-
-/** A blank line ends an event; a CR at the very end may be the first half of a CRLF, so it waits. */
-const EVENT_END = /(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)/g;
 
 export interface McpSseOptions {
   visible: ToolFilter;
@@ -83,8 +57,7 @@ export class McpSseFilter extends Transform {
     this.buffer += this.decoder.write(chunk);
     if (!this.started && this.buffer.length > 0) {
       this.started = true;
-      // A client drops one leading byte-order mark; so must the reader, or it reads other field names.
-      if (this.buffer.startsWith("\uFEFF")) this.buffer = this.buffer.slice(1);
+      this.buffer = withoutByteOrderMark(this.buffer);
     }
     this.drain(false);
     callback();
@@ -106,22 +79,17 @@ export class McpSseFilter extends Transform {
   }
 
   private drain(atEnd: boolean): void {
-    let consumed = 0;
-    EVENT_END.lastIndex = 0;
-    for (let match = EVENT_END.exec(this.buffer); match; match = EVENT_END.exec(this.buffer)) {
-      const end = match.index + match[0].length;
-      if (!atEnd && end === this.buffer.length && this.buffer.endsWith("\r")) break;
-      this.handle(parseEvent(this.buffer.slice(consumed, end)));
-      consumed = end;
-      if (this.ended) return;
-    }
-    this.buffer = this.buffer.slice(consumed);
+    this.buffer = takeSseEvents(this.buffer, atEnd, (event) => {
+      this.handle(event);
+      return !this.ended;
+    });
+    if (this.ended) return;
     if (this.buffer.length > MAX_MCP_BODY_BYTES) this.fail("an event larger than 10 MiB");
   }
 
   private handle(event: SseEvent): void {
-    if (event.type === "endpoint" && event.data !== undefined) this.options.onEndpoint?.(event.data);
-    const isMessage = event.type === undefined || event.type === "" || event.type === "message";
+    if (event.event === "endpoint" && event.data !== undefined) this.options.onEndpoint?.(event.data);
+    const isMessage = event.event === undefined || event.event === "" || event.event === "message";
     if (isMessage && event.data !== undefined && event.data.trim() !== "") {
       let rewritten: string | undefined;
       try {
