@@ -2,7 +2,7 @@
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 POLICY ?= policies/default.yaml
 
-.PHONY: run test build install bench ca system-tools clean
+.PHONY: run test build install bench ca system-tools bench-tools clean
 
 # `npm ci` rejects lock files from this registry (they leave out other platforms' optional
 # packages), so the install goes through `npm install`, which still follows the lock.
@@ -26,18 +26,31 @@ run: ca
 # Each entry is command:package; only the packages of missing commands are installed.
 SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go
 
+# $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
+define install-missing
+@missing=""; for entry in $(1); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry#*:}"; done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+fi
+endef
+
 system-tools:
-	@missing=""; for entry in $(SYSTEM_TOOLS); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry#*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	$(call install-missing,$(SYSTEM_TOOLS))
+
+# The benchmark's peers (bench/README.md): the Go ReverseProxy MITM is built with Debian's Go,
+# mitmproxy is the h2 peer, squid-openssl the ssl-bump peer (squid and its certificate helper
+# live outside a normal user's PATH, hence the full paths). `make run` needs none of them.
+BENCH_TOOLS := go:golang-go mitmdump:mitmproxy /usr/sbin/squid:squid-openssl /usr/lib/squid/security_file_certgen:squid-openssl
+
+bench-tools:
+	$(call install-missing,$(BENCH_TOOLS))
 
 test: build system-tools
 	npm run typecheck
 	npx vitest run
 
-bench: build
+bench: build bench-tools
 	node --import tsx bench/run.ts
 
 clean:

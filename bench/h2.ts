@@ -13,7 +13,7 @@ import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { benchFile, BENCH_DOMAIN, cpuSeconds, percentile } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, percentile } from "./lib.js";
 
 /**
  * The client's receive windows: 4 MiB per stream, 16 MiB per connection (Go's client uses
@@ -34,17 +34,17 @@ export interface H2Path {
   httpPort: number;
   /** Where gRPC calls go: the grpc-js server, or the HTTP/1.1 server's gRPC (portcullis h2→h1). */
   grpcPort: number;
-  /** The proxy's process, whose CPU is charged to the measured part; none for direct. */
-  pid?: number;
+  /** CPU seconds the proxy's process has used so far, charged to the measured part; none for direct. */
+  cpu?: () => number;
   /** Counts each HTTP request (h2 stream, gRPC call) sent, for the audit log check. */
   sent(count: number): void;
 }
 
 /** CPU the path's proxy used over `run`, in seconds (NaN for direct or without /proc). */
 async function withCpu<T>(path: H2Path, run: () => Promise<T>): Promise<{ result: T; cpu: number }> {
-  const before = cpuSeconds(path.pid);
+  const before = path.cpu?.() ?? NaN;
   const result = await run();
-  return { result, cpu: cpuSeconds(path.pid) - before };
+  return { result, cpu: (path.cpu?.() ?? NaN) - before };
 }
 
 function describeError(error: unknown): string {

@@ -1,7 +1,8 @@
 // Small helpers shared by the benchmark driver and its child processes.
 import { fork, type ChildProcess } from "node:child_process";
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
 /** Every host name the benchmark uses ends in this suffix and resolves to 127.0.0.1. */
@@ -49,8 +50,23 @@ export function trackChild(child: ChildProcess): void {
   child.once("exit", () => running.delete(child));
 }
 
+const cleanups = new Set<() => void>();
+
+/** A last-resort step of killAllChildren (squid's helper processes, which are its children, not ours). */
+export function onKillAll(cleanup: () => void): () => void {
+  cleanups.add(cleanup);
+  return () => cleanups.delete(cleanup);
+}
+
 /** Last resort: nothing the benchmark started outlives it, whatever way it ends. */
 export function killAllChildren(): void {
+  for (const cleanup of cleanups) {
+    try {
+      cleanup();
+    } catch {
+      // Best effort.
+    }
+  }
   for (const child of running) {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   }
@@ -175,6 +191,34 @@ export function procStat(pid: number): { ppid: number; cpu: number } | undefined
 /** CPU seconds (user + system) a process has used so far; NaN when /proc cannot tell. */
 export function cpuSeconds(pid: number | undefined): number {
   return pid === undefined ? NaN : (procStat(pid)?.cpu ?? NaN);
+}
+
+/** The pids whose parent is `parent` (from /proc; none elsewhere). */
+export function childPids(parent: number): number[] {
+  const pids: number[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return pids;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    if (procStat(Number(entry))?.ppid === parent) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** A free port on 127.0.0.1: listen(0) on a probe socket, note the port, close it. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

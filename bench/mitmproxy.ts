@@ -5,10 +5,9 @@
 // (which refuses every other address). Started only when `mitmdump` is on the PATH.
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { benchFile, log, trackChild } from "./lib.js";
+import { benchFile, freePort, log, trackChild } from "./lib.js";
 
 export interface MitmproxyHandle {
   port: number;
@@ -29,18 +28,6 @@ export function mitmdumpVersion(): Promise<string | undefined> {
       resolve(error ? undefined : stdout.split("\n")[0]?.replace(/^Mitmproxy:\s*/i, "").trim()),
     ),
   );
-}
-
-/** A free port on 127.0.0.1: listen(0) on a probe socket, note the port, close it. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startMitmproxy(confdir: string, upstreamCaFile: string, version: string): Promise<MitmproxyHandle> {

@@ -1,7 +1,14 @@
 // The benchmark's HTTPS upstream, in a process of its own (like a remote server would be).
 //   GET /small                 a 64-byte JSON body, keep-alive
 //   GET /download?bytes=N      N bytes streamed from one reused buffer (backpressure respected)
-//   WebSocket upgrade /echo    ws echo server
+//   WebSocket upgrade /echo    ws echo server, no extensions
+//   WebSocket upgrade /echo-deflate
+//                              the same with permessage-deflate (every message compressed:
+//                              threshold 0), when the client offers it
+//   POST /mcp                  an MCP server (the official SDK's McpServer, Streamable HTTP,
+//                              answers in JSON: enableJsonResponse) with the tools `echo` and
+//                              `shell` (the benchmark's mcp rule allows only echo); one SDK
+//                              transport per MCP session; GET /mcp (the optional SSE stream) 405
 //   POST /v1/messages          an Anthropic-style event stream: one text event at once, more
 //                              events SSE_STEP_MS and 2 × SSE_STEP_MS later, then the end
 //   POST /bench.Bench/Unary, /bench.Bench/Stream
@@ -19,10 +26,14 @@ import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHt
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
+import { randomUUID } from "node:crypto";
 import { createSecureContext, type SecureContext } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { WebSocketServer } from "ws";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { WebSocketServer, type WebSocket } from "ws";
+import { z } from "zod";
 import { benchFile, BENCH_DOMAIN, serveParent } from "./lib.js";
 
 // portcullis' own CA code, from the build (dist/) like every other portcullis import in bench/;
@@ -196,9 +207,67 @@ function grpcOverHttp1(req: IncomingMessage, res: ServerResponse, method: "Unary
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// MCP: the SDK's server, one StreamableHTTPServerTransport per session (as its docs set it up).
+
+let mcpToolCalls = 0;
+/** Calls of `shell` that ran: the denied-tool check must leave this at 0. */
+let mcpShellCalls = 0;
+const mcpSessions = new Map<string, StreamableHTTPServerTransport>();
+
+function makeMcpServer(): McpServer {
+  const server = new McpServer({ name: "bench-mcp", version: "1.0.0" });
+  server.registerTool("echo", { description: "returns its text", inputSchema: { text: z.string() } }, async ({ text }: { text: string }) => {
+    mcpToolCalls++;
+    return { content: [{ type: "text" as const, text }] };
+  });
+  // Not in the benchmark rule's allow_tools: a call must never reach this handler through portcullis+mcp.
+  server.registerTool("shell", { description: "runs a command", inputSchema: { command: z.string() } }, async () => {
+    mcpShellCalls++;
+    return { content: [{ type: "text" as const, text: "shell ran" }] };
+  });
+  return server;
+}
+
+async function mcp(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (req.method === "GET") {
+    // The optional server-to-client SSE stream: not offered (the client then does without it).
+    req.resume();
+    res.writeHead(405, { allow: "POST, DELETE" }).end();
+    return;
+  }
+  const sid = req.headers["mcp-session-id"];
+  let transport = typeof sid === "string" ? mcpSessions.get(sid) : undefined;
+  if (!transport) {
+    if (sid !== undefined) {
+      req.resume();
+      res.writeHead(404).end("unknown session");
+      return;
+    }
+    const created: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      enableJsonResponse: true,
+      onsessioninitialized: (id) => void mcpSessions.set(id, created),
+    });
+    created.onclose = () => {
+      if (created.sessionId) mcpSessions.delete(created.sessionId);
+    };
+    await makeMcpServer().connect(created);
+    transport = created;
+  }
+  await transport.handleRequest(req, res);
+}
+
 function handle(req: IncomingMessage, res: ServerResponse): void {
   requests++;
   const url = new URL(req.url ?? "/", "https://upstream");
+  if (url.pathname === "/mcp") {
+    mcp(req, res).catch((error: Error) => {
+      if (!res.headersSent) res.writeHead(500).end(error.message);
+      else res.destroy();
+    });
+    return;
+  }
   if (req.method === "POST" && (url.pathname === "/bench.Bench/Unary" || url.pathname === "/bench.Bench/Stream")) {
     grpcOverHttp1(req, res, url.pathname === "/bench.Bench/Unary" ? "Unary" : "Stream");
     return;
@@ -245,12 +314,20 @@ server.on("secureConnection", (socket: Socket) => {
   socket.once("close", () => sockets.delete(socket));
 });
 
-const wss = new WebSocketServer({ server, perMessageDeflate: false });
+// Two echo servers on the one HTTPS server: /echo-deflate with permessage-deflate, any other path without.
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+const wssDeflate = new WebSocketServer({ noServer: true, perMessageDeflate: { threshold: 0 } });
 let wsSessions = 0;
-wss.on("connection", (ws) => {
+const echo = (ws: WebSocket) => {
   wsSessions++;
   ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
   ws.on("error", () => ws.terminate());
+};
+wss.on("connection", echo);
+wssDeflate.on("connection", echo);
+server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+  const target = (req.url ?? "").startsWith("/echo-deflate") ? wssDeflate : wss;
+  target.handleUpgrade(req, socket, head, (ws) => target.emit("connection", ws, req));
 });
 
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -293,6 +370,11 @@ h2Server.on("session", (session: ServerHttp2Session) => {
 h2Server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
   h2Requests++;
   stream.on("error", () => undefined);
+  // Read the request side to its end, as a server does. Left unread, node:http2 closes a finished
+  // response with RST_STREAM(NO_ERROR) as soon as its last write is handed over, which can
+  // overtake DATA frames still waiting for the client's flow-control window: Go's client then
+  // sees the download cut short ("stream error: NO_ERROR; received from peer").
+  stream.resume();
   const url = new URL(String(headers[":path"] ?? "/"), "https://upstream");
   const method = headers[":method"];
   if (method === "GET" && url.pathname === "/small") {
@@ -370,10 +452,11 @@ serveParent(
     caPem: ca.certPem,
     sseBody: SSE_BODY,
   },
-  { stats: () => ({ type: "stats", requests, h2Requests, grpcCalls, wsSessions, openSockets: sockets.size, tlsConnections: { ...tlsConnections } }) },
+  { stats: () => ({ type: "stats", requests, h2Requests, grpcCalls, wsSessions, mcpToolCalls, mcpShellCalls, openSockets: sockets.size, tlsConnections: { ...tlsConnections } }) },
   async () => {
-    for (const client of wss.clients) client.terminate();
-    await new Promise<void>((resolve) => wss.close(() => resolve()));
+    for (const transport of mcpSessions.values()) await transport.close().catch(() => undefined);
+    for (const ws of [...wss.clients, ...wssDeflate.clients]) ws.terminate();
+    await Promise.all([wss, wssDeflate].map((ws) => new Promise<void>((resolve) => ws.close(() => resolve()))));
     for (const socket of sockets) socket.destroy();
     server.closeAllConnections();
     for (const session of h2Sessions) session.destroy();
