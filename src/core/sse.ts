@@ -1,3 +1,5 @@
+import { StringDecoder } from "node:string_decoder";
+
 /** The text/event-stream wire format (WHATWG HTML 9.2), as every stage that reads event streams needs it. */
 
 /** One server-sent event: its raw text, its field lines in order, and what a client makes of them. */
@@ -45,7 +47,24 @@ export function takeSseEvents(buffer: string, atEnd: boolean, handle: (event: Ss
   return buffer.slice(consumed);
 }
 
-/** A client drops one leading byte-order mark; so must a reader, or it reads other field names. */
-export function withoutByteOrderMark(text: string): string {
-  return text.startsWith("\uFEFF") ? text.slice(1) : text;
+/**
+ * An event stream's bytes as text: UTF-8 split across chunks carried over, and one leading
+ * byte-order mark dropped (as a client drops it; kept, it would change the first field name).
+ */
+export class SseText {
+  private readonly decoder = new StringDecoder("utf8");
+  private started = false;
+
+  /** The text of the next chunk. */
+  next(chunk: Buffer): string {
+    const text = this.decoder.write(chunk);
+    if (this.started || text.length === 0) return text;
+    this.started = true;
+    return text.startsWith("\uFEFF") ? text.slice(1) : text;
+  }
+
+  /** What an unfinished character left at the end. */
+  end(): string {
+    return this.decoder.end();
+  }
 }

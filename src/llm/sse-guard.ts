@@ -1,6 +1,5 @@
 import { Transform, type TransformCallback } from "node:stream";
-import { StringDecoder } from "node:string_decoder";
-import { parseSseEvent, takeSseEvents, withoutByteOrderMark, type SseEvent } from "../core/sse.js";
+import { parseSseEvent, SseText, takeSseEvents, type SseEvent } from "../core/sse.js";
 import { apiErrorEvent } from "./api-errors.js";
 import { apiForBody, callFromItem, isCallItem, isObject, isToolBlock, parseArguments, UnparseableLlmResponse, type Json, type LlmApi, type ToolCall } from "./tool-calls.js";
 
@@ -29,9 +28,8 @@ interface PendingCall {
  * that changes API mid-stream, ends the stream the same way (fail closed).
  */
 export class LlmSseGuard extends Transform {
-  private readonly decoder = new StringDecoder("utf8");
+  private readonly text = new SseText();
   private buffer = "";
-  private started = false;
   private held: string[] = [];
   private heldBytes = 0;
   private finished = false;
@@ -52,18 +50,14 @@ export class LlmSseGuard extends Transform {
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     if (this.finished) return callback();
-    this.buffer += this.decoder.write(chunk);
-    if (!this.started && this.buffer.length > 0) {
-      this.started = true;
-      this.buffer = withoutByteOrderMark(this.buffer);
-    }
+    this.buffer += this.text.next(chunk);
     this.drain(false);
     callback();
   }
 
   override _flush(callback: TransformCallback): void {
     if (!this.finished) {
-      this.buffer += this.decoder.end();
+      this.buffer += this.text.end();
       this.drain(true);
       // A stream that ends in the middle of a tool call never shows it to the client.
       if (!this.finished && this.holding) this.deny({ kind: "unparseable", message: "LLM stream ended inside a tool call" });

@@ -1,6 +1,5 @@
 import { Transform, type TransformCallback } from "node:stream";
-import { StringDecoder } from "node:string_decoder";
-import { takeSseEvents, withoutByteOrderMark, type SseEvent } from "../core/sse.js";
+import { SseText, takeSseEvents, type SseEvent } from "../core/sse.js";
 import { rewriteAnswer, type ToolFilter } from "./answers.js";
 import { MAX_MCP_BODY_BYTES, NotJsonRpc } from "./jsonrpc.js";
 
@@ -35,9 +34,8 @@ export interface McpSseOptions {
  * An event cut off by the end of the stream is dropped, as a client would drop it.
  */
 export class McpSseFilter extends Transform {
-  private readonly decoder = new StringDecoder("utf8");
+  private readonly text = new SseText();
   private buffer = "";
-  private started = false;
   private ended = false;
 
   constructor(private readonly options: McpSseOptions) {
@@ -54,18 +52,14 @@ export class McpSseFilter extends Transform {
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     if (this.ended) return callback();
-    this.buffer += this.decoder.write(chunk);
-    if (!this.started && this.buffer.length > 0) {
-      this.started = true;
-      this.buffer = withoutByteOrderMark(this.buffer);
-    }
+    this.buffer += this.text.next(chunk);
     this.drain(false);
     callback();
   }
 
   override _flush(callback: TransformCallback): void {
     if (!this.ended) {
-      this.buffer += this.decoder.end();
+      this.buffer += this.text.end();
       this.drain(true);
       this.ended = true;
     }
