@@ -354,6 +354,15 @@ describe("fail closed", () => {
     expect(line).toMatchObject({ status: 400, error: { type: "bad_request" } });
   });
 
+  it("refuses a body too large to be checked before it is forwarded (over 10 MiB)", async () => {
+    const requestId = "refused-too-large";
+    const body = `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"pad":"${"x".repeat(10 * 1024 * 1024)}"}}`;
+    const answer = await post("/mcp-json", body, { "x-request-id": requestId });
+    expect(answer.status).toBe(400);
+    expect(JSON.parse(answer.text).error.message).toContain("cannot be checked before it is forwarded");
+    expect(upstream.seen.some((seen) => seen.rawHeaders.includes(requestId))).toBe(false);
+  });
+
   it("filters a gzip tools/list answer after decoding it", async () => {
     const answer = await post("/gzip-tools", { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "accept-encoding": "gzip" });
     expect(answer.status).toBe(200);

@@ -95,37 +95,6 @@ function openExchange(state: PolicyState, request: InboundRequest, scrub: (text:
 /** The most of a request body the runner holds in memory for the stages to read (flow.readBody). */
 export const MAX_READ_BODY_BYTES = 10 * 1024 * 1024;
 
-/** A request body read whole, refused (400) past `limit` bytes: the rest is left unread, the connection closed after the answer. */
-function readBounded(body: Readable, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) return void chunks.push(chunk);
-      done();
-      body.pause();
-      reject(new ProxyError("bad_request", `request body over ${limit} bytes cannot be checked before it is forwarded`));
-    };
-    const onEnd = () => {
-      done();
-      resolve(Buffer.concat(chunks));
-    };
-    const onError = (error: Error) => {
-      done();
-      reject(error);
-    };
-    const done = () => {
-      body.off("data", onData);
-      body.off("end", onEnd);
-      body.off("error", onError);
-    };
-    body.on("data", onData);
-    body.on("end", onEnd);
-    body.on("error", onError);
-  });
-}
-
 /** The first `limit` bytes of a body (all of it if it is shorter); the stream is left paused after them. */
 function readStart(body: Readable, limit: number): Promise<{ data: Buffer; ended: boolean }> {
   return new Promise((resolve, reject) => {
@@ -167,7 +136,10 @@ async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
     outgoing.headers = removeHeaders(outgoing.headers, new Set(["expect"]));
   }
   if (flow.readBody) {
-    outgoing.body = await readBounded(request.body, MAX_READ_BODY_BYTES);
+    // Whole, or refused: a body over the limit cannot be checked before it is forwarded.
+    const whole = await readStart(request.body, MAX_READ_BODY_BYTES + 1);
+    if (!whole.ended) throw new ProxyError("bad_request", `request body over ${MAX_READ_BODY_BYTES} bytes cannot be checked before it is forwarded`);
+    outgoing.body = whole.data;
   } else {
     const start = await readStart(request.body, flow.readBodyStart!);
     outgoing.body = start.data;

@@ -24,13 +24,14 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
   const ws = exchange.ws!;
   const counts = (ws.messages = { client: 0, upstream: 0, denied: 0, scrubbed: 0 });
   const extensions = ws.extensions;
-  const receivers: Record<Side, WsReceiver> = {
-    client: createReceiver(negotiatedExtensions(extensions, true, maxMessageBytes), true, maxMessageBytes),
-    upstream: createReceiver(negotiatedExtensions(extensions, false, maxMessageBytes), false, maxMessageBytes),
-  };
-  // Each sender has the extension instance of the side it writes to.
+  // One permessage-deflate per side, as ws keeps one per connection: the receiver inflates with
+  // it, the sender deflates with it, each with that side's half of the negotiated parameters.
   const clientDeflate = negotiatedExtensions(extensions, true, maxMessageBytes);
   const upstreamDeflate = negotiatedExtensions(extensions, false, maxMessageBytes);
+  const receivers: Record<Side, WsReceiver> = {
+    client: createReceiver(clientDeflate, true, maxMessageBytes),
+    upstream: createReceiver(upstreamDeflate, false, maxMessageBytes),
+  };
   const senders: Record<Side, WsSender> = { client: createSender(client, clientDeflate), upstream: createSender(upstream, upstreamDeflate) };
   const compress: Record<Side, boolean> = { client: Object.keys(clientDeflate).length > 0, upstream: Object.keys(upstreamDeflate).length > 0 };
   const sockets: Record<Side, Duplex> = { client, upstream };
