@@ -2,7 +2,7 @@
 // httputil.ReverseProxy (standard library only), built into the work dir at the start of a run
 // with the machine's Go (Debian golang-go; module mode and the module proxy off: it needs
 // nothing but the standard library). Its CA comes from `portcullis init-ca` (ca.pem,
-// ca-key.pem) and every forged certificate carries one RSA-2048 key, like portcullis' shared
+// ca-key.pem) and every forged certificate carries one ECDSA P-256 key, like portcullis' shared
 // leaf key. *.bench.test (and bench.test) is dialled at 127.0.0.1; any other name is refused.
 // It runs with GOMAXPROCS=1 (BENCH_GO_MAXPROCS to change it): one core's worth of Go code, like
 // the other columns (one portcullis process, squid's `workers 1`, one mitmproxy/http-mitm-proxy
@@ -63,7 +63,8 @@ export const GO_MAXPROCS = process.env.BENCH_GO_MAXPROCS || "1";
 export async function startGoMitm(binary: string, caDir: string, upstreamCaFile: string, version: string): Promise<GoMitmHandle> {
   const leafKey = join(caDir, "leaf-key.pem");
   if (!existsSync(leafKey)) {
-    const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048, publicExponent: 0x10001 });
+    // The same kind of shared leaf key as portcullis makes for a new CA dir (src/ca/keys.ts).
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     writeFileSync(leafKey, privateKey.export({ type: "pkcs8", format: "pem" }) as string, { mode: 0o600 });
   }
   const args = [

@@ -97,6 +97,29 @@ describe("forged leaf certificates", () => {
     expect(new X509Certificate(a).serialNumber).not.toBe(new X509Certificate(b).serialNumber);
   });
 
+  it("carry an ECDSA P-256 key (cheap handshakes) with digitalSignature only, under the RSA CA", async () => {
+    const leaf = new X509Certificate(await forgeLeafCertificate(ca, "ec.example"));
+    expect(leaf.publicKey.asymmetricKeyType).toBe("ec");
+    expect(leaf.publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+    expect(leaf.verify(new X509Certificate(ca.certPem).publicKey)).toBe(true);
+    const text = openssl(["x509", "-noout", "-text"], leaf.toString());
+    expect(text).toMatch(/X509v3 Key Usage: critical\s+Digital Signature\n/);
+    expect(text).toContain("Signature Algorithm: sha256WithRSAEncryption");
+  });
+
+  it("keep using the RSA leaf key of a CA dir made by an older version", async () => {
+    const old = tempDir("ca-rsa-leaf");
+    await initCa(old);
+    writeFileSync(join(old, "leaf-key.pem"), readFileSync(join(old, "ca-key.pem")), { mode: 0o600 });
+    const oldCa = await loadCa(old);
+    expect(oldCa.leafKey.type).toBe("rsa");
+    const pem = await forgeLeafCertificate(oldCa, "rsa.example");
+    writeFileSync(join(old, "rsa.pem"), pem);
+    expect(openssl(["verify", "-x509_strict", "-CAfile", join(old, "ca.pem"), join(old, "rsa.pem")])).toContain(": OK");
+    expect(new X509Certificate(pem).publicKey.asymmetricKeyType).toBe("rsa");
+    expect(openssl(["x509", "-noout", "-text"], pem)).toMatch(/Digital Signature, Key Encipherment/);
+  });
+
   it("are signed off the main thread: forging 20 hosts does not stall the event loop", async () => {
     const histogram = monitorEventLoopDelay({ resolution: 5 });
     histogram.enable();

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { access, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import forge from "node-forge";
-import { generateRsaKeyPem, keyMaterialFromPem, readIfExists, writePrivateFile, type KeyMaterial } from "./keys.js";
+import { generateEcKeyPem, generateRsaKeyPem, keyMaterialFromPem, readIfExists, rsaPublicKey, writePrivateFile, type KeyMaterial } from "./keys.js";
 import { randomSerialHex, signCertificate } from "./native-sign.js";
 
 export const CA_CERT_FILE = "ca.pem";
@@ -45,7 +45,7 @@ export async function initCa(dir: string, options: { force?: boolean; commonName
   }
   const key = keyMaterialFromPem(await generateRsaKeyPem());
   const cert = forge.pki.createCertificate();
-  cert.publicKey = key.forgePublicKey;
+  cert.publicKey = rsaPublicKey(key);
   cert.serialNumber = randomSerialHex(randomBytes);
   const now = new Date();
   cert.validity.notBefore = new Date(now.getTime() - 24 * 3600 * 1000);
@@ -85,7 +85,8 @@ async function loadOrCreateLeafKey(dir: string): Promise<KeyMaterial> {
   const path = join(dir, LEAF_KEY_FILE);
   let pem = await readIfExists(path);
   if (!pem) {
-    pem = await generateRsaKeyPem();
+    // A CA dir made by an older version keeps its RSA leaf key; new ones get ECDSA P-256.
+    pem = await generateEcKeyPem();
     await writePrivateFile(path, pem);
   }
   return keyMaterialFromPem(pem);
