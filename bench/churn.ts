@@ -1,0 +1,123 @@
+// Memory under churn: portcullis (the real CLI, dist/) for DURATION seconds under a steady mix of
+// new tunnels, keep-alive requests, WebSocket sessions and denials, its resident memory sampled
+// every SAMPLE seconds. Prints the curve as a markdown table and the slope of its second half.
+// Usage: node --import tsx bench/churn.ts   (after `npm run build`; CHURN_SECONDS=600 CHURN_SAMPLE_S=30)
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { HttpsProxyAgent } from "https-proxy-agent";
+import { ProxyAgent, request } from "undici";
+import WebSocket from "ws";
+import { BENCH_DOMAIN, startChild, type ChildMessage, log } from "./lib.js";
+
+const SECONDS = Number(process.env.CHURN_SECONDS ?? 600);
+const SAMPLE_S = Number(process.env.CHURN_SAMPLE_S ?? 30);
+const WS_HOST = `ws.${BENCH_DOMAIN}`;
+const work = mkdtempSync(join(tmpdir(), "portcullis-churn-"));
+
+function rssKiB(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:"));
+  return Number(/(\d+)/.exec(line ?? "")?.[1] ?? 0);
+}
+
+const upstream = await startChild<ChildMessage & { port: number; caFile: string }>("upstream", "upstream-child.ts", [join(work, "upstream-ca"), [BENCH_DOMAIN, WS_HOST].join(",")]);
+const policyFile = join(work, "policy.yaml");
+writeFileSync(
+  policyFile,
+  [
+    "version: 1",
+    `ca: { dir: ${JSON.stringify(join(work, "ca"))} }`,
+    `log: { audit: ${JSON.stringify(join(work, "audit.log"))}, level: warn }`,
+    `upstream: { trust: [${JSON.stringify(upstream.ready.caFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1, ${JSON.stringify(WS_HOST)}: 127.0.0.1 } }`,
+    "network:",
+    "  default: deny",
+    "  allow_ips: [127.0.0.1/32]",
+    `  rules: [{ name: bench, action: allow, hosts: ["*.${BENCH_DOMAIN}", ${JSON.stringify(BENCH_DOMAIN)}], ports: [${upstream.ready.port}] }]`,
+    'admin: { listen: "127.0.0.1:0" }',
+    "",
+  ].join("\n"),
+);
+const proxy = spawn(process.execPath, [new URL("../dist/cli.js", import.meta.url).pathname, "start", "--policy", policyFile, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+const proxyPort = await new Promise<number>((resolve, reject) => {
+  let seen = "";
+  proxy.stderr!.on("data", (data: Buffer) => {
+    seen += data.toString();
+    const match = /listening on [\d.]+:(\d+)/.exec(seen);
+    if (match) resolve(Number(match[1]));
+  });
+  proxy.once("exit", (code) => reject(new Error(`portcullis exited with ${code}: ${seen}`)));
+});
+const proxyUrl = `http://127.0.0.1:${proxyPort}`;
+const ca = readFileSync(join(work, "ca", "ca.pem"), "utf8");
+const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
+const keepAlive = new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 4 });
+
+const counts = { newTunnel: 0, keepAlive: 0, webSocket: 0, denied: 0, errors: 0 };
+async function newTunnel(): Promise<void> {
+  const agent = new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 1 });
+  try {
+    await (await request(`${origin}/small`, { dispatcher: agent })).body.text();
+    counts.newTunnel++;
+  } finally {
+    await agent.close();
+  }
+}
+async function keptAlive(): Promise<void> {
+  for (let i = 0; i < 20; i++) await (await request(`${origin}/small`, { dispatcher: keepAlive })).body.text();
+  counts.keepAlive += 20;
+}
+async function denied(): Promise<void> {
+  // A tunnel to a host no rule allows is refused on the CONNECT: undici reports that as an error.
+  const refused = await request(`https://denied.example:${upstream.ready.port}/`, { dispatcher: keepAlive }).then(
+    async (res) => (await res.body.text(), res.statusCode === 403),
+    (error: Error) => /403/.test(String((error as Error & { cause?: unknown }).cause ?? error.message)),
+  );
+  if (!refused) throw new Error("a request to a denied host was not refused");
+  counts.denied++;
+}
+function webSocket(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`wss://${WS_HOST}:${upstream.ready.port}/echo`, { agent: new HttpsProxyAgent(proxyUrl, { ca }), ca });
+    let echoed = 0;
+    ws.on("open", () => ws.send(Buffer.alloc(1024, 1)));
+    ws.on("message", () => (++echoed < 10 ? ws.send(Buffer.alloc(1024, 1)) : ws.close(1000)));
+    ws.on("close", () => (counts.webSocket++, resolve()));
+    ws.on("error", reject);
+  });
+}
+
+const kinds = [newTunnel, keptAlive, keptAlive, webSocket, denied];
+const end = Date.now() + SECONDS * 1000;
+const samples: { t: number; rss: number; total: number }[] = [{ t: 0, rss: rssKiB(proxy.pid!), total: 0 }];
+const started = Date.now();
+const sampler = setInterval(() => {
+  const total = counts.newTunnel + counts.keepAlive + counts.webSocket + counts.denied;
+  samples.push({ t: Math.round((Date.now() - started) / 1000), rss: rssKiB(proxy.pid!), total });
+  log(`t=${samples.at(-1)!.t}s rss=${(samples.at(-1)!.rss / 1024).toFixed(1)} MiB ${JSON.stringify(counts)}`);
+}, SAMPLE_S * 1000);
+await Promise.all(
+  Array.from({ length: 4 }, async (_, worker) => {
+    for (let i = worker; Date.now() < end; i++) await kinds[i % kinds.length]!().catch(() => counts.errors++);
+  }),
+);
+clearInterval(sampler);
+
+// RSS saws up and down with the garbage collector: the trend is a least-squares line through the
+// samples after the first minute (warm-up), with each half's range beside it.
+const settled = samples.filter((s) => s.t >= 60);
+const meanT = settled.reduce((sum, s) => sum + s.t, 0) / settled.length;
+const meanRss = settled.reduce((sum, s) => sum + s.rss, 0) / settled.length;
+const covariance = settled.reduce((sum, s) => sum + (s.t - meanT) * (s.rss - meanRss), 0);
+const variance = settled.reduce((sum, s) => sum + (s.t - meanT) ** 2, 0);
+const slope = variance > 0 ? ((covariance / variance) * 60) / 1024 : NaN;
+const range = (part: typeof samples) => `${(Math.min(...part.map((s) => s.rss)) / 1024).toFixed(1)}–${(Math.max(...part.map((s) => s.rss)) / 1024).toFixed(1)} MiB`;
+console.log(`# churn: ${SECONDS} s, 4 workers, ${JSON.stringify(counts)}`);
+console.log("| t (s) | RSS (MiB) | events so far |\n| ---: | ---: | ---: |");
+for (const s of samples) console.log(`| ${s.t} | ${(s.rss / 1024).toFixed(1)} | ${s.total} |`);
+console.log(`trend after the first minute: ${slope.toFixed(2)} MiB/min (least squares); RSS first half ${range(settled.filter((s) => s.t < SECONDS / 2))}, second half ${range(settled.filter((s) => s.t >= SECONDS / 2))}`);
+await keepAlive.close();
+proxy.kill("SIGTERM");
+await new Promise((resolve) => proxy.once("exit", resolve));
+await upstream.close();
+rmSync(work, { recursive: true, force: true });
