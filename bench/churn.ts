@@ -1,8 +1,7 @@
-// Memory under churn: portcullis (the real CLI, dist/) for DURATION seconds under a steady mix of
+// Memory under churn: portcullis (dist/, as `portcullis start` runs it) for DURATION seconds under a steady mix of
 // new tunnels, keep-alive requests, WebSocket sessions and denials, its resident memory sampled
 // every SAMPLE seconds. Prints the curve as a markdown table and the slope of its second half.
 // Usage: node --import tsx bench/churn.ts   (after `npm run build`; CHURN_SECONDS=600 CHURN_SAMPLE_S=30)
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,18 +37,15 @@ writeFileSync(
     "",
   ].join("\n"),
 );
-const proxy = spawn(process.execPath, [new URL("../dist/cli.js", import.meta.url).pathname, "start", "--policy", policyFile, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
-const proxyPort = await new Promise<number>((resolve, reject) => {
-  let seen = "";
-  proxy.stderr!.on("data", (data: Buffer) => {
-    seen += data.toString();
-    const match = /listening on [\d.]+:(\d+)/.exec(seen);
-    if (match) resolve(Number(match[1]));
-  });
-  proxy.once("exit", (code) => reject(new Error(`portcullis exited with ${code}: ${seen}`)));
-});
+// portcullis-child.ts runs createProxy from dist/, as `portcullis start` does; --expose-gc lets
+// the idle-tunnel figure count memory held rather than garbage not yet collected.
+const portcullis = await startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policyFile], { env: { NODE_OPTIONS: "--expose-gc" } });
+const proxy = portcullis.process;
+const proxyPort = portcullis.ready.port;
+type Retained = ChildMessage & { rss: number; heapUsed: number; external: number };
+const retained = () => portcullis.ask<Retained>({ type: "retained" });
 const proxyUrl = `http://127.0.0.1:${proxyPort}`;
-const ca = readFileSync(join(work, "ca", "ca.pem"), "utf8");
+const ca = portcullis.ready.caPem;
 const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
 const keepAlive = new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 4 });
 
@@ -87,6 +83,25 @@ function webSocket(): Promise<void> {
   });
 }
 
+// Idle tunnels first: IDLE_TUNNELS clients each open a tunnel, make one request and keep the
+// connection open; the proxy's RSS before and after gives the memory an idle tunnel holds.
+const IDLE_TUNNELS = Number(process.env.CHURN_IDLE_TUNNELS ?? 1000);
+async function idleTunnelCost(): Promise<string> {
+  await (await request(`${origin}/small`, { dispatcher: keepAlive })).body.text();
+  const before = await retained();
+  const agents = Array.from({ length: IDLE_TUNNELS }, () => new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 1, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 }));
+  let next = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < agents.length) await (await request(`${origin}/small`, { dispatcher: agents[next++]! })).body.text();
+  }));
+  const after = await retained();
+  await Promise.all(agents.map((agent) => agent.close()));
+  const perTunnel = (field: "rss" | "heapUsed" | "external") => ((after[field] - before[field]) / 1024 / IDLE_TUNNELS).toFixed(1);
+  return `${IDLE_TUNNELS} idle tunnels, after a full GC: ${perTunnel("rss")} KiB RSS per idle tunnel (JS heap ${perTunnel("heapUsed")} KiB, external ${perTunnel("external")} KiB); RSS ${(before.rss / 1048576).toFixed(1)} → ${(after.rss / 1048576).toFixed(1)} MiB`;
+}
+const idleLine = IDLE_TUNNELS > 0 ? await idleTunnelCost() : "idle tunnels: skipped";
+log(idleLine);
+
 const kinds = [newTunnel, keptAlive, keptAlive, webSocket, denied];
 const end = Date.now() + SECONDS * 1000;
 const samples: { t: number; rss: number; total: number }[] = [{ t: 0, rss: rssKiB(proxy.pid!), total: 0 }];
@@ -113,11 +128,11 @@ const variance = settled.reduce((sum, s) => sum + (s.t - meanT) ** 2, 0);
 const slope = variance > 0 ? ((covariance / variance) * 60) / 1024 : NaN;
 const range = (part: typeof samples) => `${(Math.min(...part.map((s) => s.rss)) / 1024).toFixed(1)}–${(Math.max(...part.map((s) => s.rss)) / 1024).toFixed(1)} MiB`;
 console.log(`# churn: ${SECONDS} s, 4 workers, ${JSON.stringify(counts)}`);
+console.log(idleLine);
 console.log("| t (s) | RSS (MiB) | events so far |\n| ---: | ---: | ---: |");
 for (const s of samples) console.log(`| ${s.t} | ${(s.rss / 1024).toFixed(1)} | ${s.total} |`);
 console.log(`trend after the first minute: ${slope.toFixed(2)} MiB/min (least squares); RSS first half ${range(settled.filter((s) => s.t < SECONDS / 2))}, second half ${range(settled.filter((s) => s.t >= SECONDS / 2))}`);
 await keepAlive.close();
-proxy.kill("SIGTERM");
-await new Promise((resolve) => proxy.once("exit", resolve));
+await portcullis.close();
 await upstream.close();
 rmSync(work, { recursive: true, force: true });

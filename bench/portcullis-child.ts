@@ -20,6 +20,14 @@ const address = await proxy.listen();
 
 serveParent(
   { type: "ready", port: address.port, caPem: proxy.caCertPem },
-  { stats: () => ({ type: "stats", certificates: { ...proxy.certificateStats }, memory: process.memoryUsage().rss }) },
+  {
+    stats: () => ({ type: "stats", certificates: { ...proxy.certificateStats }, memory: process.memoryUsage().rss }),
+    // Memory that is held, not garbage yet to be collected: needs --expose-gc (bench/churn.ts).
+    retained: () => {
+      (globalThis as { gc?: () => void }).gc?.();
+      const { rss, heapUsed, external } = process.memoryUsage();
+      return { type: "retained", rss, heapUsed, external };
+    },
+  },
   () => proxy.close({ graceMs: 1000 }),
 );
