@@ -1,0 +1,67 @@
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { ATTR_SERVICE_NAME } from "@opentelemetry/semantic-conventions";
+import type { PublishedRecord } from "../log/audit-feed.js";
+import { spanAttributes, spanError, spanName } from "./span-fields.js";
+
+export interface TraceExportOptions {
+  /** The collector's OTLP/HTTP endpoint: http://HOST:4318 (/v1/traces is added) or the full traces URL. */
+  otlp: string;
+  serviceName: string;
+  /** Spans kept waiting for the collector; more are dropped, never waited for. */
+  maxQueueSize?: number;
+  scheduledDelayMs?: number;
+  exportTimeoutMs?: number;
+}
+
+export interface TraceExport {
+  /** Records one span for a finished exchange, session, tunnel or denial. */
+  record(record: PublishedRecord): void;
+  /** Sends what is queued (bounded by the export timeout) and stops. */
+  shutdown(): Promise<void>;
+}
+
+export function tracesUrl(endpoint: string): string {
+  const url = new URL(endpoint);
+  if (!url.pathname.endsWith("/v1/traces")) url.pathname = `${url.pathname.replace(/\/+$/, "")}/v1/traces`;
+  return url.toString();
+}
+
+/**
+ * Exports one span per audit record through the OpenTelemetry SDK. The provider is never
+ * registered globally and no propagator is set: nothing is added to upstream requests, and
+ * nothing else in the process is traced by accident.
+ */
+export function startTraceExport(options: TraceExportOptions): TraceExport {
+  const exportTimeoutMs = options.exportTimeoutMs ?? 5_000;
+  const exporter = new OTLPTraceExporter({ url: tracesUrl(options.otlp), timeoutMillis: exportTimeoutMs });
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: options.serviceName }),
+    spanProcessors: [
+      new BatchSpanProcessor(exporter, {
+        maxQueueSize: options.maxQueueSize ?? 2048,
+        maxExportBatchSize: Math.min(512, options.maxQueueSize ?? 2048),
+        scheduledDelayMillis: options.scheduledDelayMs ?? 1_000,
+        exportTimeoutMillis: exportTimeoutMs,
+      }),
+    ],
+  });
+  const tracer = provider.getTracer("portcullis");
+  return {
+    record(record) {
+      const end = record.time;
+      const span = tracer.startSpan(spanName(record), { kind: SpanKind.SERVER, startTime: end - record.duration_ms, attributes: spanAttributes(record) });
+      const error = spanError(record);
+      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
+      span.end(end);
+    },
+    async shutdown() {
+      let timer: NodeJS.Timeout | undefined;
+      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, exportTimeoutMs + 1_000)));
+      await Promise.race([provider.shutdown().catch(() => undefined), bound]);
+      clearTimeout(timer);
+    },
+  };
+}
