@@ -14,6 +14,8 @@ export interface TraceExportOptions {
   maxQueueSize?: number;
   scheduledDelayMs?: number;
   exportTimeoutMs?: number;
+  /** How long a drain waits for the last spans to reach the collector. */
+  shutdownTimeoutMs?: number;
 }
 
 export interface TraceExport {
@@ -59,7 +61,7 @@ export function startTraceExport(options: TraceExportOptions): TraceExport {
     },
     async shutdown() {
       let timer: NodeJS.Timeout | undefined;
-      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, exportTimeoutMs + 1_000)));
+      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, options.shutdownTimeoutMs ?? 3_000)));
       await Promise.race([provider.shutdown().catch(() => undefined), bound]);
       clearTimeout(timer);
     },
