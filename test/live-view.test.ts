@@ -2,9 +2,16 @@ import http, { type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request } from "undici";
+import { execFile } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { LiveView } from "../src/admin/live-view.js";
+import { createAdminServer, listenAdmin } from "../src/admin/server.js";
+import { uiRoutes } from "../src/admin/ui-routes.js";
+import { assertBuilt, startCli } from "./helpers/cli.js";
 import type { PublishedRecord } from "../src/log/audit-feed.js";
-import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
+import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
 import { SseClient } from "./helpers/sse-client.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
@@ -176,5 +183,73 @@ describe("LiveView memory bounds", () => {
     expect(live.pages).toBe(1);
     live.add(fakeRecord(99_999, { path: "/after-drop" }));
     await reader.waitFor((e) => e.event === "record" && e.data.includes("/after-drop"));
+  });
+});
+
+describe("/ui/budgets", () => {
+  it("relays the admin listener's own /budgets (with the admin token) when it answers 200, and 404 otherwise", async () => {
+    const counters = [{ rule: "daily", client: "agent", window_start: "2026-12-01T00:00:00Z", tokens: 10, requests: 1, limit_tokens: 100, limit_requests: null }];
+    let budgetsAuth: string | undefined;
+    let budgetsUp = true;
+    const live = new LiveView({ openCounts: async () => ({ tunnels: 0, websockets: 0 }) });
+    let base = "";
+    const server = createAdminServer({ ready: () => true, details: () => ({}), metrics: async () => ({ contentType: "text/plain", body: "" }) }, [
+      ...uiRoutes({ live, adminToken: async () => ADMIN_TOKEN, selfUrl: () => base }),
+      {
+        path: "/budgets",
+        methods: ["GET"],
+        handle: (req, res) => {
+          budgetsAuth = req.headers.authorization;
+          if (!budgetsUp) return void res.writeHead(503).end();
+          res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(counters));
+        },
+      },
+    ]);
+    const address = await listenAdmin(server, "127.0.0.1", 0);
+    base = `http://127.0.0.1:${address.port}`;
+    try {
+      expect((await request(`${base}/ui/budgets`)).statusCode).toBe(401);
+      const relayed = await request(`${base}/ui/budgets`, { headers: auth });
+      expect(relayed.statusCode).toBe(200);
+      expect(await relayed.body.json()).toEqual(counters);
+      expect(budgetsAuth).toBe(`Bearer ${ADMIN_TOKEN}`);
+      budgetsUp = false;
+      expect((await request(`${base}/ui/budgets`, { headers: auth })).statusCode).toBe(404);
+    } finally {
+      live.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
+
+describe("/ui with --workers", () => {
+  it("shows every worker's records on the primary's admin listener (cluster IPC)", { timeout: 60_000 }, async () => {
+    assertBuilt();
+    const dir = tempDir("live-workers");
+    const policyFile = join(dir, "policy.yaml");
+    writeFileSync(
+      policyFile,
+      `version: 1\nca: { dir: ${JSON.stringify(join(dir, "certs"))} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\n` +
+        `admin: { listen: "127.0.0.1:0", token: { env: PORTCULLIS_LIVE_ADMIN_TOKEN } }\nnetwork:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n`,
+    );
+    const running = await startCli(["--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", "2"]);
+    try {
+      const adminLine = await running.waitForOutput(/admin on 127\.0\.0\.1:\d+/);
+      const stream = await open(`http://127.0.0.1:${adminLine.split(":").at(-1)}/ui/events`, auth);
+      expect(stream.response.statusCode).toBe(200);
+      const paths = Array.from({ length: 8 }, (_, i) => `/ok/w${i}`);
+      const exec = promisify(execFile);
+      await Promise.all(
+        paths.map((path) => exec("curl", ["-sS", "--cacert", join(dir, "certs", "ca.pem"), "-x", `http://127.0.0.1:${running.port}`, "-o", "/dev/null", `https://localhost:${upstream.port}${path}`])),
+      );
+      for (const path of paths) await stream.waitFor((e) => e.event === "record" && JSON.parse(e.data).path === path);
+      const stats = JSON.parse((await stream.waitFor((e) => e.event === "stats" && JSON.parse(e.data).total >= 8, 10_000)).data);
+      expect(stats.hosts).toContainEqual(expect.objectContaining({ name: "localhost", total: 8 }));
+      running.child.kill("SIGTERM");
+      expect(await running.exited).toBe(0);
+    } finally {
+      running.child.kill("SIGKILL");
+    }
   });
 });
