@@ -1,6 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { IncomingMessage, ServerResponse } from "node:http";
-import { request } from "undici";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { AdminRoute } from "./server.js";
 import type { LiveView } from "./live-view.js";
 import { bearerToken, cookieValue, tokenMatches } from "./token-check.js";
@@ -76,14 +75,35 @@ async function serveBudgets(res: ServerResponse, options: UiRouteOptions, token:
   const none = () => void res.writeHead(404, { "Content-Type": "application/json", "Cache-Control": "no-store" }).end('{"budgets":null}');
   if (!base) return none();
   try {
-    const answer = await request(`${base}/budgets`, { headers: token ? { authorization: `Bearer ${token}` } : {}, headersTimeout: 2_000, bodyTimeout: 2_000 });
-    const body = await answer.body.text();
-    if (answer.statusCode !== 200) return none();
+    const body = await getOk(`${base}/budgets`, token ? { authorization: `Bearer ${token}` } : {});
+    if (body === undefined) return none();
     JSON.parse(body);
     res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-store" }).end(body);
   } catch {
     none();
   }
+}
+
+/** The body of a 200 answer (at most 1 MiB, within 2 s), undefined for any other status. */
+function getOk(url: string, headers: Record<string, string>): Promise<string | undefined> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers, timeout: 2_000 }, (answer) => {
+      if (answer.statusCode !== 200) {
+        answer.resume();
+        return resolve(undefined);
+      }
+      let body = "";
+      answer.setEncoding("utf8");
+      answer.on("data", (chunk: string) => {
+        body += chunk;
+        if (body.length > 1024 * 1024) req.destroy(new Error("too large"));
+      });
+      answer.on("end", () => resolve(body));
+      answer.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new Error("timed out")));
+    req.on("error", reject);
+  });
 }
 
 /** /ui (the page), /ui/events (its server-sent events), /ui/budgets. */

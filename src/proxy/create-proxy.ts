@@ -173,7 +173,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const adminListen = options.adminListen === undefined ? loaded.policy.admin.listen : (options.adminListen ?? undefined);
   const adminToken = new AdminToken(scrubber);
   adminToken.use(loaded.policy);
-  const observability = startObservability({
+  const observability = await startObservability({
     policy: loaded.policy,
     feed: audit.feed,
     diagnostics,

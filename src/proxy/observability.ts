@@ -9,7 +9,7 @@ import type { AuditFeed, PublishedRecord } from "../log/audit-feed.js";
 import type { Scrubber } from "../log/scrub.js";
 import type { Policy } from "../policy/schema.js";
 import { formatAuthority } from "../pipeline/target.js";
-import { startTraceExport, type TraceExport } from "../telemetry/trace-export.js";
+import type { TraceExport } from "../telemetry/trace-export.js";
 
 const AUDIT_MESSAGE = "portcullis:audit";
 const ADMIN_TOKEN = "admin.token";
@@ -45,8 +45,10 @@ export interface ObservabilityOptions {
   openCounts: () => Promise<OpenCounts>;
 }
 
-function startTraces(policy: Policy, feed: AuditFeed, diagnostics: Logger): TraceExport | undefined {
+async function startTraces(policy: Policy, feed: AuditFeed, diagnostics: Logger): Promise<TraceExport | undefined> {
   if (!policy.telemetry.otlp) return undefined;
+  // Loaded only when traces are on: the SDK is a large import for every start (and every worker).
+  const { startTraceExport } = await import("../telemetry/trace-export.js");
   const traces = startTraceExport({ otlp: policy.telemetry.otlp, serviceName: policy.telemetry.service_name });
   feed.subscribe((record) => traces.record(record));
   diagnostics.info({ otlp: policy.telemetry.otlp, service_name: policy.telemetry.service_name }, "exporting traces");
@@ -68,9 +70,9 @@ export function liveRoutes(live: LiveView, adminToken: AdminToken, adminAddress:
  * Traces and the live view, both fed by the audit feed. A cluster worker has no admin listener:
  * it exports its own spans and hands its records to the primary, whose /ui shows every worker's.
  */
-export function startObservability(options: ObservabilityOptions): Observability {
+export async function startObservability(options: ObservabilityOptions): Promise<Observability> {
   const { policy, feed } = options;
-  const traces = startTraces(policy, feed, options.diagnostics);
+  const traces = await startTraces(policy, feed, options.diagnostics);
   const isWorker = cluster.isWorker && process.env.PORTCULLIS_WORKER === "1";
   let live: LiveView | undefined;
   if (options.serveAdmin) {

@@ -5,7 +5,7 @@ import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
-import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
 import { formatAuthority } from "../pipeline/target.js";
 import { LiveView } from "../admin/live-view.js";
@@ -132,7 +132,11 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const everyWorker = (signal: NodeJS.Signals) => {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
   };
-  process.on("SIGHUP", () => everyWorker("SIGHUP"));
+  process.on("SIGHUP", () => {
+    everyWorker("SIGHUP");
+    // The primary's own use of the policy: the admin token guarding /ui.
+    void loadPolicyFile(loaded.file).then((reloaded) => adminToken.use(reloaded.policy), () => undefined);
+  });
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
   const outcome = await new Promise<number>((resolve) => {
     process.once("SIGTERM", () => resolve(0));
