@@ -137,6 +137,8 @@ describe("OTLP traces", () => {
     );
     expect(answers.every((status) => status === 200)).toBe(true);
     expect(performance.now() - started).toBeLessThan(10_000);
+    const warning = await down.diagnostics.waitFor((l) => l.msg.startsWith("trace export failed"), 15_000);
+    expect(warning.level).toBe(40);
     const closing = performance.now();
     await down.close();
     extraProxies.pop();

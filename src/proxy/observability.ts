@@ -49,7 +49,17 @@ async function startTraces(policy: Policy, feed: AuditFeed, diagnostics: Logger)
   if (!policy.telemetry.otlp) return undefined;
   // Loaded only when traces are on: the SDK is a large import for every start (and every worker).
   const { startTraceExport } = await import("../telemetry/trace-export.js");
-  const traces = startTraceExport({ otlp: policy.telemetry.otlp, serviceName: policy.telemetry.service_name });
+  let lastWarning = 0;
+  const traces = startTraceExport({
+    otlp: policy.telemetry.otlp,
+    serviceName: policy.telemetry.service_name,
+    onExportFailure: (error, spans) => {
+      // Once a minute at most: a collector that is down must not flood the diagnostics.
+      if (Date.now() - lastWarning < 60_000) return;
+      lastWarning = Date.now();
+      diagnostics.warn({ otlp: policy.telemetry.otlp, spans, error: error.message }, "trace export failed; spans dropped (traffic is not affected)");
+    },
+  });
   feed.subscribe((record) => traces.record(record));
   diagnostics.info({ otlp: policy.telemetry.otlp, service_name: policy.telemetry.service_name }, "exporting traces");
   return traces;

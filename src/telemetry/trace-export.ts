@@ -1,7 +1,7 @@
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { ATTR_SERVICE_NAME } from "@opentelemetry/semantic-conventions";
 import type { PublishedRecord } from "../log/audit-feed.js";
 import { spanAttributes, spanError, spanName } from "./span-fields.js";
@@ -16,6 +16,32 @@ export interface TraceExportOptions {
   exportTimeoutMs?: number;
   /** How long a drain waits for the last spans to reach the collector. */
   shutdownTimeoutMs?: number;
+  /** Told when a batch could not be delivered (its spans are dropped). */
+  onExportFailure?: (error: Error, spans: number) => void;
+}
+
+/** The OTLP exporter, reporting failed batches: the SDK itself only tells its (silent) diag logger. */
+class ReportingExporter implements SpanExporter {
+  constructor(
+    private readonly inner: SpanExporter,
+    private readonly onFailure: (error: Error, spans: number) => void,
+  ) {}
+
+  export(spans: ReadableSpan[], done: Parameters<SpanExporter["export"]>[1]): void {
+    this.inner.export(spans, (result) => {
+      // ExportResultCode.SUCCESS is 0.
+      if (result.code !== 0) this.onFailure(result.error ?? new Error("export failed"), spans.length);
+      done(result);
+    });
+  }
+
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush?.() ?? Promise.resolve();
+  }
 }
 
 export interface TraceExport {
@@ -38,7 +64,8 @@ export function tracesUrl(endpoint: string): string {
  */
 export function startTraceExport(options: TraceExportOptions): TraceExport {
   const exportTimeoutMs = options.exportTimeoutMs ?? 5_000;
-  const exporter = new OTLPTraceExporter({ url: tracesUrl(options.otlp), timeoutMillis: exportTimeoutMs });
+  const otlp = new OTLPTraceExporter({ url: tracesUrl(options.otlp), timeoutMillis: exportTimeoutMs });
+  const exporter = new ReportingExporter(otlp, options.onExportFailure ?? (() => undefined));
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: options.serviceName }),
     spanProcessors: [
