@@ -89,9 +89,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
     live = new LiveView({ openCounts: options.openCounts });
     feed.subscribe((record) => live!.add(record));
   } else if (isWorker && policy.admin.listen) {
-    feed.subscribe((record) => {
-      if (process.connected) process.send?.({ type: AUDIT_MESSAGE, record });
-    });
+    feed.subscribe(forwardToPrimary());
   }
   return {
     routes: live ? liveRoutes(live, options.adminToken, options.adminAddress) : [],
@@ -99,6 +97,19 @@ export async function startObservability(options: ObservabilityOptions): Promise
       live?.close();
       await traces?.shutdown();
     },
+  };
+}
+
+/** Records a worker has handed to the IPC channel and the primary has not yet taken. */
+const MAX_UNSENT_RECORDS = 1000;
+
+/** Worker side: each record to the primary's live view; dropped (never queued without bound) while the primary lags. */
+function forwardToPrimary(): (record: PublishedRecord) => void {
+  let unsent = 0;
+  return (record) => {
+    if (!process.connected || !process.send || unsent >= MAX_UNSENT_RECORDS) return;
+    unsent++;
+    process.send({ type: AUDIT_MESSAGE, record }, undefined, {}, () => unsent--);
   };
 }
 
