@@ -5,7 +5,9 @@ import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import { ProxyAgent, request } from "undici";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
-import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import WebSocket from "ws";
+import { HttpsProxyAgent } from "https-proxy-agent";
+import { startWsUpstream, type TestWsUpstream } from "./helpers/upstream.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 const ADMIN_TOKEN = "ui-browser-admin-token-93d1";
@@ -15,7 +17,7 @@ process.env.PORTCULLIS_UI_AGENT_A = TOKENS["agent-a"];
 process.env.PORTCULLIS_UI_AGENT_B = TOKENS["agent-b"];
 
 let pki: ServerPki;
-let upstream: TestUpstream;
+let upstream: TestWsUpstream;
 let proxy: TestProxy;
 let browser: Browser;
 let page: Page;
@@ -27,11 +29,13 @@ const consoleErrors: string[] = [];
 
 beforeAll(async () => {
   pki = await makeUpstreamPki();
-  upstream = await startUpstream((req, res) => {
+  upstream = await startWsUpstream(pki);
+  upstream.server.removeAllListeners("request");
+  upstream.server.on("request", (req, res) => {
     req.resume();
     if (req.url?.startsWith("/ok/missing")) return void res.writeHead(404).end("missing");
     res.end("hello from upstream");
-  }, pki);
+  });
   proxy = await startProxy(
     policyTrusting(
       pki.caFile,
@@ -137,6 +141,13 @@ describe("/ui in a real browser (Debian chromium, headless)", () => {
     expect(await page.$eval("#stat-total", (el) => el.textContent)).toBe("3");
     expect(await page.$eval("#stat-tunnels", (el) => el.textContent)).toMatch(/^\d+$/);
     expect(await page.$eval("#stat-websockets", (el) => el.textContent)).toBe("0");
+    const wsAgent = new HttpsProxyAgent(proxy.url, { headers: { "Proxy-Authorization": `Bearer ${TOKENS["agent-a"]}` } });
+    const ws = new WebSocket(`wss://localhost:${upstream.port}/ok/ws`, { agent: wsAgent, ca: proxy.caPem });
+    await new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject));
+    await page.waitForFunction(() => document.getElementById("stat-websockets")?.textContent === "1", { timeout: 10_000 });
+    ws.close();
+    await page.waitForFunction(() => [...document.querySelectorAll("#rows .c-method")].some((td) => td.textContent === "WS"), { timeout: 10_000 });
+    wsAgent.destroy();
     expect(await page.$eval("#budgets", (el) => (el as HTMLElement).hidden)).toBe(true); // no budgets configured
 
     const screenshot = join(dir, "ui.png");
