@@ -96,6 +96,10 @@ describe("/ui/events on the admin listener", () => {
     expect(refused).toMatchObject({ decision: "deny", status: 403, error: { type: "policy_denied" } });
     expect(refused.reason).toBeTruthy();
 
+    // The admin token is a secret like any other: scrubbed from what the sandbox sends too.
+    await (await request(`https://localhost:${upstream.port}/ok/admin?t=${ADMIN_TOKEN}`, { dispatcher: proxy.dispatcher })).body.text();
+    const withToken = JSON.parse((await stream.waitFor((e) => e.event === "record" && e.data.includes("/ok/admin"))).data);
+    expect(withToken.path).toBe("/ok/admin?t=[REDACTED]");
     const stats = JSON.parse((await stream.waitFor((e) => e.event === "stats" && JSON.parse(e.data).total >= 2)).data);
     expect(stats.hosts).toContainEqual(expect.objectContaining({ name: "localhost", total: expect.any(Number), denied: expect.any(Number) }));
     expect(stats).toHaveProperty("open_tunnels");

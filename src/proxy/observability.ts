@@ -22,6 +22,8 @@ export class AdminToken {
 
   use(policy: Policy): void {
     this.store = policy.admin.token ? new SecretStore({ [ADMIN_TOKEN]: policy.admin.token }, this.scrubber) : undefined;
+    // Resolved at once: its value is then scrubbed from every line, and a broken source shows early.
+    void this.store?.resolve(ADMIN_TOKEN).catch(() => undefined);
   }
 
   readonly value = async (): Promise<string | undefined> => this.store?.resolve(ADMIN_TOKEN);
