@@ -22,9 +22,10 @@ run: ca
 	node dist/cli.js start --policy $(POLICY)
 
 # The end-to-end tests drive real clients: curl, openssl, python3's ssl and a Go net/http
-# program (test/go/h2client, built by its test; `go` comes from Debian's golang-go).
+# program (test/go/h2client, built by its test; `go` comes from Debian's golang-go); the /ui
+# test drives Debian's chromium headless through puppeteer-core (no browser download).
 # Each entry is command:package; only the packages of missing commands are installed.
-SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium
 
 # $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
 define install-missing

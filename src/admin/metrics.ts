@@ -97,6 +97,12 @@ export class ProxyMetrics {
     return opened(this.openWebSockets);
   }
 
+  /** Tunnels and WebSocket sessions open now (the live view). */
+  async openCounts(): Promise<{ tunnels: number; websockets: number }> {
+    const [tunnels, websockets] = await Promise.all([this.openTunnels.get(), this.openWebSockets.get()]);
+    return { tunnels: tunnels.values[0]?.value ?? 0, websockets: websockets.values[0]?.value ?? 0 };
+  }
+
   reloaded(ok: boolean): void {
     this.reloads.inc({ result: ok ? "success" : "failure" });
   }

@@ -1,5 +1,6 @@
 import pino, { type DestinationStream, type Logger } from "pino";
 import { levelFor, type AuditRecord } from "../core/audit-record.js";
+import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
 import type { Scrubber } from "./scrub.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
@@ -13,6 +14,9 @@ interface ReopenableStream extends DestinationStream {
 export class AuditLog {
   private readonly logger: Logger;
   private readonly stream: ReopenableStream;
+  /** Every record written, scrubbed, for traces and the live view. */
+  readonly feed = new AuditFeed();
+  private lastLine = "";
 
   constructor(
     readonly target: string,
@@ -23,7 +27,17 @@ export class AuditLog {
   ) {
     this.stream = (stream as ReopenableStream) ?? openDestination(target);
     this.logger = pino(
-      { base: undefined, level: "info", hooks: { streamWrite: (line) => scrubber.scrub(line) } },
+      {
+        base: undefined,
+        level: "info",
+        hooks: {
+          streamWrite: (line) => {
+            const scrubbed = scrubber.scrub(line);
+            if (this.feed.active) this.lastLine = scrubbed;
+            return scrubbed;
+          },
+        },
+      },
       this.stream,
     );
   }
@@ -32,6 +46,12 @@ export class AuditLog {
     const { msg, ...fields } = record;
     this.logger[levelFor(record)](fields, msg);
     this.onRecord(record);
+    if (this.feed.active && this.lastLine) {
+      // pino wrote the line synchronously: the one just scrubbed is this record's.
+      const line = this.lastLine;
+      this.lastLine = "";
+      this.feed.publish(JSON.parse(line) as PublishedRecord);
+    }
   }
 
   /** Reopen the file after logrotate moved it. */

@@ -176,6 +176,14 @@ export const responseRuleSchema = z
 export const adminSection = z.strictObject({
   /** /healthz, /readyz and /metrics; no admin listener when absent */
   listen: hostPort.optional(),
+  /** Bearer token for the admin API and /ui; without it they are open to whoever reaches the listener */
+  token: secretSource.optional(),
+});
+
+export const telemetrySection = z.strictObject({
+  /** OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (/v1/traces is added); no traces when absent */
+  otlp: z.url({ protocol: /^https?$/, error: "expected an http(s) URL like http://127.0.0.1:4318" }).optional(),
+  service_name: z.string().min(1).default("portcullis"),
 });
 
 /** A size in bytes: a number, or "16MiB", "64KiB", "1MB". */
@@ -213,6 +221,7 @@ export const policySchema = z.strictObject({
   placeholders: z.array(placeholderSchema).default([]),
   passthrough: passthroughSection.prefault({}),
   admin: adminSection.prefault({}),
+  telemetry: telemetrySection.prefault({}),
   llm: z.array(llmRuleSchema).default([]),
   mcp: z.array(mcpRuleSchema).default([]),
   responses: z.array(responseRuleSchema).default([]),

@@ -22,6 +22,7 @@ import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
 import { createLookup } from "../transport/upstream/lookup.js";
 import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
+import { AdminToken, startObservability } from "./observability.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
@@ -170,18 +171,31 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   let policyFile = loaded.file;
   let lastReload: { ok: boolean; at: string; errors?: string[] } | undefined;
   const adminListen = options.adminListen === undefined ? loaded.policy.admin.listen : (options.adminListen ?? undefined);
+  const adminToken = new AdminToken(scrubber);
+  adminToken.use(loaded.policy);
+  const observability = await startObservability({
+    policy: loaded.policy,
+    feed: audit.feed,
+    diagnostics,
+    adminToken,
+    serveAdmin: adminListen !== undefined,
+    adminAddress: () => adminAddress,
+    openCounts: () => metrics.openCounts(),
+  });
   const admin = adminListen
     ? createAdminServer({
         ready: () => address !== undefined && !draining,
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      })
+      }, observability.routes)
     : undefined;
   let adminAddress: AddressInfo | undefined;
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
     runtime.state = buildState(policy, scrubber, self);
+    adminToken.use(policy.policy);
+    if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
     policyFile = policy.file;
     await warmUpSecrets(runtime.state, diagnostics);
   };
@@ -250,6 +264,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
       audit.flush();
+      await observability.close();
       if (admin?.listening) {
         admin.closeAllConnections();
         await new Promise<void>((resolve) => admin.close(() => resolve()));

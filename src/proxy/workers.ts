@@ -5,9 +5,12 @@ import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
-import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
 import { formatAuthority } from "../pipeline/target.js";
+import { LiveView } from "../admin/live-view.js";
+import { Scrubber } from "../log/scrub.js";
+import { AdminToken, liveRoutes, openCountsFromText, workerRecord } from "./observability.js";
 
 const LISTENING = "portcullis:listening";
 /** Consecutive worker exits, before any worker ever listened, after which the primary gives up. */
@@ -69,16 +72,25 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   let giveUp: () => void = () => undefined;
   const aggregator = new AggregatorRegistry();
   const adminListen = loaded.policy.admin.listen;
+  // Workers send their (scrubbed) audit records here, so /ui shows every worker's traffic.
+  const live = new LiveView({ openCounts: async () => openCountsFromText(await aggregator.clusterMetrics()) });
+  const adminToken = new AdminToken(new Scrubber());
+  adminToken.use(loaded.policy);
+  let adminAddress: AddressInfo | undefined;
   const admin = adminListen
     ? createAdminServer({
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      })
+      }, liveRoutes(live, adminToken, () => adminAddress))
     : undefined;
 
   const fork = () => {
     const worker = cluster.fork({ PORTCULLIS_WORKER: "1" });
+    worker.on("message", (message: unknown) => {
+      const record = workerRecord(message);
+      if (record) live.add(record);
+    });
     worker.on("message", (message: { type?: string; address?: string; port?: number }) => {
       if (message?.type !== LISTENING) return;
       listening.set(worker, formatAuthority(message.address!, message.port!));
@@ -111,6 +123,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     if (!admin || !adminListen) return;
     const at = parseListen(adminListen);
     const address = await listenAdmin(admin, at.host, at.port);
+    adminAddress = address;
     write(`portcullis admin on ${formatAuthority(address.address, address.port)} (/healthz /readyz /metrics)`);
   };
 
@@ -119,7 +132,11 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const everyWorker = (signal: NodeJS.Signals) => {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
   };
-  process.on("SIGHUP", () => everyWorker("SIGHUP"));
+  process.on("SIGHUP", () => {
+    everyWorker("SIGHUP");
+    // The primary's own use of the policy: the admin token guarding /ui.
+    void loadPolicyFile(loaded.file).then((reloaded) => adminToken.use(reloaded.policy), () => undefined);
+  });
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
   const outcome = await new Promise<number>((resolve) => {
     process.once("SIGTERM", () => resolve(0));
@@ -130,6 +147,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const exits = Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => (worker!.isDead() ? resolve() : worker!.once("exit", () => resolve()))));
   everyWorker("SIGTERM");
   await Promise.all(exits);
+  live.close();
   if (admin?.listening) {
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));
