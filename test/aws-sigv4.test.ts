@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type http from "node:http";
+import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
@@ -291,6 +292,22 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     const got = lastReceived("s3.us-west-2.amazonaws.com");
     expect(got.verdict.ok).toBe(false);
     expect(got.verdict.problems.join("\n")).toMatch(/placeholder 'AKIAPLACEHOLDER00000' was forwarded[\s\S]*signature mismatch/);
+  });
+
+  it("refuses a malformed aws-chunked body with 400 and abandons the upstream request", async () => {
+    const placeholderAuth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.access_key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=${"0".repeat(64)}`;
+    const body = "zz;chunk-signature=nothex\r\nhello\r\n";
+    const answer = await request(`${endpoint("s3.us-east-1.amazonaws.com")}/bucket/broken`, {
+      dispatcher: proxy.dispatcher,
+      method: "PUT",
+      headers: { authorization: placeholderAuth, "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "x-amz-date": "20260101T000000Z", "content-encoding": "aws-chunked", "content-length": String(body.length) },
+      body,
+    });
+    const text = await answer.body.text();
+    expect(answer.statusCode).toBe(400);
+    expect(JSON.parse(text).error.type).toBe("bad_request");
+    expect(text).toMatch(/aws-chunked upload body is malformed/);
+    expect(received.some((entry) => entry.target === "/bucket/broken")).toBe(false);
   });
 
   it("answers 502 credential_unavailable and forwards nothing when the real key cannot be resolved", async () => {
