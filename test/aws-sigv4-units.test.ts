@@ -10,10 +10,11 @@ import { explain } from "../src/proxy/explain.js";
 const KEYS = { accessKeyId: "AKIAREAL", secretAccessKey: "secret" };
 
 /** A stand-in chunk signer (the real one is checked against botocore end to end): HMAC of prior and data. */
-const fakeSign = (prior: string, data: Buffer) => Promise.resolve(createHmac("sha256", prior).update(data).digest("hex"));
+const fakeSign = (prior: string, data: Buffer | string) => Promise.resolve(createHmac("sha256", prior).update(data).digest("hex"));
+const fakeSigner = { chunk: fakeSign, trailer: (prior: string, canonical: string) => fakeSign(`trailer:${prior}`, canonical) };
 
-async function rewrite(parts: (string | Buffer)[]): Promise<Buffer> {
-  const resigner = new ChunkResigner("seed", fakeSign);
+async function rewrite(parts: (string | Buffer)[], trailer = false): Promise<Buffer> {
+  const resigner = new ChunkResigner("seed", fakeSigner, trailer);
   const out: Buffer[] = [];
   resigner.on("data", (chunk: Buffer) => out.push(chunk));
   const done = new Promise<void>((resolve, reject) => resigner.on("end", resolve).on("error", reject));
@@ -89,6 +90,17 @@ describe("aws-chunked chunk signatures", () => {
     const want = `5;chunk-signature=${first}\r\nhello\r\n3;chunk-signature=${second}\r\nabc\r\n0;chunk-signature=${last}\r\n\r\n`;
     expect((await rewrite([body])).toString()).toBe(want);
     expect((await rewrite(body.split(""))).toString()).toBe(want);
+  });
+
+  it("signs the trailing headers of the -TRAILER variant, chained from the final chunk", async () => {
+    const body = `3;chunk-signature=${SIG}\r\nabc\r\n0;chunk-signature=${SIG}\r\nx-amz-checksum-crc32:NSRBwg==\r\nx-amz-trailer-signature:${SIG}\r\n\r\n`;
+    const first = await fakeSign("seed", Buffer.from("abc"));
+    const last = await fakeSign(first, Buffer.alloc(0));
+    const trailer = await fakeSigner.trailer(last, "x-amz-checksum-crc32:NSRBwg==\n");
+    const want = `3;chunk-signature=${first}\r\nabc\r\n0;chunk-signature=${last}\r\nx-amz-checksum-crc32:NSRBwg==\r\nx-amz-trailer-signature:${trailer}\r\n\r\n`;
+    expect((await rewrite([body], true)).toString()).toBe(want);
+    expect((await rewrite(body.split(""), true)).toString()).toBe(want);
+    await expect(rewrite([`0;chunk-signature=${SIG}\r\nx-amz-checksum-crc32:NSRBwg==\r\n\r\n`], true)).rejects.toThrow(/no x-amz-trailer-signature/);
   });
 
   it.each([

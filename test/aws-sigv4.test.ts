@@ -240,6 +240,17 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     expect(Buffer.from(got.verdict.body!, "base64").equals(body)).toBe(true);
   });
 
+  it("rewrites the chunk and trailer signatures of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER upload", async () => {
+    const body = Buffer.alloc(150 * 1024, 9);
+    const answer = await aws("put-streaming-signed-trailer", { body: body.toString("base64") });
+    expect(answer.status).toBe(200);
+    const got = lastReceived("s3.us-east-1.amazonaws.com");
+    expect(got.verdict.problems).toEqual([]);
+    expect(got.verdict.chunks).toBe(4);
+    expect(got.verdict.trailers).toHaveLength(2);
+    expect(Buffer.from(got.verdict.body!, "base64").equals(body)).toBe(true);
+  });
+
   it("passes botocore's own streaming upload (aws-chunked with a CRC32 trailer, STREAMING-UNSIGNED-PAYLOAD-TRAILER)", async () => {
     const body = Buffer.from("trailer checksum upload ".repeat(500));
     await aws("put-trailer", { body: body.toString("base64") });

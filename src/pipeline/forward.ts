@@ -69,10 +69,12 @@ export function forward(flow: Flow, responder: Responder, options: ForwardOption
     call.end();
   } else if (outgoing.bodyStream) {
     // A rewritten body that turns out malformed cannot be half-sent: the upstream call is dropped.
-    outgoing.bodyStream.on("error", (error) => {
+    const failed = (error: unknown) => {
       call.abort();
       answerError(responder, exchange, toProxyError(error));
-    });
+    };
+    if (outgoing.bodyStream.errored) return failed(outgoing.bodyStream.errored);
+    outgoing.bodyStream.on("error", failed);
     streamRequestBody(flow, flow.request, call, outgoing.bodyStream);
   } else {
     streamRequestBody(flow, flow.request, call);

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import sys
+import zlib
 
 import botocore.session
 from botocore.auth import S3SigV4Auth
@@ -34,35 +35,49 @@ def body():
     return base64.b64decode(job.get("body", ""))
 
 
-def signed_streaming_put():
-    """An S3 PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD: the request signed by botocore, each chunk chained from it."""
+def signed_streaming_put(trailer):
+    """An S3 PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD(-TRAILER): the request signed by botocore, each chunk
+    (and the CRC32 trailer) signed as AWS documents, chained from the request's signature."""
     data, chunk_size = body(), 64 * 1024
+    payload = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer else "")
 
     class StreamingAuth(S3SigV4Auth):
         def payload(self, request):
-            return "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+            return payload
 
-    credentials = session.get_credentials()
-    auth = StreamingAuth(credentials, "s3", job["region"])
+    auth = StreamingAuth(session.get_credentials(), "s3", job["region"])
     pieces = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)] + [b""]
-    framed_length = sum(len(f"{len(p):x};chunk-signature=") + 64 + 2 + len(p) + 2 for p in pieces)
-    request = AWSRequest(method="PUT", url=f"{job['endpoint']}/{job['bucket']}/{job['key']}", headers={
-        "Content-Encoding": "aws-chunked",
-        "X-Amz-Decoded-Content-Length": str(len(data)),
-        "Content-Length": str(framed_length),
-        "Content-Type": "application/octet-stream",
-    })
+    checksum = "x-amz-checksum-crc32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+    def frame(sign_chunk, sign_trailer):
+        framed, prior = b"", None
+        for piece in pieces:
+            prior = sign_chunk(prior, piece)
+            framed += f"{len(piece):x};chunk-signature={prior}\r\n".encode() + piece
+            if piece or not trailer:
+                framed += b"\r\n"
+        if trailer:
+            framed += f"{checksum}\r\nx-amz-trailer-signature:{sign_trailer(prior)}\r\n\r\n".encode()
+        return framed
+
+    headers = {"Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(len(data)), "Content-Type": "application/octet-stream",
+               "Content-Length": str(len(frame(lambda p, c: "0" * 64, lambda p: "0" * 64)))}
+    if trailer:
+        headers["X-Amz-Trailer"] = "x-amz-checksum-crc32"
+    request = AWSRequest(method="PUT", url=f"{job['endpoint']}/{job['bucket']}/{job['key']}", headers=headers)
     auth.add_auth(request)
-    prior = request.headers["Authorization"].rsplit("Signature=", 1)[1]
-    scope = auth.credential_scope(request)
-    framed = b""
-    for piece in pieces:
-        string_to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", request.context["timestamp"], scope, prior,
-                                    hashlib.sha256(b"").hexdigest(), hashlib.sha256(piece).hexdigest()])
-        prior = auth.signature(string_to_sign, request)
-        framed += f"{len(piece):x};chunk-signature={prior}\r\n".encode() + piece + b"\r\n"
-    assert len(framed) == framed_length
-    request.data = framed
+    seed = request.headers["Authorization"].rsplit("Signature=", 1)[1]
+    scope, timestamp = auth.credential_scope(request), request.context["timestamp"]
+
+    def sign_chunk(prior, piece):
+        return auth.signature("\n".join(["AWS4-HMAC-SHA256-PAYLOAD", timestamp, scope, prior or seed,
+                                         hashlib.sha256(b"").hexdigest(), hashlib.sha256(piece).hexdigest()]), request)
+
+    def sign_trailer(prior):
+        return auth.signature("\n".join(["AWS4-HMAC-SHA256-TRAILER", timestamp, scope, prior,
+                                         hashlib.sha256(f"{checksum}\n".encode()).hexdigest()]), request)
+
+    request.data = frame(sign_chunk, sign_trailer)
     response = http().send(request.prepare())
     return {"status": response.status_code, "text": response.text}
 
@@ -82,7 +97,9 @@ elif operation == "put-trailer":
     answer = client("s3").put_object(Bucket=job["bucket"], Key=job["key"], Body=body(), ChecksumAlgorithm="CRC32")
     print(json.dumps({"etag": answer["ETag"]}))
 elif operation == "put-streaming-signed":
-    print(json.dumps(signed_streaming_put()))
+    print(json.dumps(signed_streaming_put(trailer=False)))
+elif operation == "put-streaming-signed-trailer":
+    print(json.dumps(signed_streaming_put(trailer=True)))
 elif operation == "presign-get":
     url = client("s3").generate_presigned_url("get_object", Params={"Bucket": job["bucket"], "Key": job["key"]}, ExpiresIn=job.get("expires", 600))
     response = http().send(AWSRequest(method="GET", url=url).prepare())

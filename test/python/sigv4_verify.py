@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import sys
+import zlib
 from urllib.parse import unquote
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAuth, EMPTY_SHA256_HASH
@@ -16,6 +17,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 
 
@@ -142,10 +144,10 @@ def verify(job):
     content_sha = headers.get("x-amz-content-sha256", [None])[0]
     if verdict["kind"] == "header" and service == "s3" and content_sha is None:
         problems.append("S3 request without X-Amz-Content-Sha256")
-    if content_sha and content_sha not in ("UNSIGNED-PAYLOAD", STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER):
+    if content_sha and content_sha not in ("UNSIGNED-PAYLOAD", STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER):
         if content_sha != hashlib.sha256(body).hexdigest():
             problems.append("X-Amz-Content-Sha256 is not the hash of the body")
-    if content_sha in (STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER):
+    if content_sha in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER):
         chunks, trailers = decode_chunks(body, problems)
         verdict["chunks"] = len(chunks)
         verdict["trailers"] = trailers
@@ -154,7 +156,11 @@ def verify(job):
         declared = headers.get("x-amz-decoded-content-length", [None])[0]
         if declared is not None and int(declared) != len(data):
             problems.append("x-amz-decoded-content-length does not match the chunks")
-        if content_sha == STREAMING_SIGNED:
+        for line in trailers:
+            name, _, value = line.partition(":")
+            if name == "x-amz-checksum-crc32" and value != base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode():
+                problems.append("the CRC32 trailer does not match the data")
+        if content_sha in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER):
             prior = sent_signature
             scope = auth.credential_scope(request)
             for index, (signature, chunk) in enumerate(chunks):
@@ -164,6 +170,13 @@ def verify(job):
                     problems.append(f"chunk {index} signature does not chain from the request's with the real key")
                     break
                 prior = want
+            if content_sha == STREAMING_SIGNED_TRAILER:
+                signed_trailers = [line for line in trailers if not line.startswith("x-amz-trailer-signature:")]
+                canonical = "".join(f"{line.partition(':')[0].lower()}:{line.partition(':')[2].strip()}\n" for line in signed_trailers)
+                string_to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", timestamp, scope, prior, hashlib.sha256(canonical.encode()).hexdigest()])
+                sent = [line.partition(":")[2] for line in trailers if line.startswith("x-amz-trailer-signature:")]
+                if sent != [auth.signature(string_to_sign, request)]:
+                    problems.append("the trailer signature does not chain from the final chunk's with the real key")
     verdict["ok"] = not problems
     return verdict
 

@@ -31,7 +31,9 @@ export interface Resigned {
 
 /** Payload hashes that say the body is framed as aws-chunked with per-chunk signatures to rewrite. */
 export const SIGNED_STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
-const UNSUPPORTED_STREAMING = new Set(["STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD", "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER"]);
+/** The same, with trailing headers (a checksum) signed by a trailer signature after the last chunk. */
+export const SIGNED_STREAMING_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER";
+const UNSUPPORTED_STREAMING = new Set(["STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD", "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER"]);
 
 /** Headers portcullis sets itself on a re-signed request; the sandbox's are never signed or forwarded. */
 const SIGNATURE_HEADERS = new Set(["authorization", "x-amz-date", "x-amz-security-token"]);
@@ -94,7 +96,7 @@ async function signHeaders(request: SignableRequest, sandbox: SandboxSignature, 
   let wire = request.headers;
   const contentSha = getHeader(wire, "x-amz-content-sha256");
   if (contentSha !== undefined && UNSUPPORTED_STREAMING.has(contentSha)) {
-    throw new ProxyError("credential_unavailable", `cannot re-sign a ${contentSha} upload: use STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, UNSIGNED-PAYLOAD or a payload hash`);
+    throw new ProxyError("credential_unavailable", `cannot re-sign a ${contentSha} upload: SigV4a (ECDSA) streaming is not supported; use SigV4 (AWS4-HMAC-SHA256)`);
   }
   const signing = headersToSign(wire, sandbox.signedHeaders);
   if (contentSha === undefined && isS3(scope)) {
@@ -174,10 +176,28 @@ export function needsBodyHash(headers: RawHeaders, target: string): boolean {
   return scope?.service !== "s3";
 }
 
-/** The signer of one re-signed request, for the chunk signatures of its aws-chunked body. */
-export function chunkSigner(keys: AwsKeys, seed: NonNullable<Resigned["seed"]>): (prior: string, data: Buffer) => Promise<string> {
+/** Signs the parts of an aws-chunked body, each signature chained from the one before. */
+export interface ChunkSigner {
+  chunk(prior: string, data: Buffer): Promise<string>;
+  /** The trailer signature over the canonical trailers (`name:value\n` each). */
+  trailer(prior: string, canonicalTrailers: string): Promise<string>;
+}
+
+/** The signer of one re-signed request, for the chunk (and trailer) signatures of its aws-chunked body. */
+export function chunkSigner(keys: AwsKeys, seed: NonNullable<Resigned["seed"]>): ChunkSigner {
   const signer = signerFor(keys, seed.scope);
   const empty = new Uint8Array(0);
-  // A chunk's string to sign is an event's with no headers: AWS4-HMAC-SHA256-PAYLOAD, date, scope, prior signature, hash(""), hash(data).
-  return (prior, data) => signer.sign({ headers: empty, payload: data }, { priorSignature: prior, signingDate: seed.date, signingRegion: seed.scope.region, signingService: seed.scope.service });
+  const options = { signingDate: seed.date, signingRegion: seed.scope.region, signingService: seed.scope.service };
+  const longDate = seed.date.toISOString().replace(/\.\d{3}/, "").replace(/[-:]/g, "");
+  const scope = `${longDate.slice(0, 8)}/${seed.scope.region}/${seed.scope.service}/aws4_request`;
+  return {
+    // A chunk's string to sign is an event's with no headers: AWS4-HMAC-SHA256-PAYLOAD, date, scope, prior signature, hash(""), hash(data).
+    chunk: (prior, data) => signer.sign({ headers: empty, payload: data }, { ...options, priorSignature: prior }),
+    async trailer(prior, canonicalTrailers) {
+      const hash = new Hash("sha256");
+      hash.update(canonicalTrailers);
+      const hashed = Buffer.from(await hash.digest()).toString("hex");
+      return signer.sign(["AWS4-HMAC-SHA256-TRAILER", longDate, scope, prior, hashed].join("\n"), options);
+    },
+  };
 }

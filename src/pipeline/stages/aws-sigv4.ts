@@ -3,7 +3,7 @@ import { ProxyError } from "../../core/errors.js";
 import { getHeader, restrictAcceptEncoding } from "../../core/headers.js";
 import { credentialUnavailable, planCredentials } from "../../credentials/inject.js";
 import { ChunkResigner } from "../../credentials/sigv4/chunks.js";
-import { chunkSigner, needsBodyHash, resignRequest, SIGNED_STREAMING, type AwsKeys, type Resigned } from "../../credentials/sigv4/sign.js";
+import { chunkSigner, needsBodyHash, resignRequest, SIGNED_STREAMING, SIGNED_STREAMING_TRAILER, type AwsKeys, type Resigned } from "../../credentials/sigv4/sign.js";
 import { awsSecretName } from "../../credentials/sigv4/sources.js";
 import type { Credential } from "../../policy/schema.js";
 import type { Flow, Stage } from "../stage.js";
@@ -31,7 +31,10 @@ async function resolveKeys(flow: Flow, credential: Credential): Promise<AwsKeys>
 /** The client's body (whatever of it a stage already read, then the rest) with its chunk signatures rewritten. */
 function resignedBody(flow: Flow, keys: AwsKeys, seed: NonNullable<Resigned["seed"]>): Readable {
   const { outgoing, request } = flow;
-  const resigner = new ChunkResigner(seed.signature, chunkSigner(keys, seed));
+  const trailer = getHeader(outgoing.headers, "x-amz-content-sha256") === SIGNED_STREAMING_TRAILER;
+  const resigner = new ChunkResigner(seed.signature, chunkSigner(keys, seed), trailer);
+  // forward answers a malformed body; until it listens (or if the client left first), an error must not go unhandled.
+  resigner.on("error", () => undefined);
   const start = outgoing.body;
   const continues = start === undefined || outgoing.bodyContinues === true;
   outgoing.body = undefined;
@@ -81,7 +84,8 @@ export const awsSigv4: Stage = {
     }
     outgoing.path = resigned.target;
     outgoing.headers = resigned.headers;
-    if (resigned.seed && outgoing.hasBody && getHeader(outgoing.headers, "x-amz-content-sha256") === SIGNED_STREAMING) {
+    const payload = getHeader(outgoing.headers, "x-amz-content-sha256");
+    if (resigned.seed && outgoing.hasBody && (payload === SIGNED_STREAMING || payload === SIGNED_STREAMING_TRAILER)) {
       outgoing.bodyStream = resignedBody(flow, keys, resigned.seed);
     }
   },
