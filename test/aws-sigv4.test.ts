@@ -283,6 +283,14 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     expect(proxy.audit.raw.join("")).not.toContain(REAL_SESSION.token);
   });
 
+  it("puts the real session token in a re-signed presigned URL", async () => {
+    const answer = await aws("presign-get", { endpoint: endpoint("s3.eu-west-1.amazonaws.com"), region: "eu-west-1", token: PLACEHOLDER.token, expires: 300 });
+    expect(answer.status).toBe(200);
+    const got = lastReceived("s3.eu-west-1.amazonaws.com");
+    expect(got.verdict).toMatchObject({ ok: true, kind: "query", expires: 300 });
+    expect(new URL(got.target, "https://x").searchParams.get("X-Amz-Security-Token")).toBe(REAL_SESSION.token);
+  });
+
   it("drops the sandbox's session token when the real credential has none", async () => {
     await aws("get", { token: PLACEHOLDER.token });
     const got = lastReceived("s3.us-east-1.amazonaws.com");

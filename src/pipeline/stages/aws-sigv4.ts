@@ -80,7 +80,7 @@ export const awsSigv4: Stage = {
       resigned = await resignRequest({ method: outgoing.method, target: outgoing.path, headers: outgoing.headers, body: outgoing.body }, keys);
     } catch (error) {
       if (error instanceof ProxyError) throw error;
-      throw new ProxyError("credential_unavailable", `credential "${credential.name}": the request could not be signed (${(error as Error).message})`);
+      throw new ProxyError("credential_unavailable", `credential "${credential.name}": the request could not be signed (${error instanceof Error ? error.message : String(error)})`);
     }
     outgoing.path = resigned.target;
     outgoing.headers = resigned.headers;
