@@ -50,18 +50,22 @@ interface Received {
   verdict: Verdict;
 }
 
-/** One botocore verifier process for the file: a JSON line in, a JSON verdict out, in order. */
-class Verifier {
+/** A long-lived Python process speaking JSON lines: one job in, one answer out, in order (botocore is imported once). */
+class PythonLines<T> {
   private readonly child: ChildProcessWithoutNullStreams;
-  private readonly waiting: ((verdict: Verdict) => void)[] = [];
+  private readonly waiting: ((answer: T) => void)[] = [];
 
-  constructor() {
-    this.child = spawn(PYTHON, [VERIFY], { stdio: ["pipe", "pipe", "pipe"] });
-    createInterface({ input: this.child.stdout }).on("line", (line) => this.waiting.shift()?.(JSON.parse(line) as Verdict));
+  constructor(script: string) {
+    this.child = spawn(PYTHON, [script], {
+      stdio: ["pipe", "pipe", "pipe"],
+      // No AWS configuration of this machine may leak in: the jobs say everything.
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: tempDir("aws-home"), AWS_CONFIG_FILE: "/dev/null", AWS_SHARED_CREDENTIALS_FILE: "/dev/null", AWS_EC2_METADATA_DISABLED: "true" },
+    });
+    createInterface({ input: this.child.stdout }).on("line", (line) => this.waiting.shift()?.(JSON.parse(line) as T));
     this.child.stderr.on("data", (data: Buffer) => process.stderr.write(data));
   }
 
-  check(job: object): Promise<Verdict> {
+  ask(job: object): Promise<T> {
     return new Promise((resolve) => {
       this.waiting.push(resolve);
       this.child.stdin.write(`${JSON.stringify(job)}\n`);
@@ -77,7 +81,8 @@ class Verifier {
 let pki: ServerPki;
 let upstream: TestUpstream;
 let proxy: TestProxy;
-let verifier: Verifier;
+let verifier: PythonLines<Verdict>;
+let client: PythonLines<{ result?: Record<string, unknown>; error?: string }>;
 const received: Received[] = [];
 
 function keysFor(host: string) {
@@ -92,7 +97,7 @@ const handler: http.RequestListener = (req, res) => {
     const host = (req.headers.host ?? "").replace(/:\d+$/, "");
     const headers: string[][] = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2) headers.push([req.rawHeaders[i]!, req.rawHeaders[i + 1]!]);
-    void verifier.check({ method: req.method, target: req.url, headers, body: body.toString("base64"), keys: keysFor(host), placeholder: PLACEHOLDER }).then((verdict) => {
+    void verifier.ask({ method: req.method, target: req.url, headers, body: body.toString("base64"), keys: keysFor(host), placeholder: PLACEHOLDER }).then((verdict) => {
       received.push({ host, method: req.method ?? "", target: req.url ?? "", headers: req.rawHeaders, verdict });
       if (!verdict.ok) {
         res.writeHead(403, { "Content-Type": "application/xml" });
@@ -123,32 +128,22 @@ function endpoint(host: string): string {
   return `https://${host}:${upstream.port}`;
 }
 
-/** Runs one botocore operation in a child process, as the sandbox would. */
-function aws(operation: string, job: Record<string, unknown>): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const home = tempDir("aws-home");
-    const child = spawn(PYTHON, [CLIENT, operation], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: home, AWS_CONFIG_FILE: "/dev/null", AWS_SHARED_CREDENTIALS_FILE: "/dev/null", AWS_EC2_METADATA_DISABLED: "true" },
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (data: Buffer) => (out += data.toString()));
-    child.stderr.on("data", (data: Buffer) => (err += data.toString()));
-    child.on("close", (code) => (code === 0 ? resolve(JSON.parse(out) as Record<string, unknown>) : reject(new Error(`aws_client ${operation} exited ${code}:\n${err}`))));
-    child.stdin.end(
-      JSON.stringify({
-        proxy: proxy.url,
-        ca: join(proxy.caDir, "ca.pem"),
-        region: "us-east-1",
-        endpoint: endpoint("s3.us-east-1.amazonaws.com"),
-        bucket: "bucket",
-        key: "dir/object name.txt",
-        ...PLACEHOLDER,
-        token: undefined,
-        ...job,
-      }),
-    );
+/** Runs one botocore operation, as the sandbox would: a failure rejects with botocore's error. */
+async function aws(operation: string, job: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const answer = await client.ask({
+    operation,
+    proxy: proxy.url,
+    ca: join(proxy.caDir, "ca.pem"),
+    region: "us-east-1",
+    endpoint: endpoint("s3.us-east-1.amazonaws.com"),
+    bucket: "bucket",
+    key: "dir/object name.txt",
+    ...PLACEHOLDER,
+    token: undefined,
+    ...job,
   });
+  if (answer.error !== undefined) throw new Error(`aws_client ${operation}: ${answer.error}`);
+  return answer.result!;
 }
 
 function lastReceived(host: string): Received {
@@ -165,7 +160,8 @@ function header(raw: string[], name: string): string | undefined {
 beforeAll(async () => {
   Object.assign(process.env, ENV);
   pki = await makeUpstreamPki("aws");
-  verifier = new Verifier();
+  verifier = new PythonLines<Verdict>(VERIFY);
+  client = new PythonLines(CLIENT);
   upstream = await startUpstream(handler, pki);
   const hosts = ["s3.us-east-1.amazonaws.com", "sts.us-east-1.amazonaws.com", "s3.eu-west-1.amazonaws.com", "s3.ap-south-1.amazonaws.com", "s3.us-west-2.amazonaws.com"];
   proxy = await startProxy(`version: 1
@@ -194,6 +190,7 @@ afterAll(async () => {
   await proxy?.close();
   await upstream?.close();
   verifier?.close();
+  client?.close();
   for (const name of Object.keys(ENV)) delete process.env[name];
 });
 

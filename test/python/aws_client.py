@@ -1,7 +1,7 @@
 """A sandbox's AWS client: botocore with a placeholder key, through portcullis (HTTPS proxy, its CA as the bundle).
 
-aws_client.py OPERATION, with JSON on stdin: {proxy, ca, endpoint, region, access_key, secret_key, token, bucket, key, body};
-prints one JSON line with what the operation returned.
+Reads one JSON job per line on stdin: {operation, proxy, ca, endpoint, region, access_key, secret_key, token, bucket,
+key, body}; writes one JSON line per job: {result} with what the operation returned, or {error}.
 """
 import base64
 import hashlib
@@ -13,18 +13,18 @@ import botocore.session
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.httpsession import URLLib3Session
 
-job = json.load(sys.stdin)
-operation = sys.argv[1]
 session = botocore.session.get_session()
-session.set_credentials(job["access_key"], job["secret_key"], job.get("token"))
+job = {}
 
 
 def client(service, **s3):
     config = Config(proxies={"https": job["proxy"]}, retries={"max_attempts": 1}, s3={"addressing_style": "path", **s3},
                     signature_version="s3v4" if service == "s3" else None)
-    return session.create_client(service, region_name=job["region"], endpoint_url=job["endpoint"], verify=job["ca"], config=config)
+    return session.create_client(service, region_name=job["region"], endpoint_url=job["endpoint"], verify=job["ca"], config=config,
+                                 aws_access_key_id=job["access_key"], aws_secret_access_key=job["secret_key"], aws_session_token=job.get("token"))
 
 
 def http():
@@ -45,7 +45,7 @@ def signed_streaming_put(trailer):
         def payload(self, request):
             return payload
 
-    auth = StreamingAuth(session.get_credentials(), "s3", job["region"])
+    auth = StreamingAuth(Credentials(job["access_key"], job["secret_key"], job.get("token")), "s3", job["region"])
     pieces = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)] + [b""]
     checksum = "x-amz-checksum-crc32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
@@ -82,30 +82,39 @@ def signed_streaming_put(trailer):
     return {"status": response.status_code, "text": response.text}
 
 
-if operation == "get":
-    answer = client("s3").get_object(Bucket=job["bucket"], Key=job["key"])
-    print(json.dumps({"body": answer["Body"].read().decode()}))
-elif operation == "put":
-    # botocore sends Content-MD5 and leaves the payload unsigned over https unless told to sign it.
-    answer = client("s3", payload_signing_enabled=True).put_object(Bucket=job["bucket"], Key=job["key"], Body=body())
-    print(json.dumps({"etag": answer["ETag"]}))
-elif operation == "put-unsigned":
-    answer = client("s3", payload_signing_enabled=False).put_object(Bucket=job["bucket"], Key=job["key"], Body=body())
-    print(json.dumps({"etag": answer["ETag"]}))
-elif operation == "put-trailer":
-    # botocore's own streaming upload: aws-chunked with a CRC32 trailer, STREAMING-UNSIGNED-PAYLOAD-TRAILER.
-    answer = client("s3").put_object(Bucket=job["bucket"], Key=job["key"], Body=body(), ChecksumAlgorithm="CRC32")
-    print(json.dumps({"etag": answer["ETag"]}))
-elif operation == "put-streaming-signed":
-    print(json.dumps(signed_streaming_put(trailer=False)))
-elif operation == "put-streaming-signed-trailer":
-    print(json.dumps(signed_streaming_put(trailer=True)))
-elif operation == "presign-get":
-    url = client("s3").generate_presigned_url("get_object", Params={"Bucket": job["bucket"], "Key": job["key"]}, ExpiresIn=job.get("expires", 600))
-    response = http().send(AWSRequest(method="GET", url=url).prepare())
-    print(json.dumps({"url": url, "status": response.status_code, "text": response.text}))
-elif operation == "sts":
-    answer = client("sts").get_caller_identity()
-    print(json.dumps({"account": answer["Account"]}))
-else:
-    sys.exit(f"unknown operation {operation}")
+def run(operation):
+    if operation == "get":
+        answer = client("s3").get_object(Bucket=job["bucket"], Key=job["key"])
+        return {"body": answer["Body"].read().decode()}
+    if operation == "put":
+        # botocore sends Content-MD5 and leaves the payload unsigned over https unless told to sign it.
+        answer = client("s3", payload_signing_enabled=True).put_object(Bucket=job["bucket"], Key=job["key"], Body=body())
+        return {"etag": answer["ETag"]}
+    if operation == "put-unsigned":
+        answer = client("s3", payload_signing_enabled=False).put_object(Bucket=job["bucket"], Key=job["key"], Body=body())
+        return {"etag": answer["ETag"]}
+    if operation == "put-trailer":
+        # botocore's own streaming upload: aws-chunked with a CRC32 trailer, STREAMING-UNSIGNED-PAYLOAD-TRAILER.
+        answer = client("s3").put_object(Bucket=job["bucket"], Key=job["key"], Body=body(), ChecksumAlgorithm="CRC32")
+        return {"etag": answer["ETag"]}
+    if operation == "put-streaming-signed":
+        return signed_streaming_put(trailer=False)
+    if operation == "put-streaming-signed-trailer":
+        return signed_streaming_put(trailer=True)
+    if operation == "presign-get":
+        url = client("s3").generate_presigned_url("get_object", Params={"Bucket": job["bucket"], "Key": job["key"]}, ExpiresIn=job.get("expires", 600))
+        response = http().send(AWSRequest(method="GET", url=url).prepare())
+        return {"url": url, "status": response.status_code, "text": response.text}
+    if operation == "sts":
+        return {"account": client("sts").get_caller_identity()["Account"]}
+    raise ValueError(f"unknown operation {operation}")
+
+
+for line in sys.stdin:
+    job = json.loads(line)
+    try:
+        reply = {"result": run(job["operation"])}
+    except Exception as error:  # the test reads the failure
+        reply = {"error": f"{type(error).__name__}: {error}"}
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
