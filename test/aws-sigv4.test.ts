@@ -81,6 +81,7 @@ class PythonLines<T> {
 let pki: ServerPki;
 let upstream: TestUpstream;
 let proxy: TestProxy;
+let placeholderProxy: TestProxy;
 let verifier: PythonLines<Verdict>;
 let client: PythonLines<{ result?: Record<string, unknown>; error?: string }>;
 const received: Received[] = [];
@@ -129,11 +130,11 @@ function endpoint(host: string): string {
 }
 
 /** Runs one botocore operation, as the sandbox would: a failure rejects with botocore's error. */
-async function aws(operation: string, job: Record<string, unknown>): Promise<Record<string, unknown>> {
+async function aws(operation: string, job: Record<string, unknown>, through = proxy): Promise<Record<string, unknown>> {
   const answer = await client.ask({
     operation,
-    proxy: proxy.url,
-    ca: join(proxy.caDir, "ca.pem"),
+    proxy: through.url,
+    ca: join(through.caDir, "ca.pem"),
     region: "us-east-1",
     endpoint: endpoint("s3.us-east-1.amazonaws.com"),
     bucket: "bucket",
@@ -164,7 +165,16 @@ beforeAll(async () => {
   client = new PythonLines(CLIENT);
   upstream = await startUpstream(handler, pki);
   const hosts = ["s3.us-east-1.amazonaws.com", "sts.us-east-1.amazonaws.com", "s3.eu-west-1.amazonaws.com", "s3.ap-south-1.amazonaws.com", "s3.us-west-2.amazonaws.com"];
-  proxy = await startProxy(`version: 1
+  proxy = await startProxy(`${policyFor(hosts)}`);
+  // With placeholders in the policy the first 64 KiB of every body are read before it is judged: the rewrite must take them over.
+  placeholderProxy = await startProxy(`${policyFor(hosts)}secrets: { dummy: { env: PCX_T_AWS_AKID } }
+placeholders:
+  - { name: dummy, placeholder: PCX_PLACEHOLDER_NOT_USED, secret: dummy, hosts: [example.com], in: [header, body] }
+`);
+});
+
+function policyFor(hosts: string[]): string {
+  return `version: 1
 upstream:
   trust: [${JSON.stringify(pki.caFile)}]
   resolve: { ${hosts.map((host) => `${host}: 127.0.0.1`).join(", ")} }
@@ -183,11 +193,12 @@ credentials:
   - name: aws-broken
     hosts: [s3.ap-south-1.amazonaws.com]
     aws_sigv4: { access_key_id: { env: PCX_T_AWS_UNSET_AKID }, secret_access_key: { env: PCX_T_AWS_SECRET } }
-`);
-});
+`;
+}
 
 afterAll(async () => {
   await proxy?.close();
+  await placeholderProxy?.close();
   await upstream?.close();
   verifier?.close();
   client?.close();
@@ -235,6 +246,19 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     expect(got.verdict.problems).toEqual([]);
     expect(got.verdict.chunks).toBe(5);
     expect(Buffer.from(got.verdict.body!, "base64").equals(body)).toBe(true);
+    const line = await proxy.audit.waitFor((entry) => entry.method === "PUT" && entry.req_bytes === Number(header(got.headers, "content-length")));
+    expect(line.credentials).toEqual(["aws"]);
+  });
+
+  it("rewrites chunk signatures when the start of the body was already read for the placeholders", async () => {
+    const body = Buffer.alloc(300 * 1024, 5);
+    const answer = await aws("put-streaming-signed", { body: body.toString("base64") }, placeholderProxy);
+    expect(answer.status).toBe(200);
+    const got = lastReceived("s3.us-east-1.amazonaws.com");
+    expect(got.verdict.problems).toEqual([]);
+    expect(Buffer.from(got.verdict.body!, "base64").equals(body)).toBe(true);
+    const line = await placeholderProxy.audit.waitFor((entry) => entry.method === "PUT");
+    expect(line.req_bytes).toBe(Number(header(got.headers, "content-length")));
   });
 
   it("rewrites the chunk and trailer signatures of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER upload", async () => {

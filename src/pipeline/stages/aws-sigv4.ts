@@ -39,6 +39,8 @@ function resignedBody(flow: Flow, keys: AwsKeys, seed: NonNullable<Resigned["see
   const continues = start === undefined || outgoing.bodyContinues === true;
   outgoing.body = undefined;
   outgoing.bodyContinues = undefined;
+  // forward counts the whole rewritten body, the start it already counted included.
+  flow.exchange.reqBytes = 0;
   if (start) resigner.write(start);
   if (continues) {
     request.body.on("error", (error) => resigner.destroy(error));
