@@ -350,6 +350,36 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     expect(received.some((entry) => entry.target === "/bucket/broken")).toBe(false);
   });
 
+  it("hashes the body itself, and sends the hash, for an S3 request that names none", async () => {
+    const body = "computed by portcullis";
+    const placeholderAuth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.access_key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=${"0".repeat(64)}`;
+    const answer = await request(`${endpoint("s3.us-east-1.amazonaws.com")}/bucket/hashed`, {
+      dispatcher: proxy.dispatcher,
+      method: "PUT",
+      headers: { authorization: placeholderAuth, "x-amz-date": "20260101T000000Z", "content-type": "text/plain" },
+      body,
+    });
+    await answer.body.text();
+    expect(answer.statusCode).toBe(200);
+    const got = lastReceived("s3.us-east-1.amazonaws.com");
+    expect(got.verdict.problems).toEqual([]);
+    expect(header(got.headers, "x-amz-content-sha256")).toBe(createHash("sha256").update(body).digest("hex"));
+  });
+
+  it("refuses with 400, forwarding nothing, a body over 10 MiB whose hash it would have to compute", async () => {
+    const before = received.length;
+    const answer = await request(`${endpoint("sts.us-east-1.amazonaws.com")}/`, {
+      dispatcher: proxy.dispatcher,
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: Buffer.alloc(10 * 1024 * 1024 + 1, 0x61),
+    });
+    const text = await answer.body.text();
+    expect(answer.statusCode).toBe(400);
+    expect(JSON.parse(text).error.type).toBe("bad_request");
+    expect(received.length).toBe(before);
+  });
+
   it("answers 502 credential_unavailable and forwards nothing when the real key cannot be resolved", async () => {
     const before = received.length;
     await expect(aws("get", { endpoint: endpoint("s3.ap-south-1.amazonaws.com"), region: "ap-south-1" })).rejects.toThrow(/502/);
