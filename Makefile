@@ -36,8 +36,14 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
+# The AWS SigV4 tests sign and check signatures with Debian's botocore, imported by Debian's own
+# python3 (a pyenv python3 earlier on PATH has no botocore): checked by import, not by command.
+PYTHON_MODULES := botocore:python3-botocore
+
 system-tools:
 	$(call install-missing,$(SYSTEM_TOOLS))
+	@missing=""; for entry in $(PYTHON_MODULES); do /usr/bin/python3 -c "import $${entry%%:*}" 2>/dev/null || missing="$$missing $${entry#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
 # The benchmark's peers (bench/README.md): the Go ReverseProxy MITM is built with Debian's Go,
 # mitmproxy is the h2 peer, squid-openssl the ssl-bump peer (squid and its certificate helper

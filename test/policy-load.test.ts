@@ -45,7 +45,7 @@ describe("policy validation", () => {
       expect.stringMatching(/^4:9: secrets\.both: expected exactly one of env, file or command \(got env, file\)/),
       expect.stringMatching(/^8:3: network\.defualt: unknown key "defualt"/),
       expect.stringMatching(/^12:27: network\.rules\.1\.action: /),
-      expect.stringMatching(/^15:5: credentials\.1: expected exactly one of header or query/),
+      expect.stringMatching(/^15:5: credentials\.1: expected exactly one of header, query or aws_sigv4/),
       expect.stringMatching(/^17:30: placeholders\.0\.placeholder: a placeholder must be at least 8 characters/),
     ]);
   });

@@ -80,6 +80,8 @@ export interface OutgoingRequest {
   body?: Buffer;
   /** `body` is only the start of the client's body: the rest streams on from the client after it. */
   bodyContinues?: boolean;
+  /** Streamed instead of the client's body: a stage's rewrite of all of it (aws-chunked signatures); the client's trailers still follow. */
+  bodyStream?: Readable;
   /** The protocol to switch to (WebSocket handshakes); the upstream answers 101 or refuses. */
   upgrade?: string;
 }

@@ -51,6 +51,8 @@ export function assertHeaderSafe(what: string, value: string): void {
  */
 export async function injectCredentials(plan: readonly Credential[], exchange: Exchange, outgoing: OutgoingRequest, secrets: SecretResolver): Promise<void> {
   for (const credential of plan) {
+    // A signing credential is applied by the aws-sigv4 stage, once the request is final.
+    if (credential.aws_sigv4) continue;
     const what = `credential "${credential.name}"`;
     let rendered: { text: string; values: string[] };
     try {

@@ -1,4 +1,5 @@
 import type { ProxyMetrics } from "../admin/metrics.js";
+import type { Readable } from "node:stream";
 import { getHeader, removeHeaders } from "../core/headers.js";
 import type { InboundRequest, Responder, UpstreamCall } from "../core/messages.js";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
@@ -66,15 +67,23 @@ export function forward(flow: Flow, responder: Responder, options: ForwardOption
     else call.end();
   } else if (!outgoing.hasBody) {
     call.end();
+  } else if (outgoing.bodyStream) {
+    // A rewritten body that turns out malformed cannot be half-sent: the upstream call is dropped.
+    const failed = (error: unknown) => {
+      call.abort();
+      answerError(responder, exchange, toProxyError(error));
+    };
+    if (outgoing.bodyStream.errored) return failed(outgoing.bodyStream.errored);
+    outgoing.bodyStream.on("error", failed);
+    streamRequestBody(flow, flow.request, call, outgoing.bodyStream);
   } else {
     streamRequestBody(flow, flow.request, call);
   }
 }
 
 /** The client's body, streamed up with backpressure, counted, sampled, and its trailers passed on. */
-function streamRequestBody(flow: Flow, request: InboundRequest, call: UpstreamCall): void {
+function streamRequestBody(flow: Flow, request: InboundRequest, call: UpstreamCall, body: Readable = request.body): void {
   const { exchange } = flow;
-  const body = request.body;
   const sample = bodySampler(request, flow.state.policy);
   body.on("data", (chunk: Buffer) => {
     exchange.reqBytes += chunk.length;

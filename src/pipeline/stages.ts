@@ -1,3 +1,4 @@
+import { awsSigv4 } from "./stages/aws-sigv4.js";
 import { credentials } from "./stages/credentials.js";
 import { echoScrub } from "./stages/echo-scrub.js";
 import { headerHygiene } from "./stages/header-hygiene.js";
@@ -27,7 +28,8 @@ import type { Stage } from "./stage.js";
  *
  * So a request is judged (placeholders headed elsewhere, policy, llm, mcp, hooks) before any secret
  * is resolved, and secrets go on (credentials, placeholders) only once it is allowed. A new
- * capability is a new stage in this list.
+ * capability is a new stage in this list. aws-sigv4 comes last: it signs the request exactly as
+ * every other stage left it.
  */
 export const STAGES: readonly Stage[] = [
   headerHygiene,
@@ -40,4 +42,5 @@ export const STAGES: readonly Stage[] = [
   echoScrub,
   webSocketRules,
   userHooks,
+  awsSigv4,
 ];

@@ -88,6 +88,13 @@ const nameValue = z.strictObject({ name: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-
 
 const schemes = z.array(z.enum(["http", "https"])).min(1).default(["https"]);
 
+/** AWS Signature Version 4: the sandbox signs with a placeholder key, portcullis re-signs with this one. */
+export const awsSigv4Schema = z.strictObject({
+  access_key_id: secretSource,
+  secret_access_key: secretSource,
+  session_token: secretSource.optional(),
+});
+
 export const credentialSchema = z
   .strictObject({
     name,
@@ -95,12 +102,14 @@ export const credentialSchema = z
     paths: z.array(pathGlob).min(1).optional(),
     header: nameValue.optional(),
     query: nameValue.optional(),
+    aws_sigv4: awsSigv4Schema.optional(),
     /** A secret never travels in cleartext unless `http` is listed. */
     schemes: schemes,
   })
   .superRefine((credential, ctx) => {
-    if ((credential.header === undefined) === (credential.query === undefined)) {
-      ctx.addIssue({ code: "custom", message: "expected exactly one of header or query" });
+    const kinds = [credential.header, credential.query, credential.aws_sigv4].filter((kind) => kind !== undefined);
+    if (kinds.length !== 1) {
+      ctx.addIssue({ code: "custom", message: "expected exactly one of header, query or aws_sigv4" });
     }
   });
 
@@ -231,6 +240,7 @@ export const policySchema = z.strictObject({
 export type SecretSource = z.output<typeof secretSource>;
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
+export type AwsSigv4Credential = z.output<typeof awsSigv4Schema>;
 export type Placeholder = z.output<typeof placeholderSchema>;
 export type LlmRule = z.output<typeof llmRuleSchema>;
 export type McpRule = z.output<typeof mcpRuleSchema>;

@@ -52,6 +52,8 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   duplicates(policy.mcp, ["mcp"], issues);
 
   policy.credentials.forEach((credential, index) => {
+    // A signing credential names its secret sources inline: there is no template to check.
+    if (credential.aws_sigv4) return;
     const part = credential.header ? "header" : "query";
     const value = (credential.header ?? credential.query)!.value;
     const { secrets, malformed } = templateReferences(value);

@@ -6,6 +6,7 @@ import { createDiagnostics, AuditLog } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
+import { awsSecretSources } from "../credentials/sigv4/sources.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
@@ -91,7 +92,7 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress)
       guard,
     }),
     passthrough: policy.passthrough.hosts,
-    secrets: new SecretStore(policy.secrets, scrubber),
+    secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
     guard,
   };

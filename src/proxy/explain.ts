@@ -25,7 +25,8 @@ export interface Explanation {
   rule: string | null;
   reason: string;
   destination: string;
-  credentials: { name: string; header?: string; query?: string; secrets: string[] }[];
+  /** `signs`: the credential signs the request (AWS SigV4) rather than setting a header or parameter. */
+  credentials: { name: string; header?: string; query?: string; signs?: "aws_sigv4"; secrets: string[] }[];
   placeholders: { name: string; secret: string; in: string[]; allowed_here: boolean }[];
   passthrough: boolean;
 }
@@ -126,6 +127,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
   const allowed = verdict.action === "allow";
   const credentials = allowed
     ? planCredentials(policy.credentials, host, exchange.normalisedPath, scheme).map((credential) => {
+        if (credential.aws_sigv4) return { name: credential.name, signs: "aws_sigv4" as const, secrets: [] };
         const part = credential.header ? { header: credential.header.name } : { query: credential.query!.name };
         const template = (credential.header ?? credential.query)!.value;
         return { name: credential.name, ...part, secrets: [...template.matchAll(/\$\{\s*secrets\.([^}\s]+)\s*\}/g)].map((m) => m[1]!) };
