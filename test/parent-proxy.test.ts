@@ -1,0 +1,317 @@
+import http from "node:http";
+import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { request } from "undici";
+import WebSocket from "ws";
+import { startH2Upstream, h2ThroughProxy, h2Request, type H2Upstream } from "./helpers/h2.js";
+import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
+import { startProxy, type TestProxy } from "./helpers/proxy.js";
+import { freePort, startSquid, type AccessLine, type Squid } from "./helpers/squid.js";
+import { openConnect } from "./helpers/tunnel.js";
+import { startUpstream, startWsUpstream, type TestUpstream, type TestWsUpstream } from "./helpers/upstream.js";
+
+const PASSWORD = "squid-pass-7f3a9c";
+const WRONG = "not-the-password-51b2";
+
+let pki: ServerPki;
+let caDir: string;
+let https1: TestUpstream;
+let private2: TestUpstream;
+let plain: TestUpstream;
+let h2: H2Upstream;
+let wsUpstream: TestWsUpstream;
+let squid: Squid;
+let authSquid: Squid;
+let silent: NetServer;
+const silentSockets = new Set<Socket>();
+const proxies: TestProxy[] = [];
+
+/** The upstream saw these client ports: one per connection it accepted. */
+const https1Ports: number[] = [];
+
+beforeAll(async () => {
+  pki = await makeUpstreamPki("parent-upstream");
+  caDir = tempDir("parent-ca");
+  https1 = await startUpstream((req, res) => {
+    https1Ports.push(req.socket.remotePort ?? 0);
+    req.resume();
+    res.end(`tls hello ${req.url} host=${req.headers.host}`);
+  }, pki);
+  plain = await startUpstream((req, res) => {
+    req.resume();
+    res.end(`plain hello ${req.url} host=${req.headers.host} via=${req.headers["proxy-authorization"] ? "leaked" : "none"}`);
+  });
+  h2 = await startH2Upstream(pki, (stream, headers) => {
+    stream.respond({ ":status": 200, "content-type": "text/plain" });
+    stream.end(`h2 hello ${headers[":path"]} version=${stream.session?.alpnProtocol}`);
+  });
+  wsUpstream = await startWsUpstream(pki);
+  // A destination on 127.0.0.2: private like the parent's 127.0.0.1, but the only one allow_ips lists in the SSRF test.
+  private2 = await startUpstream((_req, res) => res.end("from 127.0.0.2"), pki);
+  await new Promise<void>((resolve) => private2.server.close(() => resolve()));
+  await new Promise<void>((resolve) => private2.server.listen(0, "127.0.0.2", resolve));
+  private2.port = (private2.server.address() as { port: number }).port;
+  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port];
+  [squid, authSquid] = await Promise.all([startSquid({ connectPorts: ports }), startSquid({ connectPorts: ports, users: { alice: PASSWORD } })]);
+  // Accepts connections and never answers: a parent that hangs.
+  silent = createNetServer((socket) => {
+    silentSockets.add(socket);
+    socket.on("error", () => undefined).resume();
+  });
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+}, 60_000);
+
+afterAll(async () => {
+  for (const proxy of proxies) await proxy.close().catch(() => undefined);
+  await Promise.all([squid?.stop(), authSquid?.stop()]);
+  for (const socket of silentSockets) socket.destroy();
+  silent?.close();
+  await Promise.all([https1?.close(), plain?.close(), h2?.close(), wsUpstream?.close(), private2?.close()]);
+});
+
+interface Options {
+  proxy: string;
+  noProxy?: string[];
+  allowIps?: string[];
+  resolve?: Record<string, string>;
+  extra?: string;
+}
+
+async function portcullis(options: Options): Promise<TestProxy> {
+  const resolve = options.resolve ?? { "upstream.test": "127.0.0.1" };
+  const yaml = [
+    "version: 1",
+    "upstream:",
+    `  trust: [${JSON.stringify(pki.caFile)}]`,
+    "  connect_timeout: 2s",
+    "  response_timeout: 5s",
+    `  resolve: ${JSON.stringify(resolve)}`,
+    `  proxy: ${options.proxy}`,
+    `  no_proxy: ${JSON.stringify(options.noProxy ?? [])}`,
+    "network:",
+    "  default: allow",
+    `  allow_ips: ${JSON.stringify(options.allowIps ?? ["127.0.0.1/32", "::1/128"])}`,
+    options.extra ?? "",
+  ].join("\n");
+  const proxy = await startProxy(yaml, { caDir });
+  proxies.push(proxy);
+  return proxy;
+}
+
+/** Closes portcullis, so its pooled tunnels through squid close and squid writes their lines. */
+async function closed(proxy: TestProxy): Promise<void> {
+  await proxy.close();
+  proxies.splice(proxies.indexOf(proxy), 1);
+}
+
+async function get(proxy: TestProxy, url: string): Promise<{ status: number; body: string; error?: string }> {
+  const res = await request(url, { dispatcher: proxy.dispatcher });
+  const body = await res.body.text();
+  return { status: res.statusCode, body, error: res.headers["x-portcullis-error"] as string | undefined };
+}
+
+/**
+ * Lines squid has written for `match` once everything before a marker request is logged (a
+ * plain GET through squid, logged at once): a line that is not there by then was never made.
+ */
+async function linesUpToMarker(parent: Squid, match: (line: AccessLine) => boolean): Promise<AccessLine[]> {
+  const marker = `/marker-${Math.random().toString(36).slice(2)}`;
+  const headers: Record<string, string> = { Host: `127.0.0.1:${plain.port}`, Connection: "close" };
+  if (parent === authSquid) headers["Proxy-Authorization"] = `Basic ${Buffer.from(`alice:${PASSWORD}`).toString("base64")}`;
+  await new Promise<void>((resolve, reject) =>
+    http
+      .request({ host: "127.0.0.1", port: parent.port, path: `http://127.0.0.1:${plain.port}${marker}`, headers }, (res) => res.resume().once("end", resolve))
+      .once("error", reject)
+      .end(),
+  );
+  await parent.waitForLine((line) => line.url.includes(marker));
+  return parent.accessLog().filter(match);
+}
+
+describe("through squid without authentication", () => {
+  it("reaches a TLS upstream with CONNECT to the address upstream.resolve gives, verified TLS inside, keep-alive connections reused", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const before = https1Ports.length;
+    for (const path of ["/one", "/two", "/three"]) {
+      const answer = await get(proxy, `https://upstream.test:${https1.port}${path}`);
+      expect(answer).toMatchObject({ status: 200, body: `tls hello ${path} host=upstream.test:${https1.port}` });
+    }
+    // One connection carried all three: the tunnel through the parent was pooled.
+    expect(new Set(https1Ports.slice(before)).size).toBe(1);
+    const line = await proxy.audit.waitFor((l) => l.path === "/three");
+    expect(line).toMatchObject({ status: 200, upstream_version: "1.1" });
+    await closed(proxy);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`);
+    const connects = squid.accessLog().filter((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`);
+    expect(connects).toHaveLength(1);
+    expect(connects[0]!.status).toBe(200);
+  });
+
+  it("speaks h2 to an h2 upstream through the tunnel (ALPN inside CONNECT)", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const answer = await get(proxy, `https://upstream.test:${h2.port}/stream`);
+    expect(answer).toMatchObject({ status: 200, body: "h2 hello /stream version=h2" });
+    const line = await proxy.audit.waitFor((l) => l.path === "/stream");
+    expect(line.upstream_version).toBe("2");
+    // An h2 client too: its streams share the session through the parent.
+    const { session } = await h2ThroughProxy(proxy.port, "upstream.test", h2.port, proxy.caPem);
+    const streams = await Promise.all(["/a", "/b"].map((path) => h2Request(session, { ":path": path, ":authority": `upstream.test:${h2.port}` })));
+    expect(streams.map((s) => s.body.toString())).toEqual(["h2 hello /a version=h2", "h2 hello /b version=h2"]);
+    session.destroy();
+    await closed(proxy);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${h2.port}` && l.status === 200);
+  });
+
+  it("carries a WebSocket through the parent", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const ws = new WebSocket(`wss://upstream.test:${wsUpstream.port}/echo`, { agent: proxy.agent(), ca: proxy.caPem });
+    await new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject));
+    const echoed = new Promise<string>((resolve) => ws.once("message", (data) => resolve(data.toString())));
+    ws.send("through the corporate proxy");
+    expect(await echoed).toBe("through the corporate proxy");
+    ws.close();
+    await proxy.audit.waitFor((l) => l.msg === "websocket" && l.port === wsUpstream.port);
+    await closed(proxy);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${wsUpstream.port}`);
+  });
+
+  it("sends plain http:// in absolute form to the parent, not CONNECT", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const answer = await get(proxy, `http://localhost:${plain.port}/plain?q=1`);
+    expect(answer).toMatchObject({ status: 200, body: `plain hello /plain?q=1 host=localhost:${plain.port} via=none` });
+    const line = await squid.waitForLine((l) => l.method === "GET" && l.url.startsWith(`http://localhost:${plain.port}/plain`));
+    expect(line.status).toBe(200);
+    expect(squid.accessLog().some((l) => l.method === "CONNECT" && l.url.endsWith(`:${plain.port}`))).toBe(false);
+  });
+
+  it("goes direct for hosts under no_proxy: nothing in squid's log", async () => {
+    const proxy = await portcullis({
+      proxy: squid.url,
+      noProxy: ["direct.test", "*.direct.example", "10.0.0.0/8"],
+      resolve: { "direct.test": "127.0.0.1", "a.direct.example": "127.0.0.1" },
+    });
+    expect(await get(proxy, `https://direct.test:${https1.port}/direct-one`)).toMatchObject({ status: 200, body: `tls hello /direct-one host=direct.test:${https1.port}` });
+    expect(await get(proxy, `https://a.direct.example:${https1.port}/direct-two`)).toMatchObject({ status: 200 });
+    expect(await get(proxy, `http://localhost:${plain.port}/not-bypassed`)).toMatchObject({ status: 200 });
+    await closed(proxy);
+    const lines = await linesUpToMarker(squid, (l) => l.url.includes("/direct-") || (l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`));
+    // Only the first test's CONNECT to this port: the bypassed hosts never went through squid.
+    expect(lines.filter((l) => l.method === "CONNECT")).toHaveLength(1);
+    expect(lines.filter((l) => l.url.includes("/direct-"))).toEqual([]);
+    expect(squid.accessLog().some((l) => l.url.includes("/not-bypassed"))).toBe(true);
+  });
+
+  it("judges the destination with the SSRF guard, never the parent's own (private) address", async () => {
+    // Only 127.0.0.2 may be reached; the parent listens on 127.0.0.1 and is used all the same.
+    const proxy = await portcullis({
+      proxy: squid.url,
+      allowIps: ["127.0.0.2/32"],
+      resolve: { "allowed.test": "127.0.0.2", "private.test": "127.0.0.1" },
+    });
+    expect(await get(proxy, `https://allowed.test:${private2.port}/ok`)).toMatchObject({ status: 200, body: "from 127.0.0.2" });
+    const denied = await get(proxy, `https://private.test:${https1.port}/ssrf`);
+    expect(denied).toMatchObject({ status: 403, error: "policy_denied" });
+    expect(JSON.parse(denied.body).error.message).toMatch(/private\.test resolves to 127\.0\.0\.1/);
+    expect(await get(proxy, `http://localhost:${plain.port}/ssrf-plain`)).toMatchObject({ status: 403, error: "policy_denied" });
+    await closed(proxy);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.2:${private2.port}`);
+    const lines = await linesUpToMarker(squid, (l) => l.url.includes("ssrf") || l.url === `127.0.0.1:${https1.port}`);
+    expect(lines.filter((l) => l.url.includes("ssrf"))).toEqual([]);
+    expect(lines).toHaveLength(1); // the first test's CONNECT, nothing since
+  });
+
+  it("tunnels passthrough hosts through the parent too", async () => {
+    const proxy = await portcullis({ proxy: squid.url, extra: "passthrough:\n  hosts: [pass.test]\n", resolve: { "pass.test": "127.0.0.1" } });
+    const socket = await openConnect(proxy.port, `pass.test:${https1.port}`);
+    const tls = tlsConnect({ socket, servername: "pass.test", ca: pki.caPem });
+    await new Promise((resolve, reject) => tls.once("secureConnect", resolve).once("error", reject));
+    expect(tls.getPeerX509Certificate()!.issuer).toContain("parent-upstream test CA");
+    tls.write("GET /passthrough HTTP/1.1\r\nHost: pass.test\r\nConnection: close\r\n\r\n");
+    let body = "";
+    tls.on("data", (chunk: Buffer) => (body += chunk.toString()));
+    await new Promise((resolve) => tls.once("close", resolve));
+    expect(body).toContain("tls hello /passthrough");
+    await proxy.audit.waitFor((l) => l.msg === "tunnel" && l.host === "pass.test" && l.status === 200);
+    const connects = await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}` && squid.accessLog().filter((x) => x.url === l.url).length >= 2);
+    expect(connects.status).toBe(200);
+  });
+
+  it("turns the parent's refusal (403 for a port its ACL denies) into 502 upstream_unreachable naming the parent", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const closedPort = await freePort();
+    const answer = await get(proxy, `https://upstream.test:${closedPort}/refused`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+    expect(JSON.parse(answer.body).error.message).toBe(`the parent proxy 127.0.0.1:${squid.port} refused CONNECT 127.0.0.1:${closedPort}: 403 Forbidden`);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${closedPort}` && l.status === 403);
+  });
+});
+
+describe("through squid with basic authentication", () => {
+  it("authenticates with the credentials in the URL, for CONNECT and for absolute form; the password is logged nowhere", async () => {
+    const proxy = await portcullis({ proxy: `http://alice:${PASSWORD}@127.0.0.1:${authSquid.port}` });
+    expect(await get(proxy, `https://upstream.test:${https1.port}/authed`)).toMatchObject({ status: 200 });
+    expect(await get(proxy, `http://localhost:${plain.port}/authed-plain`)).toMatchObject({ status: 200, body: `plain hello /authed-plain host=localhost:${plain.port} via=none` });
+    await closed(proxy);
+    const connect = await authSquid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`);
+    expect(connect).toMatchObject({ status: 200, user: "alice" });
+    expect(await authSquid.waitForLine((l) => l.url.includes("/authed-plain"))).toMatchObject({ status: 200, user: "alice" });
+    const everything = [...proxy.audit.raw, ...proxy.diagnostics.raw].join("");
+    expect(everything).toContain(`parent proxy 127.0.0.1:${authSquid.port}`);
+    expect(everything).not.toContain(PASSWORD);
+    expect(everything).not.toContain(Buffer.from(`alice:${PASSWORD}`).toString("base64"));
+  });
+
+  it("takes the password from a secret source in the object form", async () => {
+    process.env.PCX_TEST_SQUID_PASSWORD = PASSWORD;
+    const proxy = await portcullis({ proxy: `{ url: "http://127.0.0.1:${authSquid.port}", username: alice, password: { env: PCX_TEST_SQUID_PASSWORD } }` });
+    expect(await get(proxy, `https://upstream.test:${h2.port}/from-env`)).toMatchObject({ status: 200, body: "h2 hello /from-env version=h2" });
+    await closed(proxy);
+    expect(await authSquid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${h2.port}`)).toMatchObject({ status: 200, user: "alice" });
+  });
+
+  it("answers 502 upstream_unreachable naming the parent and its 407 when the credentials are wrong, never the password", async () => {
+    const proxy = await portcullis({ proxy: `http://alice:${WRONG}@127.0.0.1:${authSquid.port}` });
+    for (const url of [`https://upstream.test:${https1.port}/wrong`, `http://localhost:${plain.port}/wrong-plain`]) {
+      const answer = await get(proxy, url);
+      expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+      const message = JSON.parse(answer.body).error.message as string;
+      expect(message).toContain(`parent proxy 127.0.0.1:${authSquid.port}`);
+      expect(message).toMatch(/407/);
+      expect(answer.body).not.toContain(WRONG);
+    }
+    const line = await proxy.audit.waitFor((l) => l.path === "/wrong");
+    expect((line.error as { message: string }).message).toMatch(/refused CONNECT 127\.0\.0\.1:\d+: 407/);
+    expect([...proxy.audit.raw, ...proxy.diagnostics.raw].join("")).not.toContain(WRONG);
+  });
+
+  it("answers 407 from the parent as 502 when no credentials are configured", async () => {
+    const proxy = await portcullis({ proxy: authSquid.url });
+    const answer = await get(proxy, `https://upstream.test:${https1.port}/anonymous`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+    expect(JSON.parse(answer.body).error.message).toContain("407");
+  });
+});
+
+describe("a parent that is down or hangs", () => {
+  it("answers 502 upstream_unreachable naming the parent when nothing listens there", async () => {
+    const port = await freePort();
+    const proxy = await portcullis({ proxy: `http://127.0.0.1:${port}`, extra: "passthrough:\n  hosts: [pass.test]\n", resolve: { "upstream.test": "127.0.0.1", "pass.test": "127.0.0.1" } });
+    for (const url of [`https://upstream.test:${https1.port}/down`, `http://localhost:${plain.port}/down`]) {
+      const answer = await get(proxy, url);
+      expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+      expect(JSON.parse(answer.body).error.message).toMatch(new RegExp(`cannot connect to the parent proxy 127\\.0\\.0\\.1:${port} \\(for .*\\): ECONNREFUSED`));
+    }
+    await expect(openConnect(proxy.port, `pass.test:${https1.port}`)).rejects.toThrow(/502/);
+  });
+
+  it("applies connect_timeout to the parent hop", async () => {
+    const port = (silent.address() as { port: number }).port;
+    const proxy = await portcullis({ proxy: `http://127.0.0.1:${port}` });
+    const started = Date.now();
+    const answer = await get(proxy, `https://upstream.test:${https1.port}/hang`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+    expect(JSON.parse(answer.body).error.message).toBe(`connecting to upstream.test:${https1.port} through the parent proxy 127.0.0.1:${port} timed out after 2s`);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+  });
+});
