@@ -3,7 +3,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request } from "undici";
-import WebSocket from "ws";
+import WebSocket, { WebSocketServer } from "ws";
 import { startH2Upstream, h2ThroughProxy, h2Request, type H2Upstream } from "./helpers/h2.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
@@ -18,9 +18,12 @@ let pki: ServerPki;
 let caDir: string;
 let https1: TestUpstream;
 let private2: TestUpstream;
+/** Reached only by the no_proxy test: any squid line with its port would be a bypass that did not bypass. */
+let direct: TestUpstream;
 let plain: TestUpstream;
 let h2: H2Upstream;
 let wsUpstream: TestWsUpstream;
+let plainWs: TestUpstream;
 let squid: Squid;
 let authSquid: Squid;
 let silent: NetServer;
@@ -38,6 +41,7 @@ beforeAll(async () => {
     req.resume();
     res.end(`tls hello ${req.url} host=${req.headers.host}`);
   }, pki);
+  direct = await startUpstream((req, res) => res.end(`direct hello ${req.url} host=${req.headers.host}`), pki);
   plain = await startUpstream((req, res) => {
     req.resume();
     res.end(`plain hello ${req.url} host=${req.headers.host} via=${req.headers["proxy-authorization"] ? "leaked" : "none"}`);
@@ -47,12 +51,15 @@ beforeAll(async () => {
     stream.end(`h2 hello ${headers[":path"]} version=${stream.session?.alpnProtocol}`);
   });
   wsUpstream = await startWsUpstream(pki);
+  plainWs = await startUpstream((_req, res) => res.writeHead(404).end());
+  const plainWss = new WebSocketServer({ server: plainWs.server });
+  plainWss.on("connection", (ws) => ws.on("message", (data) => ws.send(`plain echo: ${data.toString()}`)));
   // A destination on 127.0.0.2: private like the parent's 127.0.0.1, but the only one allow_ips lists in the SSRF test.
   private2 = await startUpstream((_req, res) => res.end("from 127.0.0.2"), pki);
   await new Promise<void>((resolve) => private2.server.close(() => resolve()));
   await new Promise<void>((resolve) => private2.server.listen(0, "127.0.0.2", resolve));
   private2.port = (private2.server.address() as { port: number }).port;
-  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port];
+  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port, plainWs.port, direct.port];
   [squid, authSquid] = await Promise.all([startSquid({ connectPorts: ports }), startSquid({ connectPorts: ports, users: { alice: PASSWORD } })]);
   // Accepts connections and never answers: a parent that hangs.
   silent = createNetServer((socket) => {
@@ -67,7 +74,7 @@ afterAll(async () => {
   await Promise.all([squid?.stop(), authSquid?.stop()]);
   for (const socket of silentSockets) socket.destroy();
   silent?.close();
-  await Promise.all([https1?.close(), plain?.close(), h2?.close(), wsUpstream?.close(), private2?.close()]);
+  await Promise.all([https1?.close(), direct?.close(), plain?.close(), plainWs?.close(), h2?.close(), wsUpstream?.close(), private2?.close()]);
 });
 
 interface Options {
@@ -76,6 +83,8 @@ interface Options {
   allowIps?: string[];
   resolve?: Record<string, string>;
   extra?: string;
+  /** Trust the upstreams' CA (default true). */
+  trust?: boolean;
 }
 
 async function portcullis(options: Options): Promise<TestProxy> {
@@ -83,7 +92,7 @@ async function portcullis(options: Options): Promise<TestProxy> {
   const yaml = [
     "version: 1",
     "upstream:",
-    `  trust: [${JSON.stringify(pki.caFile)}]`,
+    `  trust: [${options.trust === false ? "" : JSON.stringify(pki.caFile)}]`,
     "  connect_timeout: 2s",
     "  response_timeout: 5s",
     `  resolve: ${JSON.stringify(resolve)}`,
@@ -176,6 +185,38 @@ describe("through squid without authentication", () => {
     await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${wsUpstream.port}`);
   });
 
+  it("tunnels a plain ws:// WebSocket with CONNECT: an upgrade must reach the destination itself (RFC 6455 4.1)", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    // A ws:// client behind an HTTP proxy sends the handshake in absolute form (ws's agent option does not, so written out here).
+    const upgraded = await new Promise<string>((resolve, reject) => {
+      const key = "dGhlIHNhbXBsZSBub25jZQ==";
+      const req = http.request({ host: "127.0.0.1", port: proxy.port, path: `http://upstream.test:${plainWs.port}/plain-ws`, headers: { Host: `upstream.test:${plainWs.port}`, Connection: "Upgrade", Upgrade: "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": key } });
+      req.once("upgrade", (res, socket: Socket) => {
+        // One masked text frame "hi"; the echo comes back unmasked.
+        const mask = Buffer.from([1, 2, 3, 4]);
+        const payload = Buffer.from("hi").map((byte, i) => byte ^ mask[i % 4]!);
+        socket.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload]));
+        socket.once("data", (frame: Buffer) => {
+          socket.destroy();
+          resolve(`${res.statusCode} ${frame.subarray(2).toString()}`);
+        });
+      });
+      req.once("response", (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
+      req.once("error", reject);
+      req.end();
+    });
+    expect(upgraded).toBe("101 plain echo: hi");
+    await proxy.audit.waitFor((l) => l.msg === "websocket" && l.port === plainWs.port);
+    await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${plainWs.port}` && l.status === 200);
+  });
+
+  it("verifies the destination's certificate inside the tunnel exactly as on a direct connection", async () => {
+    const proxy = await portcullis({ proxy: squid.url, trust: false });
+    const answer = await get(proxy, `https://upstream.test:${https1.port}/untrusted`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_tls_error" });
+    expect(JSON.parse(answer.body).error.message).toMatch(/^TLS with upstream\.test:\d+ failed: /);
+  });
+
   it("sends plain http:// in absolute form to the parent, not CONNECT", async () => {
     const proxy = await portcullis({ proxy: squid.url });
     const answer = await get(proxy, `http://localhost:${plain.port}/plain?q=1`);
@@ -191,14 +232,13 @@ describe("through squid without authentication", () => {
       noProxy: ["direct.test", "*.direct.example", "10.0.0.0/8"],
       resolve: { "direct.test": "127.0.0.1", "a.direct.example": "127.0.0.1" },
     });
-    expect(await get(proxy, `https://direct.test:${https1.port}/direct-one`)).toMatchObject({ status: 200, body: `tls hello /direct-one host=direct.test:${https1.port}` });
-    expect(await get(proxy, `https://a.direct.example:${https1.port}/direct-two`)).toMatchObject({ status: 200 });
+    expect(await get(proxy, `https://direct.test:${direct.port}/direct-one`)).toMatchObject({ status: 200, body: `direct hello /direct-one host=direct.test:${direct.port}` });
+    expect(await get(proxy, `https://a.direct.example:${direct.port}/direct-two`)).toMatchObject({ status: 200, body: `direct hello /direct-two host=a.direct.example:${direct.port}` });
     expect(await get(proxy, `http://localhost:${plain.port}/not-bypassed`)).toMatchObject({ status: 200 });
     await closed(proxy);
-    const lines = await linesUpToMarker(squid, (l) => l.url.includes("/direct-") || (l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`));
-    // Only the first test's CONNECT to this port: the bypassed hosts never went through squid.
-    expect(lines.filter((l) => l.method === "CONNECT")).toHaveLength(1);
-    expect(lines.filter((l) => l.url.includes("/direct-"))).toEqual([]);
+    // Every tunnel portcullis had is closed and a later request is logged: a bypass that went through squid would be there.
+    const lines = await linesUpToMarker(squid, (l) => l.url.includes("/direct-") || l.url.endsWith(`:${direct.port}`));
+    expect(lines).toEqual([]);
     expect(squid.accessLog().some((l) => l.url.includes("/not-bypassed"))).toBe(true);
   });
 
@@ -210,15 +250,17 @@ describe("through squid without authentication", () => {
       resolve: { "allowed.test": "127.0.0.2", "private.test": "127.0.0.1" },
     });
     expect(await get(proxy, `https://allowed.test:${private2.port}/ok`)).toMatchObject({ status: 200, body: "from 127.0.0.2" });
-    const denied = await get(proxy, `https://private.test:${https1.port}/ssrf`);
+    // Nothing listens on this port: a refusal that reached squid would show as a CONNECT line for it.
+    const unused = await freePort();
+    const denied = await get(proxy, `https://private.test:${unused}/ssrf`);
     expect(denied).toMatchObject({ status: 403, error: "policy_denied" });
     expect(JSON.parse(denied.body).error.message).toMatch(/private\.test resolves to 127\.0\.0\.1/);
-    expect(await get(proxy, `http://localhost:${plain.port}/ssrf-plain`)).toMatchObject({ status: 403, error: "policy_denied" });
+    // An IP literal is judged at CONNECT already: refused there.
+    await expect(get(proxy, `https://127.0.0.1:${unused}/ssrf-literal`)).rejects.toThrow(/403/);
+    expect(await get(proxy, `http://localhost:${unused}/ssrf-plain`)).toMatchObject({ status: 403, error: "policy_denied" });
     await closed(proxy);
     await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.2:${private2.port}`);
-    const lines = await linesUpToMarker(squid, (l) => l.url.includes("ssrf") || l.url === `127.0.0.1:${https1.port}`);
-    expect(lines.filter((l) => l.url.includes("ssrf"))).toEqual([]);
-    expect(lines).toHaveLength(1); // the first test's CONNECT, nothing since
+    expect(await linesUpToMarker(squid, (l) => l.url.includes("ssrf") || l.url.endsWith(`:${unused}`))).toEqual([]);
   });
 
   it("tunnels passthrough hosts through the parent too", async () => {

@@ -84,3 +84,24 @@ export class NoProxy {
     return this.networks.some(([network, bits]) => address.kind() === network.kind() && address.match(network, bits));
   }
 }
+
+/** How a request to scheme://host:port would leave, for explain: directly, or through the parent and how. */
+export function describeRoute(
+  upstream: { proxy?: { host: string; port: number } | undefined; no_proxy: string[]; resolve: Record<string, string> },
+  scheme: "http" | "https",
+  host: string,
+  port: number,
+  tunnelled = false,
+): string {
+  if (!upstream.proxy) return "direct";
+  const name = normaliseHost(host);
+  const overrides = new Map(Object.entries(upstream.resolve).map(([entry, address]) => [normaliseHost(entry), address]));
+  const parent = `parent proxy ${authority(upstream.proxy.host, upstream.proxy.port)}`;
+  if (new NoProxy(upstream.no_proxy).bypasses(name, overrides.get(name))) return `direct: upstream.no_proxy lists ${host}, bypassing the ${parent}`;
+  if (scheme === "http" && !tunnelled) return `through the ${parent}: the request in absolute form`;
+  return `through the ${parent}: CONNECT ${authority(overrides.get(name) ?? host, port)}`;
+}
+
+function authority(host: string, port: number): string {
+  return `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+}
