@@ -1,4 +1,6 @@
+import { readFileSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -9,6 +11,13 @@ import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
 import { freePort, startSquid, type AccessLine, type Squid } from "./helpers/squid.js";
 import { openConnect } from "./helpers/tunnel.js";
+import { ProxyError } from "../src/core/errors.js";
+import { Scrubber } from "../src/log/scrub.js";
+import { DestinationGuard } from "../src/policy/destinations.js";
+import { UpstreamConnector } from "../src/transport/upstream/connector.js";
+import { createLookup } from "../src/transport/upstream/lookup.js";
+import { ParentProxy } from "../src/transport/upstream/parent-proxy.js";
+import { buildUpstreamTrust } from "../src/transport/upstream/trust.js";
 import { startUpstream, startWsUpstream, type TestUpstream, type TestWsUpstream } from "./helpers/upstream.js";
 
 const PASSWORD = "squid-pass-7f3a9c";
@@ -20,6 +29,8 @@ let https1: TestUpstream;
 let private2: TestUpstream;
 /** Reached only by the no_proxy test: any squid line with its port would be a bypass that did not bypass. */
 let direct: TestUpstream;
+/** A token endpoint reached by the exported connector, as the minted-secret sources reach theirs. */
+let tokenEndpoint: TestUpstream;
 let plain: TestUpstream;
 let h2: H2Upstream;
 let wsUpstream: TestWsUpstream;
@@ -41,6 +52,10 @@ beforeAll(async () => {
     req.resume();
     res.end(`tls hello ${req.url} host=${req.headers.host}`);
   }, pki);
+  tokenEndpoint = await startUpstream((req, res) => {
+    req.resume();
+    res.setHeader("Content-Type", "application/json").end(JSON.stringify({ access_token: "minted", path: req.url, host: req.headers.host }));
+  }, pki);
   direct = await startUpstream((req, res) => res.end(`direct hello ${req.url} host=${req.headers.host}`), pki);
   plain = await startUpstream((req, res) => {
     req.resume();
@@ -59,7 +74,7 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => private2.server.close(() => resolve()));
   await new Promise<void>((resolve) => private2.server.listen(0, "127.0.0.2", resolve));
   private2.port = (private2.server.address() as { port: number }).port;
-  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port, plainWs.port, direct.port];
+  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port, plainWs.port, direct.port, tokenEndpoint.port];
   [squid, authSquid] = await Promise.all([startSquid({ connectPorts: ports }), startSquid({ connectPorts: ports, users: { alice: PASSWORD } })]);
   // Accepts connections and never answers: a parent that hangs.
   silent = createNetServer((socket) => {
@@ -74,7 +89,7 @@ afterAll(async () => {
   await Promise.all([squid?.stop(), authSquid?.stop()]);
   for (const socket of silentSockets) socket.destroy();
   silent?.close();
-  await Promise.all([https1?.close(), direct?.close(), plain?.close(), plainWs?.close(), h2?.close(), wsUpstream?.close(), private2?.close()]);
+  await Promise.all([https1?.close(), direct?.close(), tokenEndpoint?.close(), plain?.close(), plainWs?.close(), h2?.close(), wsUpstream?.close(), private2?.close()]);
 });
 
 interface Options {
@@ -355,5 +370,51 @@ describe("a parent that is down or hangs", () => {
     expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
     expect(JSON.parse(answer.body).error.message).toBe(`connecting to upstream.test:${https1.port} through the parent proxy 127.0.0.1:${port} timed out after 2s`);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+  });
+});
+
+describe("the connector other modules open connections with", () => {
+  function connectorFor(allowIps: string[]): UpstreamConnector {
+    const guard = new DestinationGuard("deny", allowIps);
+    const resolve = { "token.test": "127.0.0.1" };
+    const parent = new ParentProxy({ host: "127.0.0.1", port: authSquid.port, username: "alice", password: PASSWORD }, [], resolve, new Scrubber());
+    return new UpstreamConnector(createLookup(resolve, guard), buildUpstreamTrust([pki.caFile]), { connectMs: 2000, responseMs: 5000, guard }, parent);
+  }
+
+  it("reaches a token endpoint through the parent with verified TLS, via its https.Agent", async () => {
+    const connector = connectorFor(["127.0.0.1/32"]);
+    const body = await new Promise<string>((resolve, reject) =>
+      https
+        .request(`https://token.test:${tokenEndpoint.port}/oauth/token`, { method: "POST", agent: connector.agent() }, (res) => {
+          let text = "";
+          res.on("data", (chunk: Buffer) => (text += chunk.toString())).once("end", () => resolve(text));
+        })
+        .once("error", reject)
+        .end("grant_type=client_credentials"),
+    );
+    expect(JSON.parse(body)).toEqual({ access_token: "minted", path: "/oauth/token", host: `token.test:${tokenEndpoint.port}` });
+    const tls = await connector.tls({ host: "token.test", port: tokenEndpoint.port });
+    expect(tls.authorized).toBe(true);
+    tls.destroy();
+    connector.destroy();
+    const lines = await authSquid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${tokenEndpoint.port}` && authSquid.accessLog().filter((x) => x.url === l.url).length >= 2);
+    expect(lines).toMatchObject({ status: 200, user: "alice" });
+  });
+
+  it("refuses a private destination the guard does not allow, before asking the parent", async () => {
+    const connector = connectorFor([]);
+    const refused = await connector.tls({ host: "token.test", port: tokenEndpoint.port }).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(ProxyError);
+    expect(refused).toMatchObject({ type: "policy_denied" });
+  });
+});
+
+describe("the squid the tests start", () => {
+  it("has a pid file of its own per instance, so test files running in parallel never share one", () => {
+    expect(squid.pidFile).not.toBe(authSquid.pidFile);
+    for (const instance of [squid, authSquid]) {
+      expect(instance.pidFile.startsWith(instance.dir)).toBe(true);
+      expect(Number(readFileSync(instance.pidFile, "utf8").trim())).toBe(instance.process.pid);
+    }
   });
 });

@@ -1,4 +1,6 @@
+import https from "node:https";
 import { connect as netConnect, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import type { LookupAddress } from "node:dns";
 import { connect as tlsConnect, type SecureContext, type TLSSocket } from "node:tls";
 import { ProxyError } from "../../core/errors.js";
@@ -29,6 +31,8 @@ export interface Destination {
  * open their connections here.
  */
 export class UpstreamConnector {
+  private requestAgent: https.Agent | undefined;
+
   constructor(
     private readonly lookup: LookupFunction,
     private readonly trust: SecureContext,
@@ -64,6 +68,30 @@ export class UpstreamConnector {
       });
       return tls;
     });
+  }
+
+  /**
+   * An https.Agent whose every connection is `tls()`'s (guarded, verified, through the parent
+   * unless no_proxy lists the host), kept alive and reused: for `https.request` to a token
+   * endpoint or any other destination portcullis itself must reach. Destroyed with the pool.
+   */
+  agent(): https.Agent {
+    if (this.requestAgent) return this.requestAgent;
+    const connector = this;
+    this.requestAgent = new (class extends https.Agent {
+      override createConnection(options: https.RequestOptions, callback?: (error: Error | null, socket: Duplex) => void): Duplex | undefined {
+        connector.tls({ host: options.host ?? "", port: Number(options.port ?? 443) }).then(
+          (socket) => callback?.(null, socket),
+          (error: Error) => callback?.(error, undefined as unknown as Duplex),
+        );
+        return undefined;
+      }
+    })({ keepAlive: true, timeout: 30_000 });
+    return this.requestAgent;
+  }
+
+  destroy(): void {
+    this.requestAgent?.destroy();
   }
 
   /** A raw TCP connection (passthrough tunnels): connected when it resolves. */

@@ -96,6 +96,7 @@ export class UpstreamPool implements Upstream {
 
   destroy(): void {
     this.agents.destroy();
+    this.connector.destroy();
     for (const list of this.sessions.values()) for (const connection of list) connection.session.destroy();
     this.sessions.clear();
   }
