@@ -38,6 +38,8 @@ let plainWs: TestUpstream;
 let squid: Squid;
 let authSquid: Squid;
 let silent: NetServer;
+/** A port squid may CONNECT to where nothing listens: the parent cannot reach the destination. */
+let deadPort: number;
 const silentSockets = new Set<Socket>();
 const proxies: TestProxy[] = [];
 
@@ -74,7 +76,8 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => private2.server.close(() => resolve()));
   await new Promise<void>((resolve) => private2.server.listen(0, "127.0.0.2", resolve));
   private2.port = (private2.server.address() as { port: number }).port;
-  const ports = [https1.port, plain.port, h2.port, wsUpstream.port, private2.port, plainWs.port, direct.port, tokenEndpoint.port];
+  deadPort = await freePort();
+  const ports = [deadPort, https1.port, plain.port, h2.port, wsUpstream.port, private2.port, plainWs.port, direct.port, tokenEndpoint.port];
   [squid, authSquid] = await Promise.all([startSquid({ connectPorts: ports }), startSquid({ connectPorts: ports, users: { alice: PASSWORD } })]);
   // Accepts connections and never answers: a parent that hangs.
   silent = createNetServer((socket) => {
@@ -301,6 +304,15 @@ describe("through squid without authentication", () => {
     expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
     expect(JSON.parse(answer.body).error.message).toBe(`the parent proxy 127.0.0.1:${squid.port} refused CONNECT 127.0.0.1:${closedPort}: 403 Forbidden`);
     await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${closedPort}` && l.status === 403);
+  });
+});
+
+describe("a parent that cannot reach the destination", () => {
+  it("answers 502 upstream_unreachable with the parent's own status (squid's 503)", async () => {
+    const proxy = await portcullis({ proxy: squid.url });
+    const answer = await get(proxy, `https://upstream.test:${deadPort}/nobody-home`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+    expect(JSON.parse(answer.body).error.message).toBe(`the parent proxy 127.0.0.1:${squid.port} refused CONNECT 127.0.0.1:${deadPort}: 503 Service Unavailable`);
   });
 });
 
