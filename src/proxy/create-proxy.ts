@@ -21,9 +21,9 @@ import { createServers, type ProxyServers } from "../transport/listener.js";
 import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
 import { createLookup } from "../transport/upstream/lookup.js";
 import { ParentProxy } from "../transport/upstream/parent-proxy.js";
-import { warmUpParentProxy } from "./parent-proxy-startup.js";
 import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
+import { warmUpParentProxy } from "./parent-proxy-startup.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */

@@ -3,6 +3,7 @@ import type { SecureContext } from "node:tls";
 import { ProxyError } from "../../core/errors.js";
 import type { OutgoingRequest, Target, Upstream, UpstreamCall, UpstreamEvents } from "../../core/messages.js";
 import { formatAuthority, upstreamName } from "../../pipeline/target.js";
+import { formatDuration } from "../../policy/duration.js";
 import { UpstreamConnector } from "./connector.js";
 import { DeferredCall } from "./deferred-call.js";
 import { Http1Agents } from "./http1-agents.js";
@@ -108,7 +109,13 @@ export class UpstreamPool implements Upstream {
   /** The destination judged by the guard first (the parent never is), then the request in absolute form over the pool to the parent. */
   private sendViaParent(parent: ParentProxy, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
     const deferred = new DeferredCall();
-    Promise.all([this.connector.checkDestination(target), parent.authorization()])
+    let timer: NodeJS.Timeout | undefined;
+    // The connect timer of the request to the parent starts once it is sent: the check before it is bounded too.
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new ProxyError("upstream_unreachable", `judging ${upstreamName(target)} before sending it to the ${parent.name} timed out after ${formatDuration(this.settings.connectMs)}`)), this.settings.connectMs);
+    });
+    Promise.race([Promise.all([this.connector.checkDestination(target), parent.authorization()]), timeout])
+      .finally(() => clearTimeout(timer))
       .then(([, authorization]) => {
         if (!deferred.isAborted) deferred.attach(sendHttp1(this.agents.toParent!, this.settings, target, request, events, { parent, authorization }));
       })
