@@ -168,6 +168,7 @@ describe("through squid without authentication", () => {
     expect(new Set(https1Ports.slice(before)).size).toBe(1);
     const line = await proxy.audit.waitFor((l) => l.path === "/three");
     expect(line).toMatchObject({ status: 200, upstream_version: "1.1" });
+    expect(proxy.diagnostics.lines.some((l) => l.msg === `upstream connections go through the parent proxy 127.0.0.1:${squid.port}`)).toBe(true);
     await closed(proxy);
     await squid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`);
     const connects = squid.accessLog().filter((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${https1.port}`);
@@ -241,6 +242,10 @@ describe("through squid without authentication", () => {
     expect(answer).toMatchObject({ status: 200, body: `plain hello /plain?q=1 host=localhost:${plain.port} via=none` });
     const line = await squid.waitForLine((l) => l.method === "GET" && l.url.startsWith(`http://localhost:${plain.port}/plain`));
     expect(line.status).toBe(200);
+    // A second request reuses the kept-alive connection to the parent.
+    expect(await get(proxy, `http://localhost:${plain.port}/plain-again`)).toMatchObject({ status: 200 });
+    const again = await squid.waitForLine((l) => l.url.startsWith(`http://localhost:${plain.port}/plain-again`));
+    expect(again.clientPort).toBe(line.clientPort);
     expect(squid.accessLog().some((l) => l.method === "CONNECT" && l.url.endsWith(`:${plain.port}`))).toBe(false);
   });
 

@@ -24,6 +24,8 @@ export interface AccessLine {
   url: string;
   status: number;
   user: string;
+  /** The source port of the connection the request came on: the same one for requests on a kept-alive connection. */
+  clientPort: number;
 }
 
 export interface Squid {
@@ -69,7 +71,7 @@ export async function startSquid(options: SquidOptions): Promise<Squid> {
     `http_port 127.0.0.1:${port}`,
     `pid_filename ${pidFile}`,
     `cache_log ${join(dir, "cache.log")}`,
-    "logformat pcx %rm %ru %>Hs %un",
+    "logformat pcx %rm %ru %>Hs %un %>p",
     `access_log stdio:${accessLog} pcx`,
     "logfile_rotate 0",
     `coredump_dir ${dir}`,
@@ -102,8 +104,8 @@ export async function startSquid(options: SquidOptions): Promise<Squid> {
       .split("\n")
       .filter(Boolean)
       .map((line) => {
-        const [method = "", url = "", status = "0", user = "-"] = line.split(" ");
-        return { method, url, status: Number(status), user };
+        const [method = "", url = "", status = "0", user = "-", clientPort = "0"] = line.split(" ");
+        return { method, url, status: Number(status), user, clientPort: Number(clientPort) };
       });
   return {
     port,
