@@ -359,6 +359,15 @@ describe("through squid with basic authentication", () => {
     expect([...proxy.audit.raw, ...proxy.diagnostics.raw].join("")).not.toContain(WRONG);
   });
 
+  it("fails closed when the parent's password cannot be read: a warning at start, 502 naming the parent, nothing sent", async () => {
+    delete process.env.PCX_TEST_SQUID_MISSING;
+    const proxy = await portcullis({ proxy: `{ url: "http://127.0.0.1:${authSquid.port}", username: alice, password: { env: PCX_TEST_SQUID_MISSING } }` });
+    expect(proxy.diagnostics.lines.some((l) => l.level === 40 && /PCX_TEST_SQUID_MISSING is not set; requests through the parent proxy/.test(l.msg))).toBe(true);
+    const answer = await get(proxy, `https://upstream.test:${https1.port}/no-password`);
+    expect(answer).toMatchObject({ status: 502, error: "upstream_unreachable" });
+    expect(JSON.parse(answer.body).error.message).toMatch(new RegExp(`^cannot authenticate to the parent proxy 127\\.0\\.0\\.1:${authSquid.port}: secret "upstream.proxy.password" is unavailable`));
+  });
+
   it("answers 407 from the parent as 502 when no credentials are configured", async () => {
     const proxy = await portcullis({ proxy: authSquid.url });
     const answer = await get(proxy, `https://upstream.test:${https1.port}/anonymous`);
