@@ -24,8 +24,10 @@ run: ca
 # The end-to-end tests drive real clients: curl, openssl, python3's ssl and a Go net/http
 # program (test/go/h2client, built by its test; `go` comes from Debian's golang-go); the /ui
 # test drives Debian's chromium headless through puppeteer-core (no browser download).
+# test/parent-proxy.test.ts starts squid as a parent proxy: squid-openssl, the package the benches use
+# too (it conflicts with plain squid; both install /usr/sbin/squid and basic_ncsa_auth).
 # Each entry is command:package; only the packages of missing commands are installed.
-SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium /usr/sbin/squid:squid-openssl
 
 # $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
 define install-missing

@@ -124,8 +124,8 @@ export interface UpstreamCall {
 /** Sends requests to upstreams: the HTTP/1.1 pool, the h2 session pool, whichever the upstream speaks. */
 export interface Upstream {
   send(target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall;
-  /** A raw TCP connection (passthrough tunnels), dialled through the same guarded resolver. */
-  dial(host: string, port: number): Socket;
+  /** A raw TCP connection (passthrough tunnels), connected, through the same guarded resolver and the parent proxy. */
+  dial(host: string, port: number): Promise<Socket>;
   destroy(): void;
 }
 

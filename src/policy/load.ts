@@ -61,6 +61,17 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   return `${where}${issue.message}`;
 }
 
+/**
+ * A value no branch of a union accepts: the issues of the branch whose type it has (a string's
+ * problems, not "expected an object"), with their full paths, rather than zod's "Invalid input".
+ */
+function unionBranchIssues(issue: z.core.$ZodIssue): z.core.$ZodIssue[] {
+  if (issue.code !== "invalid_union" || issue.errors.length === 0) return [issue];
+  const typed = issue.errors.filter((branch) => !branch.some((inner) => inner.code === "invalid_type" && inner.path.length === 0));
+  if (typed.length !== 1) return [issue];
+  return typed[0]!.map((inner) => ({ ...inner, path: [...issue.path, ...inner.path] }) as z.core.$ZodIssue).flatMap(unionBranchIssues);
+}
+
 /** Validates policy text; every problem is reported, each with its line and column. */
 export function parsePolicy(text: string, file = "<inline>", baseDir = process.cwd()): LoadedPolicy {
   const lineCounter = new LineCounter();
@@ -74,7 +85,7 @@ export function parsePolicy(text: string, file = "<inline>", baseDir = process.c
 
   const result = policySchema.safeParse(doc.toJS() ?? {});
   if (!result.success) {
-    for (const issue of result.error.issues) {
+    for (const issue of result.error.issues.flatMap(unionBranchIssues)) {
       const path = issue.path.filter((key): key is PathKey => typeof key !== "symbol");
       if (issue.code === "unrecognized_keys") {
         for (const key of issue.keys) {

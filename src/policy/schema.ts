@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { parseDuration } from "./duration.js";
+import { noProxyProblem, parseParentProxyUrl } from "./parent-proxy.js";
 
 const duration = z
   .string()
@@ -26,12 +27,6 @@ export const caSection = z.strictObject({
   dir: z.string().min(1).default("certs"),
 });
 
-export const upstreamSection = z.strictObject({
-  trust: z.array(z.string().min(1)).default([]),
-  connect_timeout: duration.default(10_000),
-  response_timeout: duration.default(300_000),
-  resolve: z.record(hostName, z.string().min(1)).default({}),
-});
 
 export const logSection = z.strictObject({
   audit: z.string().min(1).default("-"),
@@ -57,6 +52,40 @@ export const secretSource = z
     const kinds = ["env", "file", "command"].filter((kind) => source[kind as "env"] !== undefined);
     if (kinds.length !== 1) ctx.addIssue({ code: "custom", message: `expected exactly one of env, file or command${kinds.length ? ` (got ${kinds.join(", ")})` : ""}` });
   });
+
+const parentProxyUrl = z.string().transform((text, ctx) => {
+  const parsed = parseParentProxyUrl(text);
+  if (typeof parsed !== "string") return parsed;
+  ctx.addIssue({ code: "custom", message: parsed });
+  return z.NEVER;
+});
+
+/** `http://[user:pass@]HOST:PORT`, or `{ url, username, password: <secret source> }` to keep the password out of the file. */
+export const parentProxySchema = z.union([
+  parentProxyUrl,
+  z
+    .strictObject({ url: parentProxyUrl, username: z.string().min(1).optional(), password: secretSource })
+    .transform(({ url, username, password }, ctx) => {
+      if (url.password !== undefined) ctx.addIssue({ code: "custom", message: "the password is given twice: in the url and as password" });
+      return { host: url.host, port: url.port, username: username ?? url.username, password };
+    }),
+]);
+
+const noProxyEntry = z.string().superRefine((entry, ctx) => {
+  const problem = noProxyProblem(entry);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
+
+export const upstreamSection = z.strictObject({
+  trust: z.array(z.string().min(1)).default([]),
+  connect_timeout: duration.default(10_000),
+  response_timeout: duration.default(300_000),
+  resolve: z.record(hostName, z.string().min(1)).default({}),
+  /** A parent (corporate) proxy every upstream connection goes through: CONNECT for TLS, absolute form for plain HTTP. */
+  proxy: parentProxySchema.optional(),
+  /** Destinations reached directly, not through `proxy`. */
+  no_proxy: z.array(noProxyEntry).default([]),
+});
 
 /** "api.github.com", "*.githubusercontent.com" or an IP address. */
 const hostPattern = z.string().regex(/^(\*\.)?[^\s*/:@]+\.?$|^\[?[0-9a-fA-F:.]+\]?$/, 'expected a host name, "*.suffix" or an IP address');
@@ -238,6 +267,7 @@ export const policySchema = z.strictObject({
 });
 
 export type SecretSource = z.output<typeof secretSource>;
+export type ParentProxyPolicy = z.output<typeof parentProxySchema>;
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
 export type AwsSigv4Credential = z.output<typeof awsSigv4Schema>;

@@ -21,9 +21,11 @@ import { formatAuthority, parseAuthority } from "../pipeline/target.js";
 import { createServers, type ProxyServers } from "../transport/listener.js";
 import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
 import { createLookup } from "../transport/upstream/lookup.js";
+import { ParentProxy } from "../transport/upstream/parent-proxy.js";
 import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
 import { AdminToken, startObservability } from "./observability.js";
+import { warmUpParentProxy } from "./parent-proxy-startup.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
@@ -86,11 +88,12 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress)
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
   return {
     policy,
-    upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust, {
-      connectMs: policy.upstream.connect_timeout,
-      responseMs: policy.upstream.response_timeout,
-      guard,
-    }),
+    upstream: new UpstreamPool(
+      createLookup(policy.upstream.resolve, guard),
+      trust,
+      { connectMs: policy.upstream.connect_timeout, responseMs: policy.upstream.response_timeout, guard },
+      policy.upstream.proxy && new ParentProxy(policy.upstream.proxy, policy.upstream.no_proxy, policy.upstream.resolve, scrubber),
+    ),
     passthrough: policy.passthrough.hosts,
     secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
@@ -120,6 +123,7 @@ async function warmUpSecrets(state: PolicyState, diagnostics: Logger): Promise<v
   for (const failure of await state.secrets.warmUp()) {
     diagnostics.warn({ secret: failure.secret }, `${failure.message}; requests that need it will get 502 credential_unavailable`);
   }
+  await warmUpParentProxy(state, diagnostics);
 }
 
 export function parseListen(text: string): { host: string; port: number } {

@@ -15,6 +15,7 @@ import { decideTunnel } from "../policy/decide.js";
 import { DestinationGuard, DestinationDenied } from "../policy/destinations.js";
 import { anyHostMatches } from "../policy/hosts.js";
 import { pathReadings } from "../policy/paths.js";
+import { describeRoute } from "../policy/parent-proxy.js";
 import type { Policy } from "../policy/schema.js";
 import { createLookup, type LookupFunction } from "../transport/upstream/lookup.js";
 
@@ -29,6 +30,8 @@ export interface Explanation {
   credentials: { name: string; header?: string; query?: string; signs?: "aws_sigv4"; secrets: string[] }[];
   placeholders: { name: string; secret: string; in: string[]; allowed_here: boolean }[];
   passthrough: boolean;
+  /** Directly, or through upstream.proxy (and how). */
+  route: string;
 }
 
 /** explain never sends anything: the forward step is not part of a dry run. */
@@ -148,5 +151,6 @@ export async function explain(policy: Policy, method: string, url: string, clien
       allowed_here: anyHostMatches(placeholder.hosts, host),
     })),
     passthrough: anyHostMatches(policy.passthrough.hosts, host),
+    route: describeRoute(policy.upstream, scheme, host, port, anyHostMatches(policy.passthrough.hosts, host)),
   };
 }

@@ -10,10 +10,10 @@ import type { LookupFunction } from "./lookup.js";
 import type { UpstreamSettings } from "./settings.js";
 
 /**
- * A verified TLS connection to an upstream offering ALPN h2 and http/1.1; resolves once the
+ * A verified TLS connection to an upstream offering ALPN `alpn`; resolves once the
  * handshake is done (the upstream's choice is `alpnProtocol`), within connect_timeout.
  */
-export function connectTls(target: Target, trust: SecureContext, lookup: LookupFunction, settings: UpstreamSettings): Promise<TLSSocket> {
+export function connectTls(target: Target, trust: SecureContext, lookup: LookupFunction, settings: UpstreamSettings, alpn = ["h2", "http/1.1"]): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = connect({
       host: target.host,
@@ -21,7 +21,7 @@ export function connectTls(target: Target, trust: SecureContext, lookup: LookupF
       servername: isIpLiteral(target.host) ? undefined : target.host,
       secureContext: trust,
       minVersion: "TLSv1.2",
-      ALPNProtocols: ["h2", "http/1.1"],
+      ALPNProtocols: alpn,
       lookup,
     });
     socket.setNoDelay(true);

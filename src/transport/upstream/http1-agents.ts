@@ -2,6 +2,7 @@ import http from "node:http";
 import https from "node:https";
 import type { Duplex } from "node:stream";
 import type { SecureContext, TLSSocket } from "node:tls";
+import type { UpstreamConnector } from "./connector.js";
 import type { LookupFunction } from "./lookup.js";
 
 /**
@@ -15,6 +16,41 @@ export function isAdopted(socket: Duplex): boolean {
   return (socket as Duplex & { [ADOPTED]?: boolean })[ADOPTED] === true;
 }
 
+function markAdopted<T extends Duplex>(socket: T): T {
+  (socket as Duplex & { [ADOPTED]?: boolean })[ADOPTED] = true;
+  return socket;
+}
+
+type CreateCallback = (error: Error | null, socket: Duplex) => void;
+
+/**
+ * A destination the parent proxy carries: the connection is the connector's (a CONNECT tunnel,
+ * the handshake over it, guarded and timed there), handed to Node once it is up.
+ */
+function connectThroughParent(connector: UpstreamConnector | undefined, options: http.ClientRequestArgs, tls: boolean, callback: CreateCallback | undefined): boolean {
+  const host = options.host ?? "";
+  if (!connector?.parentFor(host) || !callback) return false;
+  const destination = { host, port: Number(options.port) };
+  const opening = tls ? connector.tls(destination, ["http/1.1"]) : connector.tcp(destination);
+  opening.then((socket) => callback(null, markAdopted(socket)), (error: Error) => callback(error, undefined as unknown as Duplex));
+  return true;
+}
+
+/** Plain HTTP that must reach the destination itself (upgrades): through a CONNECT tunnel when the parent carries it. */
+class RoutingHttpAgent extends http.Agent {
+  constructor(
+    options: http.AgentOptions,
+    private readonly connector: UpstreamConnector | undefined,
+  ) {
+    super(options);
+  }
+
+  override createConnection(options: http.ClientRequestArgs, callback?: CreateCallback): Duplex | undefined {
+    if (connectThroughParent(this.connector, options, false, callback)) return undefined;
+    return (http.Agent.prototype as unknown as { createConnection: RoutingHttpAgent["createConnection"] }).createConnection.call(this, options, callback);
+  }
+}
+
 /**
  * An https.Agent that can take a connection made elsewhere: the one dialled to learn an
  * upstream's protocol (ALPN), when it chose HTTP/1.1, becomes the pool's first socket for
@@ -23,9 +59,16 @@ export function isAdopted(socket: Duplex): boolean {
 class AdoptingAgent extends https.Agent {
   private readonly spare = new Map<string, TLSSocket[]>();
 
+  constructor(
+    options: https.AgentOptions,
+    private readonly connector: UpstreamConnector | undefined,
+  ) {
+    super(options);
+  }
+
   adopt(host: string, port: number, socket: TLSSocket): void {
     const key = `${host}:${port}`;
-    (socket as TLSSocket & { [ADOPTED]?: boolean })[ADOPTED] = true;
+    markAdopted(socket);
     const list = this.spare.get(key) ?? [];
     list.push(socket);
     this.spare.set(key, list);
@@ -41,12 +84,13 @@ class AdoptingAgent extends https.Agent {
     }, Http1Agents.IDLE_MS).unref();
   }
 
-  override createConnection(options: http.ClientRequestArgs, callback?: (error: Error | null, socket: Duplex) => void): Duplex {
+  override createConnection(options: http.ClientRequestArgs, callback?: CreateCallback): Duplex | undefined {
     const key = `${options.host}:${options.port}`;
     const list = this.spare.get(key);
     const socket = list?.shift();
     if (list && list.length === 0) this.spare.delete(key);
     if (socket && !socket.destroyed) return socket;
+    if (connectThroughParent(this.connector, options, true, callback)) return undefined;
     return (https.Agent.prototype as unknown as { createConnection: AdoptingAgent["createConnection"] }).createConnection.call(this, options, callback);
   }
 
@@ -61,8 +105,10 @@ export class Http1Agents {
   static readonly IDLE_MS = 30_000;
   readonly http: http.Agent;
   readonly https: AdoptingAgent;
+  /** Plain-HTTP requests in absolute form to the parent proxy: one keep-alive pool of connections to it, whatever the destination. */
+  readonly toParent: http.Agent | undefined;
 
-  constructor(lookup: LookupFunction, trust: SecureContext) {
+  constructor(lookup: LookupFunction, trust: SecureContext, connector?: UpstreamConnector) {
     const common = {
       keepAlive: true,
       maxSockets: 256,
@@ -74,8 +120,11 @@ export class Http1Agents {
       lookup,
       noDelay: true,
     };
-    this.http = new http.Agent(common);
-    this.https = new AdoptingAgent({ ...common, secureContext: trust, minVersion: "TLSv1.2", ALPNProtocols: ["http/1.1"] });
+    this.http = new RoutingHttpAgent(common, connector);
+    this.https = new AdoptingAgent({ ...common, secureContext: trust, minVersion: "TLSv1.2", ALPNProtocols: ["http/1.1"] }, connector);
+    // The parent is found by the system resolver: the guard judges destinations, not the parent.
+    const { lookup: _guarded, ...toParent } = common;
+    this.toParent = connector?.parent ? new http.Agent(toParent) : undefined;
   }
 
   agentFor(scheme: "http" | "https"): http.Agent {
@@ -85,5 +134,6 @@ export class Http1Agents {
   destroy(): void {
     this.http.destroy();
     this.https.destroy();
+    this.toParent?.destroy();
   }
 }

@@ -5,11 +5,12 @@ import { createHash, randomBytes } from "node:crypto";
 import { getHeader, getHeaderValues, headerPairs, setHeader, type RawHeaders } from "../../core/headers.js";
 import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
 import { ProxyError } from "../../core/errors.js";
-import { upstreamName } from "../../pipeline/target.js";
+import { formatAuthority, upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
 import { formatDuration } from "../../policy/duration.js";
 import { classifyUpstreamError } from "./classify.js";
 import { isAdopted } from "./http1-agents.js";
+import type { ParentProxy } from "./parent-proxy.js";
 import type { UpstreamSettings } from "./settings.js";
 
 /** isIP, skipped for what cannot be an IP literal (no ':' and not only digits and dots): most hosts are names. */
@@ -36,7 +37,7 @@ export function http1Response(res: IncomingMessage): UpstreamResponse {
  * The connect timer runs until TCP (and TLS) is up; the response timer until the response
  * headers arrive. A name that resolves to portcullis itself is refused on the address dialled.
  */
-function armTimers(request: ClientRequest, target: Target, settings: UpstreamSettings): void {
+function armTimers(request: ClientRequest, target: Target, settings: UpstreamSettings, dialled: string): void {
   const { connectMs, responseMs, guard } = settings;
   const responseTimer = setTimeout(
     () => request.destroy(new ProxyError("upstream_timeout", `${upstreamName(target)} sent no response headers within ${formatDuration(responseMs)}`)),
@@ -49,7 +50,7 @@ function armTimers(request: ClientRequest, target: Target, settings: UpstreamSet
     // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
     request.setTimeout(0);
     connectTimer = setTimeout(
-      () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${upstreamName(target)} timed out after ${formatDuration(connectMs)}`)),
+      () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${dialled} timed out after ${formatDuration(connectMs)}`)),
       connectMs,
     );
     socket.once(target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
@@ -94,15 +95,32 @@ export function failedCall(events: UpstreamEvents, error: ProxyError): UpstreamC
   return { write: () => true, onDrain: () => undefined, end: () => undefined, abort: () => undefined };
 }
 
+/** A plain-HTTP request sent to the parent proxy in absolute form (RFC 9112 3.2.2) rather than to the destination. */
+export interface ViaParent {
+  parent: ParentProxy;
+  authorization: string | undefined;
+}
+
+/** The request-target the parent is sent: absolute form; `OPTIONS *` as the authority alone (RFC 9112 3.2.4). */
+function absoluteForm(target: Target, path: string): string {
+  const origin = `http://${formatAuthority(target.host, target.port, "http")}`;
+  return path === "*" ? origin : `${origin}${path}`;
+}
+
 /** One request over an HTTP/1.1 keep-alive pool. */
-export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
-  const { scheme, host, port } = target;
+export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents, via?: ViaParent): UpstreamCall {
+  const { scheme } = target;
+  const host = via ? via.parent.host : target.host;
+  const port = via ? via.parent.port : target.port;
+  const dialled = via ? `the ${via.parent.name} (for ${upstreamName(target)})` : upstreamName(target);
   const bridged = request.upgrade !== undefined ? bridgeUpgrade(request) : undefined;
   let headers = joinCookies(bridged?.headers ?? request.headers);
   // Node frames the body itself; telling it "chunked" keeps a body without a length chunked whatever the method.
   if (request.hasBody && request.body === undefined && getHeader(headers, "content-length") === undefined) headers = [...headers, "Transfer-Encoding", "chunked"];
-  const options: https.RequestOptions = { method: request.method, path: request.path, headers, host, port, agent };
-  if (scheme === "https" && !isIpLiteral(host)) options.servername = host;
+  if (via?.authorization) headers = [...headers, "Proxy-Authorization", via.authorization];
+  const path = via ? absoluteForm(target, request.path) : request.path;
+  const options: https.RequestOptions = { method: request.method, path, headers, host, port, agent };
+  if (scheme === "https" && !isIpLiteral(target.host)) options.servername = target.host;
   let upstreamReq: ClientRequest;
   try {
     upstreamReq = (scheme === "https" ? https : http).request(options);
@@ -110,11 +128,19 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
     // Node refuses the head (a header value it cannot write): reported like any failure, never thrown at the caller.
     return failedCall(events, new ProxyError("internal_error", `cannot send the request to ${upstreamName(target)}: ${(error as Error).message}`));
   }
-  armTimers(upstreamReq, target, settings);
+  armTimers(upstreamReq, target, settings, dialled);
   let upgraded = false;
   upstreamReq.once("socket", () => events.sent("1.1"));
   upstreamReq.on("continue", () => events.continue());
-  upstreamReq.on("response", (res) => events.response(http1Response(res)));
+  upstreamReq.on("response", (res) => {
+    // The parent asking for credentials is the parent's refusal, never the destination's answer to relay.
+    if (via && res.statusCode === 407) {
+      upstreamReq.destroy();
+      events.error(new ProxyError("upstream_unreachable", `the ${via.parent.name} refused the request for ${upstreamName(target)}: 407 ${res.statusMessage ?? ""}`.trimEnd()));
+      return;
+    }
+    events.response(http1Response(res));
+  });
   // Only a request that asked to switch protocols may: a 101 to anything else is a protocol
   // error (Node destroys the socket when nobody listens for 'upgrade').
   if (request.upgrade !== undefined) upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
@@ -133,7 +159,7 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
   upstreamReq.once("response", () => (answered = true));
   upstreamReq.on("error", (error) => {
     answered = true;
-    if (!upgraded) events.error(classifyUpstreamError(error, upstreamName(target)));
+    if (!upgraded) events.error(classifyUpstreamError(error, dialled));
   });
   // Closed with neither an answer nor an error (Node drops a 101 nobody asked for this way).
   upstreamReq.once("close", () => {

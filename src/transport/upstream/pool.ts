@@ -1,14 +1,16 @@
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { SecureContext } from "node:tls";
 import { ProxyError } from "../../core/errors.js";
 import type { OutgoingRequest, Target, Upstream, UpstreamCall, UpstreamEvents } from "../../core/messages.js";
-import { formatAuthority } from "../../pipeline/target.js";
-import { connectTls } from "./connect-tls.js";
+import { formatAuthority, upstreamName } from "../../pipeline/target.js";
+import { formatDuration } from "../../policy/duration.js";
+import { UpstreamConnector } from "./connector.js";
 import { DeferredCall } from "./deferred-call.js";
 import { Http1Agents } from "./http1-agents.js";
 import { sendHttp1 } from "./http1.js";
 import { openHttp2Connection, sendHttp2, type Http2Connection } from "./http2.js";
 import type { LookupFunction } from "./lookup.js";
+import type { ParentProxy } from "./parent-proxy.js";
 import type { UpstreamSettings } from "./settings.js";
 
 type Protocol = "h2" | "http/1.1";
@@ -43,18 +45,26 @@ export class UpstreamPool implements Upstream {
   private readonly protocols = new Map<string, Protocol>();
   private readonly sessions = new Map<string, Http2Connection[]>();
   private readonly connecting = new Map<string, Promise<Protocol>>();
+  /** How every connection is opened, directly or through the parent proxy; for other modules too (token endpoints). */
+  readonly connector: UpstreamConnector;
 
   constructor(
-    private readonly lookup: LookupFunction,
-    private readonly trust: SecureContext,
+    lookup: LookupFunction,
+    trust: SecureContext,
     private readonly settings: UpstreamSettings,
+    parent?: ParentProxy,
   ) {
-    this.agents = new Http1Agents(lookup, trust);
+    this.connector = new UpstreamConnector(lookup, trust, settings, parent);
+    this.agents = new Http1Agents(lookup, trust, this.connector);
   }
 
   send(target: Target, request: OutgoingRequest, rawEvents: UpstreamEvents): UpstreamCall {
     const events = once(rawEvents);
-    if (target.scheme !== "https" || request.upgrade !== undefined) return this.sendHttp1(target, request, events);
+    if (target.scheme !== "https" || request.upgrade !== undefined) {
+      // Plain HTTP goes to the parent in absolute form; an upgrade needs the destination itself, so it is tunnelled (RFC 6455 4.1).
+      const parent = target.scheme === "http" && request.upgrade === undefined ? this.connector.parentFor(target.host) : undefined;
+      return parent ? this.sendViaParent(parent, target, request, events) : this.sendHttp1(target, request, events);
+    }
     const key = formatAuthority(target.host, target.port);
     if (this.protocolOf(key) === "http/1.1") return this.sendHttp1(target, request, events);
     const connection = this.sessions.get(key)?.find((candidate) => candidate.available);
@@ -81,18 +91,36 @@ export class UpstreamPool implements Upstream {
     throw new ProxyError("upstream_unreachable", `no h2 connection to ${key} has room for another stream`);
   }
 
-  dial(host: string, port: number): Socket {
-    return connect({ host, port, lookup: this.lookup, noDelay: true });
+  dial(host: string, port: number): Promise<Socket> {
+    return this.connector.tcp({ host, port });
   }
 
   destroy(): void {
     this.agents.destroy();
+    this.connector.destroy();
     for (const list of this.sessions.values()) for (const connection of list) connection.session.destroy();
     this.sessions.clear();
   }
 
   private sendHttp1(target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
     return sendHttp1(this.agents.agentFor(target.scheme), this.settings, target, request, events);
+  }
+
+  /** The destination judged by the guard first (the parent never is), then the request in absolute form over the pool to the parent. */
+  private sendViaParent(parent: ParentProxy, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
+    const deferred = new DeferredCall();
+    let timer: NodeJS.Timeout | undefined;
+    // The connect timer of the request to the parent starts once it is sent: the check before it is bounded too.
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new ProxyError("upstream_unreachable", `judging ${upstreamName(target)} before sending it to the ${parent.name} timed out after ${formatDuration(this.settings.connectMs)}`)), this.settings.connectMs);
+    });
+    Promise.race([Promise.all([this.connector.checkDestination(target), parent.authorization()]), timeout])
+      .finally(() => clearTimeout(timer))
+      .then(([, authorization]) => {
+        if (!deferred.isAborted) deferred.attach(sendHttp1(this.agents.toParent!, this.settings, target, request, events, { parent, authorization }));
+      })
+      .catch((error: unknown) => events.error(error instanceof ProxyError ? error : new ProxyError("internal_error", `cannot send to ${upstreamName(target)}: ${(error as Error).message}`)));
+    return deferred;
   }
 
   private protocolOf(key: string): Protocol | undefined {
@@ -103,7 +131,7 @@ export class UpstreamPool implements Upstream {
   private connect(key: string, target: Target): Promise<Protocol> {
     const pending = this.connecting.get(key);
     if (pending) return pending;
-    const attempt = connectTls(target, this.trust, this.lookup, this.settings)
+    const attempt = this.connector.tls(target, ["h2", "http/1.1"])
       .then((socket): Protocol | Promise<Protocol> => {
         const protocol: Protocol = socket.alpnProtocol === "h2" ? "h2" : "http/1.1";
         this.protocols.set(key, protocol);
