@@ -1,5 +1,8 @@
 import { z } from "zod";
 import { parseDuration } from "./duration.js";
+import { secretSource } from "./secret-source-schema.js";
+
+export { secretSource };
 
 const duration = z
   .string()
@@ -44,19 +47,6 @@ export const passthroughSection = z.strictObject({
 });
 
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "expected a name of letters, digits, '_', '.', '-'");
-
-/** Where a secret's value comes from: exactly one of env, file, command. */
-export const secretSource = z
-  .strictObject({
-    env: z.string().min(1).optional(),
-    file: z.string().min(1).optional(),
-    command: z.string().min(1).optional(),
-    ttl: duration.optional(),
-  })
-  .superRefine((source, ctx) => {
-    const kinds = ["env", "file", "command"].filter((kind) => source[kind as "env"] !== undefined);
-    if (kinds.length !== 1) ctx.addIssue({ code: "custom", message: `expected exactly one of env, file or command${kinds.length ? ` (got ${kinds.join(", ")})` : ""}` });
-  });
 
 /** "api.github.com", "*.githubusercontent.com" or an IP address. */
 const hostPattern = z.string().regex(/^(\*\.)?[^\s*/:@]+\.?$|^\[?[0-9a-fA-F:.]+\]?$/, 'expected a host name, "*.suffix" or an IP address');
@@ -219,7 +209,7 @@ export const policySchema = z.strictObject({
   websocket: z.array(webSocketRuleSchema).default([]),
 });
 
-export type SecretSource = z.output<typeof secretSource>;
+export type { SecretSource } from "./secret-source-schema.js";
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
 export type Placeholder = z.output<typeof placeholderSchema>;

@@ -6,6 +6,7 @@ import { createDiagnostics, AuditLog } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
+import { secretStoreOptions } from "./secret-store-options.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
@@ -77,21 +78,23 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger): PolicyState {
   const { policy } = loaded;
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
+  const lookup = createLookup(policy.upstream.resolve, guard);
+  const secretOptions = secretStoreOptions(policy, trust, lookup, diagnostics);
   return {
     policy,
-    upstream: new UpstreamPool(createLookup(policy.upstream.resolve, guard), trust, {
+    upstream: new UpstreamPool(lookup, trust, {
       connectMs: policy.upstream.connect_timeout,
       responseMs: policy.upstream.response_timeout,
       guard,
     }),
     passthrough: policy.passthrough.hosts,
-    secrets: new SecretStore(policy.secrets, scrubber),
-    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
+    secrets: new SecretStore(policy.secrets, scrubber, secretOptions),
+    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions)),
     guard,
   };
 }
@@ -147,7 +150,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self),
+    state: buildState(loaded, scrubber, self, diagnostics),
     contexts,
     audit,
     diagnostics,
@@ -181,7 +184,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
-    runtime.state = buildState(policy, scrubber, self);
+    runtime.state = buildState(policy, scrubber, self, diagnostics);
     policyFile = policy.file;
     await warmUpSecrets(runtime.state, diagnostics);
   };

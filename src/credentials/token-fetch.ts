@@ -1,0 +1,119 @@
+import type { LookupAddress, LookupOptions } from "node:dns";
+import type { SecureContext } from "node:tls";
+import { Agent, request, type Dispatcher } from "undici";
+
+/** Same shape as the upstream pool's lookup: the policy's name overrides and the destination guard in front of DNS. */
+export type TokenLookup = (
+  hostname: string,
+  options: LookupOptions,
+  callback: (error: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void,
+) => void;
+
+/** How token endpoints are reached: exactly as upstreams are (upstream.trust, upstream.resolve, the guard, the timeouts). */
+export interface TokenEndpointAccess {
+  trust: SecureContext;
+  lookup: TokenLookup;
+  connectMs: number;
+  responseMs: number;
+  /**
+   * Where a parent proxy (upstream.proxy) plugs in: a dispatcher that tunnels through it.
+   * Absent, token endpoints are dialled directly.
+   */
+  dispatcher?: Dispatcher;
+}
+
+export interface TokenRequest {
+  method: "GET" | "POST";
+  url: URL;
+  headers: Record<string, string>;
+  body?: string;
+}
+
+export interface TokenResponse {
+  status: number;
+  /** The parsed JSON body; undefined when the body is not JSON. Never put into a message: it may hold a secret. */
+  json: unknown;
+}
+
+/** Larger answers from a token endpoint are refused: no real one sends this much. */
+const MAX_BODY_BYTES = 1024 * 1024;
+
+/** Why a token endpoint could not be asked, in words that hold no secret. */
+export class TokenFetchError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TokenFetchError";
+  }
+}
+
+/** Where a request went, for messages: origin and path, never the query (it could carry something sensitive). */
+export function endpointName(url: URL): string {
+  return `${url.origin}${url.pathname}`;
+}
+
+function describeFailure(error: unknown): string {
+  const err = error as NodeJS.ErrnoException & { reason?: string };
+  if (err.code === "EPORTCULLIS_DESTINATION") return err.message;
+  if (err.code === "UND_ERR_CONNECT_TIMEOUT") return "connect timed out";
+  if (err.code === "UND_ERR_HEADERS_TIMEOUT" || err.code === "UND_ERR_BODY_TIMEOUT") return "no answer in time";
+  return err.code ?? err.name ?? "error";
+}
+
+/**
+ * The one place minted and fetched secrets are asked for over the network (GitHub, OAuth 2.0
+ * token endpoints, Vault): HTTPS verified against the same trust as upstream requests,
+ * HTTP/1.1, bounded in time and size.
+ */
+export class TokenFetch {
+  private readonly dispatcher: Dispatcher;
+
+  constructor(access: TokenEndpointAccess) {
+    this.dispatcher =
+      access.dispatcher ??
+      new Agent({
+        connect: { secureContext: access.trust, lookup: access.lookup, minVersion: "TLSv1.2", timeout: access.connectMs },
+        connectTimeout: access.connectMs,
+        headersTimeout: access.responseMs,
+        bodyTimeout: access.responseMs,
+        keepAliveTimeout: 5_000,
+        connections: 4,
+      });
+  }
+
+  async send(what: string, req: TokenRequest): Promise<TokenResponse> {
+    const where = endpointName(req.url);
+    let response: Dispatcher.ResponseData;
+    try {
+      // undici follows no redirect without an interceptor: a token endpoint that redirects is an error, not a hop.
+      response = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher: this.dispatcher });
+    } catch (error) {
+      throw new TokenFetchError(`${what}: cannot reach ${where} (${describeFailure(error)})`);
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of response.body) {
+        size += (chunk as Buffer).length;
+        if (size > MAX_BODY_BYTES) {
+          response.body.destroy();
+          throw new TokenFetchError(`${what}: ${where} answered with more than ${MAX_BODY_BYTES} bytes`);
+        }
+        chunks.push(chunk as Buffer);
+      }
+    } catch (error) {
+      if (error instanceof TokenFetchError) throw error;
+      throw new TokenFetchError(`${what}: ${where} broke off its answer (${describeFailure(error)})`);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    } catch {
+      json = undefined;
+    }
+    return { status: response.statusCode, json };
+  }
+
+  close(): Promise<void> {
+    return this.dispatcher.close();
+  }
+}

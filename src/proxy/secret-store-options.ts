@@ -1,0 +1,18 @@
+import type { SecureContext } from "node:tls";
+import type { Logger } from "pino";
+import type { SecretStoreOptions } from "../credentials/secrets.js";
+import { TokenFetch } from "../credentials/token-fetch.js";
+import type { Policy } from "../policy/schema.js";
+import type { LookupFunction } from "../transport/upstream/lookup.js";
+
+/**
+ * Secret stores reach token endpoints (GitHub, OAuth 2.0, Vault) exactly as upstreams are
+ * reached: the same trust, name overrides, destination guard and timeouts. A parent proxy
+ * (upstream.proxy) goes in here as TokenEndpointAccess.dispatcher.
+ */
+export function secretStoreOptions(policy: Policy, trust: SecureContext, lookup: LookupFunction, diagnostics: Logger): SecretStoreOptions {
+  return {
+    fetcher: new TokenFetch({ trust, lookup, connectMs: policy.upstream.connect_timeout, responseMs: policy.upstream.response_timeout }),
+    warn: (secret, message) => diagnostics.warn({ secret }, message),
+  };
+}
