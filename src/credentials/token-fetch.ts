@@ -1,4 +1,5 @@
 import type { LookupAddress, LookupOptions } from "node:dns";
+import { isIP } from "node:net";
 import type { SecureContext } from "node:tls";
 import { Agent, request, type Dispatcher } from "undici";
 
@@ -67,7 +68,7 @@ function describeFailure(error: unknown): string {
 export class TokenFetch {
   private readonly dispatcher: Dispatcher;
 
-  constructor(access: TokenEndpointAccess) {
+  constructor(private readonly access: TokenEndpointAccess) {
     this.dispatcher =
       access.dispatcher ??
       new Agent({
@@ -84,6 +85,7 @@ export class TokenFetch {
     const where = endpointName(req.url);
     let response: Dispatcher.ResponseData;
     try {
+      await this.checkIpLiteral(req.url.hostname);
       // undici follows no redirect without an interceptor: a token endpoint that redirects is an error, not a hop.
       response = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher: this.dispatcher });
     } catch (error) {
@@ -111,6 +113,13 @@ export class TokenFetch {
       json = undefined;
     }
     return { status: response.statusCode, json };
+  }
+
+  /** A socket dialling an IP literal never calls lookup: its address goes through the same guard explicitly. */
+  private checkIpLiteral(hostname: string): Promise<void> {
+    const host = hostname.replace(/^\[|\]$/g, "");
+    if (!isIP(host)) return Promise.resolve();
+    return new Promise((resolve, reject) => this.access.lookup(host, { all: true }, (error) => (error ? reject(error) : resolve())));
   }
 
   close(): Promise<void> {
