@@ -31,6 +31,8 @@ export interface FakeGitHub extends Refusals {
   issued: string[];
   /** The next answers: `fail` answers this status (with a body holding a secret-looking string) instead of minting. */
   fail: number | undefined;
+  /** Installations whose mints answer this status instead. */
+  failing: Map<string, number>;
   /** Lifetime of the tokens it issues, from its clock. */
   lifetimeMs: number;
   close(): Promise<void>;
@@ -48,7 +50,7 @@ interface GitHubOptions {
 /** POST {prefix}/app/installations/{id}/access_tokens, checking the app JWT (RS256, iss, iat, exp) with the app's public key. */
 export async function startFakeGitHub(pki: ServerPki, options: GitHubOptions): Promise<FakeGitHub> {
   const now = options.now ?? Date.now;
-  const fake: FakeGitHub = { upstream: undefined!, mints: new Map(), issued: [], refusals: [], fail: undefined, lifetimeMs: 3_600_000, close: () => fake.upstream.close() };
+  const fake: FakeGitHub = { upstream: undefined!, mints: new Map(), issued: [], refusals: [], fail: undefined, failing: new Map(), lifetimeMs: 3_600_000, close: () => fake.upstream.close() };
   const refuse = (res: ServerResponse, status: number, why: string) => {
     fake.refusals.push(why);
     json(res, status, { message: why, documentation_url: "https://docs.github.com/rest", leaked: "ghs_should_never_be_logged_0000" });
@@ -75,8 +77,9 @@ export async function startFakeGitHub(pki: ServerPki, options: GitHubOptions): P
     if (typeof claims.exp !== "number" || claims.exp <= seconds || claims.exp > seconds + 600 || claims.exp - claims.iat > 660) return refuse(res, 401, `exp ${claims.exp}`);
     if (JSON.stringify(JSON.parse(body || "{}")) !== JSON.stringify(options.expectBody)) return refuse(res, 422, `body ${body}`);
     if (body && req.headers["content-type"] !== "application/json") return refuse(res, 415, "body without content-type application/json");
-    if (fake.fail !== undefined) return refuse(res, fake.fail, "told to fail");
     const id = match[1]!;
+    const fail = fake.fail ?? fake.failing.get(id);
+    if (fail !== undefined) return refuse(res, fail, "told to fail");
     fake.mints.set(id, (fake.mints.get(id) ?? 0) + 1);
     const token = `ghs_${randomBytes(18).toString("hex")}`;
     fake.issued.push(token);

@@ -1,0 +1,233 @@
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { request } from "undici";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
+import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
+import { startFakeGitHub, startFakeOAuth, startFakeVault, type FakeGitHub, type FakeOAuth, type FakeVault } from "./helpers/token-services.js";
+import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+
+const CLIENT_SECRET = `cs-${randomBytes(10).toString("hex")}`;
+const VAULT_TOKEN = `hvs.${randomBytes(12).toString("hex")}`;
+const VAULT_VALUE = `sk-vault-${randomBytes(12).toString("hex")}`;
+const HOSTS = ["github.test", "oauth.test", "vault.test", "gh.api.test", "flaky.api.test", "svc.api.test", "openai.api.test", "rotate.api.test", "cmd.api.test"];
+
+let pki: ServerPki;
+let dir: string;
+let privateKeyPem: string;
+let github: FakeGitHub;
+let oauth: FakeOAuth;
+let vault: FakeVault;
+let upstream: TestUpstream;
+let proxy: TestProxy;
+let rotatingFile: string;
+let commandFile: string;
+
+/** The upstream echoes the credential it received, in a header and in the body: portcullis must scrub both. */
+async function startEchoUpstream(server: ServerPki): Promise<TestUpstream> {
+  return startUpstream((req, res) => {
+    const received = req.headers.authorization ?? (req.headers["x-api-key"] as string | undefined) ?? "";
+    res.writeHead(200, { "content-type": "text/plain", "x-echo": received }).end(`you sent: ${received}\n`);
+  }, server);
+}
+
+function url(host: string, path = "/"): string {
+  return `https://${host}:${upstream.port}${path}`;
+}
+
+/** What the upstream received on requests to one host. */
+function receivedBy(host: string): string[] {
+  return upstream.seen
+    .filter((seen) => {
+      const index = seen.rawHeaders.findIndex((name, i) => i % 2 === 0 && name.toLowerCase() === "host");
+      return seen.rawHeaders[index + 1]?.startsWith(`${host}:`);
+    })
+    .map((seen) => {
+      const index = seen.rawHeaders.findIndex((name, i) => i % 2 === 0 && ["authorization", "x-api-key"].includes(name.toLowerCase()));
+      return seen.rawHeaders[index + 1] ?? "";
+    });
+}
+
+async function get(host: string, path = "/") {
+  const res = await request(url(host, path), { dispatcher: proxy.dispatcher });
+  return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
+}
+
+beforeAll(async () => {
+  pki = await makeUpstreamPki("mint-e2e");
+  dir = tempDir("mint-e2e");
+  const { privateKey, publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  privateKeyPem = privateKey.export({ type: "pkcs1", format: "pem" }).toString();
+  const keyFile = join(dir, "app.pem");
+  writeFileSync(keyFile, privateKeyPem, { mode: 0o600 });
+  writeFileSync(join(dir, "vault-token"), VAULT_TOKEN);
+  rotatingFile = join(dir, "rotating");
+  writeFileSync(rotatingFile, "rotating-value-one\n");
+  commandFile = join(dir, "command-output");
+  writeFileSync(commandFile, "command-value-one");
+  github = await startFakeGitHub(pki, { appId: "12345", publicKey, prefix: "/api/v3", expectBody: { repositories: ["repo-a"], permissions: { contents: "read" } } });
+  oauth = await startFakeOAuth(pki, { clientId: "portcullis-e2e", clientSecret: CLIENT_SECRET, auth: "basic", scope: "read write" });
+  vault = await startFakeVault(pki, { path: "secret/data/openai", token: VAULT_TOKEN, data: { api_key: VAULT_VALUE } });
+  upstream = await startEchoUpstream(pki);
+  process.env.PCX_MINT_E2E_CID = "portcullis-e2e";
+  process.env.PCX_MINT_E2E_SECRET = CLIENT_SECRET;
+  const app = (installation: number) =>
+    `{ github_app: { app_id: 12345, installation_id: ${installation}, private_key: { file: ${JSON.stringify(keyFile)} }, api: "https://github.test:${github.upstream.port}/api/v3", repositories: [repo-a], permissions: { contents: read } } }`;
+  // The OAuth endpoint is down when portcullis starts: a warning, not a refusal to start.
+  oauth.fail = 503;
+  github.failing.set("999", 403);
+  proxy = await startProxy(
+    policyTrusting(
+      pki.caFile,
+      `
+secrets:
+  gh: ${app(678)}
+  gh_flaky: ${app(999)}
+  svc: { oauth2: { token_url: "https://oauth.test:${oauth.upstream.port}/oauth/token", client_id: { env: PCX_MINT_E2E_CID }, client_secret: { env: PCX_MINT_E2E_SECRET }, scope: "read write" } }
+  openai: { vault: { address: "https://vault.test:${vault.upstream.port}", path: secret/data/openai, field: api_key, token: { file: ${JSON.stringify(join(dir, "vault-token"))} } } }
+  rotating: { file: ${JSON.stringify(rotatingFile)}, ttl: 200ms }
+  cmd: { command: ${JSON.stringify(`cat ${commandFile}`)}, ttl: 200ms }
+credentials:
+  - { name: github, hosts: [gh.api.test], header: { name: Authorization, value: "Bearer \${secrets.gh}" } }
+  - { name: github-flaky, hosts: [flaky.api.test], header: { name: Authorization, value: "Bearer \${secrets.gh_flaky}" } }
+  - { name: svc, hosts: [svc.api.test], header: { name: Authorization, value: "Bearer \${secrets.svc}" } }
+  - { name: openai, hosts: [openai.api.test], header: { name: X-Api-Key, value: "\${secrets.openai}" } }
+  - { name: rotating, hosts: [rotate.api.test], header: { name: Authorization, value: "Bearer \${secrets.rotating}" } }
+  - { name: cmd, hosts: [cmd.api.test], header: { name: Authorization, value: "Bearer \${secrets.cmd}" } }
+`,
+    ).replace("  connect_timeout: 2s\n", `  connect_timeout: 2s\n  resolve: { ${HOSTS.map((host) => `${host}: 127.0.0.1`).join(", ")} }\n`),
+  );
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  await Promise.all([github, oauth, vault, upstream].map((server) => server?.close()));
+});
+
+describe("minted and fetched secrets through portcullis", () => {
+  it("warns at start about a token endpoint that is down, answers 502 credential_unavailable while it is, and forwards nothing", async () => {
+    const warning = await proxy.diagnostics.waitFor((line) => line.secret === "svc");
+    expect(warning.msg).toMatch(/secret "svc" is unavailable: oauth2 oauth\.test:\d+\/oauth\/token: .* answered HTTP 503 \(temporarily_unavailable\); requests that need it will get 502 credential_unavailable/);
+    const res = await get("svc.api.test", "/down");
+    expect(res.status).toBe(502);
+    expect(res.headers["x-portcullis-error"]).toBe("credential_unavailable");
+    const body = JSON.parse(res.body) as { error: { type: string; message: string } };
+    expect(body.error.message).toMatch(/credential "svc": secret "svc" is unavailable: oauth2 .* answered HTTP 503/);
+    expect(res.body).not.toContain("rt_never_logged");
+    expect(receivedBy("svc.api.test")).toEqual([]);
+  });
+
+  it("once the endpoint recovers, 20 concurrent requests share one mint and each carries the token", async () => {
+    oauth.fail = undefined;
+    const before = oauth.mints;
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => get("svc.api.test", `/r${i}`)));
+    expect(answers.map((answer) => answer.status)).toEqual(Array(20).fill(200));
+    expect(oauth.refusals.filter((why) => why !== "told to fail")).toEqual([]);
+    expect(oauth.mints).toBe(before + 1);
+    const token = oauth.issued.at(-1)!;
+    expect(receivedBy("svc.api.test")).toEqual(Array(20).fill(`Bearer ${token}`));
+    // The upstream echoed the token back; the client sees it scrubbed in the header and the body.
+    for (const answer of answers) {
+      expect(answer.body).toBe("you sent: Bearer [REDACTED]\n");
+      expect(answer.headers["x-echo"]).toBe("Bearer [REDACTED]");
+    }
+  });
+
+  it("puts a GitHub App installation token (minted once at start) on GitHub requests", async () => {
+    expect(github.refusals.filter((why) => why !== "told to fail")).toEqual([]);
+    const answers = await Promise.all(Array.from({ length: 10 }, () => get("gh.api.test", "/repos/o/repo-a")));
+    expect(answers.map((answer) => answer.status)).toEqual(Array(10).fill(200));
+    expect(github.mints.get("678")).toBe(1);
+    const token = github.issued.find((value) => value.startsWith("ghs_"))!;
+    expect(receivedBy("gh.api.test")).toEqual(Array(10).fill(`Bearer ${token}`));
+    expect(answers[0]!.body).not.toContain(token);
+    const line = await proxy.audit.waitFor((l) => l.host === "gh.api.test");
+    expect(line.credentials).toEqual(["github"]);
+    expect((line.req_headers as Record<string, string>)["authorization"] ?? "[REDACTED]").toBe("[REDACTED]");
+  });
+
+  it("a GitHub refusal fails closed with its status only, and the next request mints once GitHub answers again", async () => {
+    try {
+      const res = await get("flaky.api.test", "/x");
+      expect(res.status).toBe(502);
+      const body = JSON.parse(res.body) as { error: { type: string; message: string } };
+      expect(body.error.type).toBe("credential_unavailable");
+      expect(body.error.message).toMatch(/github_app installation 999: https:\/\/github\.test:\d+\/api\/v3\/app\/installations\/999\/access_tokens answered HTTP 403$/);
+      expect(res.body).not.toContain("ghs_should_never_be_logged");
+      expect(receivedBy("flaky.api.test")).toEqual([]);
+    } finally {
+      github.failing.clear();
+    }
+    const res = await get("flaky.api.test", "/x");
+    expect(res.status).toBe(200);
+    expect(github.mints.get("999")).toBe(1);
+    expect(receivedBy("flaky.api.test")).toEqual([`Bearer ${github.issued.at(-1)}`]);
+  });
+
+  it("puts a Vault KV v2 field on requests, read with the Vault token", async () => {
+    const res = await get("openai.api.test", "/v1/models");
+    expect(res.status).toBe(200);
+    expect(vault.refusals).toEqual([]);
+    expect(receivedBy("openai.api.test")).toEqual([VAULT_VALUE]);
+    expect(res.body).toBe("you sent: [REDACTED]\n");
+  });
+
+  it("rotation: a changed file secret is used within its ttl, with no restart and no dropped request", async () => {
+    let stop = false;
+    const statuses: number[] = [];
+    const worker = async () => {
+      while (!stop) statuses.push((await get("rotate.api.test", "/rotating")).status);
+    };
+    const workers = Array.from({ length: 4 }, worker);
+    await expect.poll(() => receivedBy("rotate.api.test").length).toBeGreaterThan(8);
+    // As Kubernetes and most secret managers do: the new content appears by a rename, never half-written.
+    const next = join(dir, "rotating.next");
+    writeFileSync(next, "rotating-value-two\n");
+    renameSync(next, rotatingFile);
+    await expect.poll(() => receivedBy("rotate.api.test").at(-1), { timeout: 5000 }).toBe("Bearer rotating-value-two");
+    const switchedAt = receivedBy("rotate.api.test").length;
+    await expect.poll(() => receivedBy("rotate.api.test").length).toBeGreaterThan(switchedAt + 8);
+    stop = true;
+    await Promise.all(workers);
+    expect(new Set(statuses)).toEqual(new Set([200]));
+    const seen = receivedBy("rotate.api.test");
+    expect(new Set(seen)).toEqual(new Set(["Bearer rotating-value-one", "Bearer rotating-value-two"]));
+    // Once the new value is in use, the old one never comes back.
+    expect(seen.slice(seen.indexOf("Bearer rotating-value-two"))).not.toContain("Bearer rotating-value-one");
+  });
+
+  it("rotation: a command secret whose output changes is used within its ttl, with no dropped request", async () => {
+    let stop = false;
+    const statuses: number[] = [];
+    const worker = async () => {
+      while (!stop) statuses.push((await get("cmd.api.test", "/cmd")).status);
+    };
+    const workers = Array.from({ length: 4 }, worker);
+    await expect.poll(() => receivedBy("cmd.api.test").length).toBeGreaterThan(8);
+    const next = join(dir, "command-output.next");
+    writeFileSync(next, "command-value-two");
+    renameSync(next, commandFile);
+    await expect.poll(() => receivedBy("cmd.api.test").at(-1), { timeout: 5000 }).toBe("Bearer command-value-two");
+    stop = true;
+    await Promise.all(workers);
+    expect(new Set(statuses)).toEqual(new Set([200]));
+  });
+
+  it("nothing minted or fetched, nor what minted it, appears in any audit or diagnostic line", async () => {
+    const values = [
+      ...github.issued,
+      ...oauth.issued,
+      CLIENT_SECRET,
+      VAULT_TOKEN,
+      VAULT_VALUE,
+      "ghs_should_never_be_logged",
+      "rt_never_logged",
+      ...privateKeyPem.split("\n").filter((line) => line.length > 40),
+    ];
+    expect(github.issued.length).toBeGreaterThan(3);
+    const logged = [...proxy.audit.raw, ...proxy.diagnostics.raw].join("");
+    expect(proxy.audit.raw.length).toBeGreaterThan(40);
+    for (const value of values) expect(logged).not.toContain(value);
+  });
+});
