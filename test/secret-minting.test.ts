@@ -6,6 +6,7 @@ import { SecretStore, SecretUnavailable, type SecretStoreOptions } from "../src/
 import { TokenFetch } from "../src/credentials/token-fetch.js";
 import { Scrubber } from "../src/log/scrub.js";
 import { DestinationGuard } from "../src/policy/destinations.js";
+import { parsePolicy, PolicyInvalidError } from "../src/policy/load.js";
 import { secretSource, type SecretSource } from "../src/policy/secret-source-schema.js";
 import { createLookup } from "../src/transport/upstream/lookup.js";
 import { buildUpstreamTrust } from "../src/transport/upstream/trust.js";
@@ -312,6 +313,43 @@ describe("vault", () => {
   });
 });
 
+describe("a part given as another named secret", () => {
+  it("an OAuth client secret kept in Vault: fetched from Vault, then used to mint", async () => {
+    offsetMs = 0;
+    const tokenFile = join(dir, "vault-token-for-chain");
+    writeFileSync(tokenFile, vault.token);
+    vault.data = { ...vault.data, client_secret: CLIENT_SECRET };
+    const before = { reads: vault.reads, mints: oauthBasic.mints, refused: oauthBasic.refusals.length };
+    const { store: secrets } = store({
+      cs: { vault: { address: at("vault.test", vault.upstream.port), path: "secret/data/openai", field: "client_secret", token: { file: tokenFile } } },
+      svc: { oauth2: { token_url: `${at("oauth.test", oauthBasic.upstream.port)}/oauth/token`, client_id: { env: "PCX_MINT_CID" }, client_secret: { secret: "cs" }, scope: "read write" } },
+    });
+    const values = await Promise.all(Array.from({ length: 5 }, () => secrets.resolve("svc")));
+    expect(new Set(values).size).toBe(1);
+    expect(oauthBasic.refusals.length).toBe(before.refused);
+    expect({ reads: vault.reads, mints: oauthBasic.mints }).toEqual({ reads: before.reads + 1, mints: before.mints + 1 });
+  });
+
+  it("must name a defined secret, must not form a cycle, and cannot be a client token", () => {
+    const errors = (yaml: string) => {
+      try {
+        parsePolicy(`version: 1\n${yaml}`, "p.yaml");
+        return [];
+      } catch (error) {
+        if (error instanceof PolicyInvalidError) return error.errors.map((e) => e.message);
+        throw error;
+      }
+    };
+    const vaultWith = (token: string) => `{ vault: { address: "https://v.test", path: secret/data/x, field: f, token: ${token} } }`;
+    expect(errors(`secrets:\n  a: ${vaultWith("{ secret: ghost }")}\n`)).toEqual([expect.stringMatching(/secrets\.a\.vault\.token\.secret: secret "ghost" is not defined under secrets/)]);
+    expect(errors(`secrets:\n  a: ${vaultWith("{ secret: b }")}\n  b: ${vaultWith("{ secret: a }")}\n  c: ${vaultWith("{ secret: c }")}\n`)).toEqual([
+      expect.stringMatching(/secrets\.a: secrets refer to each other in a cycle: a -> b -> a/),
+      expect.stringMatching(/secrets\.c: secrets refer to each other in a cycle: c -> c/),
+    ]);
+    expect(errors(`secrets:\n  v: { env: V }\nclients:\n  - { name: a1, token: ${vaultWith("{ secret: v }")} }\n`)).toEqual([expect.stringMatching(/clients\.0\.token\.vault\.token\.secret: a client token cannot refer to a named secret/)]);
+  });
+});
+
 describe("secret source validation", () => {
   const errors = (source: unknown) => {
     const result = secretSource.safeParse(source);
@@ -321,7 +359,7 @@ describe("secret source validation", () => {
   it("explains what is wrong", () => {
     expect(errors({ github_app: { app_id: 1, installation_id: 2, private_key: { file: "k" } }, env: "X" })).toEqual([expect.stringMatching(/exactly one of env, file, command, github_app, oauth2 or vault \(got env, github_app\)/)]);
     expect(errors({ github_app: { app_id: 1, installation_id: 2, private_key: { file: "k" }, api: "http://api.github.com" } })).toEqual([expect.stringMatching(/^github_app\.api: expected an https:\/\/ URL/)]);
-    expect(errors({ github_app: { app_id: 1, installation_id: 2, private_key: { file: "k", env: "K" } } })).toEqual([expect.stringMatching(/^github_app\.private_key: expected exactly one of env, file or command \(got env, file\)/)]);
+    expect(errors({ github_app: { app_id: 1, installation_id: 2, private_key: { file: "k", env: "K" } } })).toEqual([expect.stringMatching(/^github_app\.private_key: expected exactly one of env, file, command or secret \(got env, file\)/)]);
     expect(errors({ oauth2: { token_url: "https://a.test/t", client_id: { env: "A" } } })).toEqual([expect.stringMatching(/^oauth2\.client_secret: the client_credentials grant needs a client_secret/)]);
     expect(errors({ oauth2: { token_url: "https://a.test/t", grant: "refresh_token", client_id: { env: "A" } } })).toEqual([expect.stringMatching(/^oauth2\.refresh_token: the refresh_token grant needs a refresh_token/)]);
     expect(errors({ oauth2: { token_url: "https://u:p@a.test/t", client_id: { env: "A" }, client_secret: { env: "B" } } })).toEqual([expect.stringMatching(/must not carry credentials/)]);

@@ -85,6 +85,7 @@ export class SecretStore {
       conceal: (value) => this.scrubber.add(value),
       warn: (message) => this.options.warn?.(name, `secret "${name}" (${reader.description}): ${message}`),
       fetcher: this.options.fetcher,
+      resolveSecret: (other) => this.resolve(other),
     };
     pending = reader
       .read(context)

@@ -21,6 +21,9 @@ const numericId = z
   .transform((value) => String(value));
 
 const PLAIN_KINDS = ["env", "file", "command"] as const;
+const PART_KINDS = [...PLAIN_KINDS, "secret"] as const;
+
+const secretName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "expected the name of a secret under secrets");
 
 function exactlyOne(kinds: readonly string[]) {
   return (source: Record<string, unknown>, ctx: z.RefinementCtx) => {
@@ -32,14 +35,18 @@ function exactlyOne(kinds: readonly string[]) {
   };
 }
 
-/** A value a minted source needs (a private key, a client secret, a Vault token): read afresh each time it mints. */
+/**
+ * A value a minted source needs (a private key, a client secret, a Vault token): read afresh
+ * each time it mints, or `secret: NAME`, another named secret (a client secret kept in Vault).
+ */
 export const plainSecretSource = z
   .strictObject({
     env: z.string().min(1).optional(),
     file: z.string().min(1).optional(),
     command: z.string().min(1).optional(),
+    secret: secretName.optional(),
   })
-  .superRefine(exactlyOne(PLAIN_KINDS));
+  .superRefine(exactlyOne(PART_KINDS));
 
 /** A GitHub App installation token: an RS256 JWT exchanged at POST {api}/app/installations/{id}/access_tokens. */
 export const githubAppSource = z.strictObject({
@@ -109,3 +116,15 @@ export type PlainSecretSource = z.output<typeof plainSecretSource>;
 export type GithubAppSource = z.output<typeof githubAppSource>;
 export type OAuth2Source = z.output<typeof oauth2Source>;
 export type VaultSource = z.output<typeof vaultSource>;
+
+/** The named secrets a source's parts refer to (`secret: NAME`), with where each is written. */
+export function partReferences(source: SecretSource): { part: string[]; secret: string }[] {
+  const parts: [string[], PlainSecretSource | undefined][] = [
+    [["github_app", "private_key"], source.github_app?.private_key],
+    [["oauth2", "client_id"], source.oauth2?.client_id],
+    [["oauth2", "client_secret"], source.oauth2?.client_secret],
+    [["oauth2", "refresh_token"], source.oauth2?.refresh_token],
+    [["vault", "token"], source.vault?.token],
+  ];
+  return parts.flatMap(([part, value]) => (value?.secret !== undefined ? [{ part: [...part, "secret"], secret: value.secret }] : []));
+}

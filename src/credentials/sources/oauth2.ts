@@ -1,6 +1,6 @@
 import type { OAuth2Source, PlainSecretSource } from "../../policy/secret-source-schema.js";
 import { sendExpecting } from "./http-failure.js";
-import { readPart } from "./plain.js";
+import { plainSource, readPart } from "./plain.js";
 import { requireFetcher, SourceFailed, type SecretSourceReader, type SourceContext, type SourceValue } from "./source.js";
 import { writeSecretFileAtomically } from "./write-back.js";
 
@@ -52,7 +52,7 @@ class RefreshTokenKeeper {
     if (value === this.rotated || (this.rotated === undefined && value === this.fromSource)) return;
     this.rotated = value;
     if (this.source.file === undefined) {
-      context.warn(`the refresh_token was rotated and is kept in memory only: its source (${this.source.env !== undefined ? `env ${this.source.env}` : "command"}) cannot be written back`);
+      context.warn(`the refresh_token was rotated and is kept in memory only: its source (${plainSource(this.source).description}) cannot be written back`);
       return;
     }
     try {

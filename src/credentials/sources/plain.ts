@@ -7,7 +7,19 @@ import { SourceFailed, type SecretSourceReader, type SourceContext } from "./sou
 export function plainSource(source: PlainSecretSource): SecretSourceReader {
   if (source.env !== undefined) return envSource(source.env);
   if (source.file !== undefined) return fileSource(source.file);
+  if (source.secret !== undefined) return namedSecret(source.secret);
   return commandSource(source.command!);
+}
+
+/** Another named secret, with its own cache and expiry (validation rules out a cycle of them). */
+function namedSecret(name: string): SecretSourceReader {
+  return {
+    description: `secret ${name}`,
+    defaultTtlMs: 0,
+    async read(context) {
+      return { value: await context.resolveSecret(name) };
+    },
+  };
 }
 
 /**

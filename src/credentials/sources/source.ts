@@ -15,6 +15,8 @@ export interface SourceContext {
   readonly conceal: (value: string) => void;
   /** Something the operator should know that does not stop the source (logged as a warning, scrubbed). */
   readonly warn: (message: string) => void;
+  /** Another named secret of the same store (a part given as `secret: NAME`). */
+  readonly resolveSecret: (name: string) => Promise<string>;
   /** Absent where nothing may be fetched (explain). */
   readonly fetcher: TokenFetch | undefined;
 }
