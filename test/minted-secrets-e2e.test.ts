@@ -11,7 +11,7 @@ import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 const CLIENT_SECRET = `cs-${randomBytes(10).toString("hex")}`;
 const VAULT_TOKEN = `hvs.${randomBytes(12).toString("hex")}`;
 const VAULT_VALUE = `sk-vault-${randomBytes(12).toString("hex")}`;
-const HOSTS = ["github.test", "oauth.test", "vault.test", "gh.api.test", "flaky.api.test", "svc.api.test", "openai.api.test", "rotate.api.test", "cmd.api.test"];
+const HOSTS = ["github.test", "oauth.test", "vault.test", "gh.api.test", "flaky.api.test", "svc.api.test", "openai.api.test", "rotate.api.test", "cmd.api.test", "ph.api.test"];
 
 let pki: ServerPki;
 let dir: string;
@@ -95,6 +95,8 @@ credentials:
   - { name: openai, hosts: [openai.api.test], header: { name: X-Api-Key, value: "\${secrets.openai}" } }
   - { name: rotating, hosts: [rotate.api.test], header: { name: Authorization, value: "Bearer \${secrets.rotating}" } }
   - { name: cmd, hosts: [cmd.api.test], header: { name: Authorization, value: "Bearer \${secrets.cmd}" } }
+placeholders:
+  - { name: openai-ph, placeholder: PCX_OPENAI_PLACEHOLDER, secret: openai, hosts: [ph.api.test], in: [header] }
 `,
     ).replace("  connect_timeout: 2s\n", `  connect_timeout: 2s\n  resolve: { ${HOSTS.map((host) => `${host}: 127.0.0.1`).join(", ")} }\n`),
   );
@@ -171,6 +173,14 @@ describe("minted and fetched secrets through portcullis", () => {
     expect(vault.refusals).toEqual([]);
     expect(receivedBy("openai.api.test")).toEqual([VAULT_VALUE]);
     expect(res.body).toBe("you sent: [REDACTED]\n");
+  });
+
+  it("swaps a placeholder for the Vault value (placeholders use minted secrets like credentials do)", async () => {
+    const res = await request(url("ph.api.test", "/v1/models"), { dispatcher: proxy.dispatcher, headers: { "x-api-key": "PCX_OPENAI_PLACEHOLDER" } });
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe("you sent: [REDACTED]\n");
+    expect(receivedBy("ph.api.test")).toEqual([VAULT_VALUE]);
+    expect(vault.reads).toBe(1);
   });
 
   it("rotation: a changed file secret is used within its ttl, with no restart and no dropped request", async () => {

@@ -5,6 +5,9 @@ import { TokenFetch } from "../credentials/token-fetch.js";
 import type { Policy } from "../policy/schema.js";
 import type { LookupFunction } from "../transport/upstream/lookup.js";
 
+/** A token endpoint is not an LLM: it answers in seconds or is broken, whatever upstream.response_timeout allows. */
+const TOKEN_RESPONSE_MS = 30_000;
+
 /**
  * Secret stores reach token endpoints (GitHub, OAuth 2.0, Vault) exactly as upstreams are
  * reached: the same trust, name overrides, destination guard and timeouts. A parent proxy
@@ -12,7 +15,7 @@ import type { LookupFunction } from "../transport/upstream/lookup.js";
  */
 export function secretStoreOptions(policy: Policy, trust: SecureContext, lookup: LookupFunction, diagnostics: Logger): SecretStoreOptions {
   return {
-    fetcher: new TokenFetch({ trust, lookup, connectMs: policy.upstream.connect_timeout, responseMs: policy.upstream.response_timeout }),
+    fetcher: new TokenFetch({ trust, lookup, connectMs: policy.upstream.connect_timeout, responseMs: Math.min(policy.upstream.response_timeout, TOKEN_RESPONSE_MS) }),
     warn: (secret, message) => diagnostics.warn({ secret }, message),
   };
 }
