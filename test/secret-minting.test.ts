@@ -101,7 +101,7 @@ describe("github_app", () => {
     try {
       offsetMs = 50 * MINUTE; // past 80% of the token's 55 minutes: refreshed in the background
       expect(await secrets.resolve("gh")).toBe(first);
-      await expect.poll(() => warnings.length).toBeGreaterThan(0);
+      await expect.poll(() => warnings.length, { timeout: 10_000 }).toBeGreaterThan(0);
       expect(warnings[0]).toMatch(/github_app installation 700: .*answered HTTP 500; the last good value is used until it expires/);
       expect(await secrets.resolve("gh")).toBe(first);
 
@@ -220,23 +220,26 @@ describe("oauth2", () => {
   it("a refresh token from the environment is rotated in memory, with a warning that it cannot be written back", async () => {
     offsetMs = 0;
     process.env.PCX_MINT_RT = oauthBody.validRefreshToken;
-    const { store: secrets, warnings } = store({
-      svc: {
-        oauth2: {
-          token_url: `${at("oauth.test", oauthBody.upstream.port)}/oauth/token`,
-          grant: "refresh_token",
-          client_auth: "body",
-          client_id: { env: "PCX_MINT_CID" },
-          client_secret: { env: "PCX_MINT_SECRET" },
-          refresh_token: { env: "PCX_MINT_RT" },
-        },
+    const source = {
+      oauth2: {
+        token_url: `${at("oauth.test", oauthBody.upstream.port)}/oauth/token`,
+        grant: "refresh_token",
+        client_auth: "body",
+        client_id: { env: "PCX_MINT_CID" },
+        client_secret: { env: "PCX_MINT_SECRET" },
+        refresh_token: { env: "PCX_MINT_RT" },
       },
-    });
+    };
+    const { store: secrets, warnings } = store({ svc: source });
     await secrets.resolve("svc");
     offsetMs = 10 * MINUTE;
     await secrets.resolve("svc");
     expect(oauthBody.refusals).toEqual([]);
     expect(warnings.some((warning) => /kept in memory only: its source \(env PCX_MINT_RT\)/.test(warning))).toBe(true);
+    // A policy reload builds a new store: it goes on with the rotated token, not the spent one in the environment.
+    const { store: reloaded } = store({ svc: source });
+    await reloaded.resolve("svc");
+    expect(oauthBody.refusals).toEqual([]);
   });
 });
 

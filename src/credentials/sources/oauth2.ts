@@ -65,11 +65,27 @@ class RefreshTokenKeeper {
   }
 }
 
+/**
+ * One keeper per token endpoint and refresh token source for the whole process, so a policy
+ * reload (a new store) goes on with the rotated token rather than the spent one it started with.
+ */
+const keepers = new Map<string, RefreshTokenKeeper>();
+
+function keeperFor(what: string, tokenUrl: string, source: PlainSecretSource): RefreshTokenKeeper {
+  const key = `${tokenUrl}\n${JSON.stringify(source)}`;
+  let keeper = keepers.get(key);
+  if (!keeper) {
+    keeper = new RefreshTokenKeeper(what, source);
+    keepers.set(key, keeper);
+  }
+  return keeper;
+}
+
 /** An OAuth 2.0 access token from a token endpoint: client_credentials (RFC 6749 section 4.4) or refresh_token (section 6). */
 export function oauth2Source(source: OAuth2Source): SecretSourceReader {
   const url = new URL(source.token_url);
   const what = `oauth2 ${url.host}${url.pathname}`;
-  const refreshToken = source.refresh_token ? new RefreshTokenKeeper(what, source.refresh_token) : undefined;
+  const refreshToken = source.refresh_token ? keeperFor(what, source.token_url, source.refresh_token) : undefined;
   return {
     description: what,
     defaultTtlMs: DEFAULT_LIFETIME_MS,
