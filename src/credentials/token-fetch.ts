@@ -1,7 +1,7 @@
 import type { LookupAddress, LookupOptions } from "node:dns";
 import { isIP } from "node:net";
 import type { SecureContext } from "node:tls";
-import { Agent, request, type Dispatcher } from "undici";
+import type { Dispatcher } from "undici";
 
 /** Same shape as the upstream pool's lookup: the policy's name overrides and the destination guard in front of DNS. */
 export type TokenLookup = (
@@ -66,19 +66,25 @@ function describeFailure(error: unknown): string {
  * HTTP/1.1, bounded in time and size.
  */
 export class TokenFetch {
-  private readonly dispatcher: Dispatcher;
+  private dispatcher: Dispatcher | undefined;
+  /** undici is loaded on first use: most policies mint nothing, and every worker would pay for it at start. */
+  private undici: Promise<typeof import("undici")> | undefined;
 
   constructor(private readonly access: TokenEndpointAccess) {
-    this.dispatcher =
-      access.dispatcher ??
-      new Agent({
-        connect: { secureContext: access.trust, lookup: access.lookup, minVersion: "TLSv1.2", timeout: access.connectMs },
-        connectTimeout: access.connectMs,
-        headersTimeout: access.responseMs,
-        bodyTimeout: access.responseMs,
-        keepAliveTimeout: 5_000,
-        connections: 4,
-      });
+    this.dispatcher = access.dispatcher;
+  }
+
+  private async client(): Promise<{ request: (typeof import("undici"))["request"]; dispatcher: Dispatcher }> {
+    const undici = await (this.undici ??= import("undici"));
+    this.dispatcher ??= new undici.Agent({
+      connect: { secureContext: this.access.trust, lookup: this.access.lookup, minVersion: "TLSv1.2", timeout: this.access.connectMs },
+      connectTimeout: this.access.connectMs,
+      headersTimeout: this.access.responseMs,
+      bodyTimeout: this.access.responseMs,
+      keepAliveTimeout: 5_000,
+      connections: 4,
+    });
+    return { request: undici.request, dispatcher: this.dispatcher };
   }
 
   async send(what: string, req: TokenRequest): Promise<TokenResponse> {
@@ -86,8 +92,9 @@ export class TokenFetch {
     let response: Dispatcher.ResponseData;
     try {
       await this.checkIpLiteral(req.url.hostname);
+      const { request, dispatcher } = await this.client();
       // undici follows no redirect without an interceptor: a token endpoint that redirects is an error, not a hop.
-      response = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher: this.dispatcher });
+      response = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher });
     } catch (error) {
       throw new TokenFetchError(`${what}: cannot reach ${where} (${describeFailure(error)})`);
     }
@@ -122,7 +129,7 @@ export class TokenFetch {
     return new Promise((resolve, reject) => this.access.lookup(host, { all: true }, (error) => (error ? reject(error) : resolve())));
   }
 
-  close(): Promise<void> {
-    return this.dispatcher.close();
+  async close(): Promise<void> {
+    await this.dispatcher?.close();
   }
 }
