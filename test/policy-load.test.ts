@@ -42,7 +42,7 @@ describe("policy validation", () => {
       ].join("\n"),
     );
     expect(errors).toEqual([
-      expect.stringMatching(/^4:9: secrets\.both: expected exactly one of env, file or command \(got env, file\)/),
+      expect.stringMatching(/^4:9: secrets\.both: expected exactly one of env, file, command, github_app, oauth2 or vault \(got env, file\)/),
       expect.stringMatching(/^8:3: network\.defualt: unknown key "defualt"/),
       expect.stringMatching(/^12:27: network\.rules\.1\.action: /),
       expect.stringMatching(/^15:5: credentials\.1: expected exactly one of header, query or aws_sigv4/),

@@ -249,7 +249,7 @@ describe("secret store", () => {
     const value = `${dir}/value`;
     const fs = await import("node:fs/promises");
     await fs.writeFile(value, "v1");
-    const store = new SecretStore({ s: { command: `echo x >> ${counter}; cat ${value}`, ttl: 10_000 } }, new Scrubber(), () => now);
+    const store = new SecretStore({ s: { command: `echo x >> ${counter}; cat ${value}`, ttl: 10_000 } }, new Scrubber(), { now: () => now });
     const results = await Promise.all(Array.from({ length: 20 }, () => store.resolve("s")));
     expect(new Set(results)).toEqual(new Set(["v1"]));
     expect((await fs.readFile(counter, "utf8")).trim().split("\n")).toHaveLength(1);

@@ -1,23 +1,14 @@
-import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
 import type { Scrubber } from "../log/scrub.js";
 import type { SecretSource } from "../policy/schema.js";
+import { SecretUnavailable } from "./secret-unavailable.js";
+import { createSourceReader } from "./sources/index.js";
+import type { SecretSourceReader, SourceContext } from "./sources/source.js";
+import type { TokenFetch } from "./token-fetch.js";
 
-/** How long a resolved value is used before it is resolved again, when the policy gives no ttl. */
-const DEFAULT_TTL_MS = { env: 0, file: 30_000, command: 300_000 } as const;
+export { SecretUnavailable };
+
 /** A refresh starts this far into a value's life, so requests rarely wait for one. */
 const REFRESH_AT = 0.8;
-const COMMAND_TIMEOUT_MS = 10_000;
-
-export class SecretUnavailable extends Error {
-  constructor(
-    readonly secret: string,
-    reason: string,
-  ) {
-    super(`secret "${secret}" is unavailable: ${reason}`);
-    this.name = "SecretUnavailable";
-  }
-}
 
 interface Cached {
   value: string;
@@ -25,91 +16,90 @@ interface Cached {
   expiresAt: number;
 }
 
-function describeSource(source: SecretSource): string {
-  if (source.env !== undefined) return `env ${source.env}`;
-  if (source.file !== undefined) return `file ${source.file}`;
-  return "command";
-}
-
-/** Reads a value from its source. Error messages name the source, never a value or command output. */
-async function readSource(name: string, source: SecretSource): Promise<string> {
-  if (source.env !== undefined) {
-    const value = process.env[source.env];
-    if (value === undefined || value === "") throw new SecretUnavailable(name, `environment variable ${source.env} is not set`);
-    return value;
-  }
-  if (source.file !== undefined) {
-    let text: string;
-    try {
-      text = await readFile(source.file, "utf8");
-    } catch (error) {
-      throw new SecretUnavailable(name, `cannot read ${source.file} (${(error as NodeJS.ErrnoException).code ?? "error"})`);
-    }
-    const value = text.replace(/\r?\n$/, "");
-    if (value === "") throw new SecretUnavailable(name, `${source.file} is empty`);
-    return value;
-  }
-  return new Promise((resolve, reject) => {
-    execFile("/bin/sh", ["-c", source.command!], { timeout: COMMAND_TIMEOUT_MS, maxBuffer: 1024 * 1024, windowsHide: true }, (error, stdout) => {
-      if (error) {
-        const why = error.killed ? `timed out after ${COMMAND_TIMEOUT_MS / 1000}s` : `exited with ${error.code ?? error.signal ?? "an error"}`;
-        reject(new SecretUnavailable(name, `command ${why}`));
-        return;
-      }
-      const value = stdout.replace(/\r?\n$/, "");
-      if (value === "") reject(new SecretUnavailable(name, "command printed nothing"));
-      else resolve(value);
-    });
-  });
+export interface SecretStoreOptions {
+  /** How minted and fetched sources reach their endpoints; without it they are unavailable. */
+  fetcher?: TokenFetch;
+  /** Warnings that do not fail a request: a background refresh that failed, a rotated token not written back. */
+  warn?: (secret: string, message: string) => void;
+  now?: () => number;
 }
 
 /**
- * Named secrets, resolved on demand and cached for their ttl. Concurrent resolutions of one
- * secret share one read; a value is refreshed before it expires; a failed refresh keeps
- * serving the last good value until it expires. Every value is handed to the scrubber the
- * moment it is known.
+ * Named secrets, resolved on demand and cached for their ttl (or until the source says they
+ * expire). Concurrent resolutions of one secret share one read or mint; a value is refreshed
+ * in the background before it expires; a failed refresh keeps serving the last good value
+ * until it expires. Every value is handed to the scrubber the moment it is known.
  */
 export class SecretStore {
   private readonly cache = new Map<string, Cached>();
   private readonly inFlight = new Map<string, Promise<string>>();
+  private readonly readers = new Map<string, SecretSourceReader>();
+  private readonly now: () => number;
 
   constructor(
     private readonly sources: Readonly<Record<string, SecretSource>>,
     private readonly scrubber: Scrubber,
-    private readonly now: () => number = Date.now,
-  ) {}
+    private readonly options: SecretStoreOptions = {},
+  ) {
+    this.now = options.now ?? Date.now;
+  }
 
   names(): string[] {
     return Object.keys(this.sources);
   }
 
   describe(name: string): string {
-    const source = this.sources[name];
-    return source ? describeSource(source) : "undefined";
+    return this.sources[name] ? this.reader(name).description : "undefined";
   }
 
   async resolve(name: string): Promise<string> {
-    const source = this.sources[name];
-    if (!source) throw new SecretUnavailable(name, "not defined in the policy");
+    if (!this.sources[name]) throw new SecretUnavailable(name, "not defined in the policy");
     const cached = this.cache.get(name);
     const now = this.now();
     if (cached && now < cached.expiresAt) {
-      if (now >= cached.resolvedAt + (cached.expiresAt - cached.resolvedAt) * REFRESH_AT) void this.refresh(name, source).catch(() => undefined);
+      if (now >= cached.resolvedAt + (cached.expiresAt - cached.resolvedAt) * REFRESH_AT && !this.inFlight.has(name)) {
+        this.refresh(name).catch((error: Error) => this.options.warn?.(name, `${error.message}; the last good value is used until it expires`));
+      }
       return cached.value;
     }
-    return this.refresh(name, source);
+    return this.refresh(name);
   }
 
-  private refresh(name: string, source: SecretSource): Promise<string> {
+  private reader(name: string): SecretSourceReader {
+    let reader = this.readers.get(name);
+    if (!reader) {
+      reader = createSourceReader(this.sources[name]!);
+      this.readers.set(name, reader);
+    }
+    return reader;
+  }
+
+  private refresh(name: string): Promise<string> {
     let pending = this.inFlight.get(name);
     if (pending) return pending;
-    pending = readSource(name, source)
-      .then((value) => {
+    const source = this.sources[name]!;
+    const reader = this.reader(name);
+    const context: SourceContext = {
+      name,
+      now: this.now,
+      conceal: (value) => this.scrubber.add(value),
+      warn: (message) => this.options.warn?.(name, `secret "${name}" (${reader.description}): ${message}`),
+      fetcher: this.options.fetcher,
+      resolveSecret: (other) => this.resolve(other),
+    };
+    pending = reader
+      .read(context)
+      .then(({ value, expiresAt }) => {
         this.scrubber.add(value);
-        const ttl = source.ttl ?? DEFAULT_TTL_MS[source.env !== undefined ? "env" : source.file !== undefined ? "file" : "command"];
         const resolvedAt = this.now();
-        this.cache.set(name, { value, resolvedAt, expiresAt: resolvedAt + ttl });
+        const ttl = source.ttl ?? reader.defaultTtlMs;
+        // A source's own expiry wins; the policy's ttl can only make a value live shorter.
+        const until = expiresAt === undefined ? resolvedAt + ttl : source.ttl === undefined ? expiresAt : Math.min(expiresAt, resolvedAt + source.ttl);
+        this.cache.set(name, { value, resolvedAt, expiresAt: until });
         return value;
+      })
+      .catch((error: Error) => {
+        throw error instanceof SecretUnavailable ? error : new SecretUnavailable(name, error.message);
       })
       .finally(() => this.inFlight.delete(name));
     this.inFlight.set(name, pending);

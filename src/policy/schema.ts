@@ -1,6 +1,9 @@
 import { z } from "zod";
 import { parseDuration } from "./duration.js";
 import { noProxyProblem, parseParentProxyUrl } from "./parent-proxy.js";
+import { secretSource } from "./secret-source-schema.js";
+
+export { secretSource };
 
 const duration = z
   .string()
@@ -39,19 +42,6 @@ export const passthroughSection = z.strictObject({
 });
 
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "expected a name of letters, digits, '_', '.', '-'");
-
-/** Where a secret's value comes from: exactly one of env, file, command. */
-export const secretSource = z
-  .strictObject({
-    env: z.string().min(1).optional(),
-    file: z.string().min(1).optional(),
-    command: z.string().min(1).optional(),
-    ttl: duration.optional(),
-  })
-  .superRefine((source, ctx) => {
-    const kinds = ["env", "file", "command"].filter((kind) => source[kind as "env"] !== undefined);
-    if (kinds.length !== 1) ctx.addIssue({ code: "custom", message: `expected exactly one of env, file or command${kinds.length ? ` (got ${kinds.join(", ")})` : ""}` });
-  });
 
 const parentProxyUrl = z.string().transform((text, ctx) => {
   const parsed = parseParentProxyUrl(text);
@@ -266,7 +256,7 @@ export const policySchema = z.strictObject({
   websocket: z.array(webSocketRuleSchema).default([]),
 });
 
-export type SecretSource = z.output<typeof secretSource>;
+export type { SecretSource } from "./secret-source-schema.js";
 export type ParentProxyPolicy = z.output<typeof parentProxySchema>;
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;

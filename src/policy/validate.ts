@@ -1,5 +1,6 @@
 import ipaddr from "ipaddr.js";
 import type { Policy } from "./schema.js";
+import { secretReferenceIssues } from "./secret-references.js";
 
 export interface SemanticIssue {
   path: (string | number)[];
@@ -88,5 +89,6 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   for (const [host, address] of Object.entries(policy.upstream.resolve)) {
     if (!ipaddr.isValid(address)) issues.push({ path: ["upstream", "resolve", host], message: `"${address}" is not an IP address` });
   }
+  issues.push(...secretReferenceIssues(policy));
   return issues;
 }

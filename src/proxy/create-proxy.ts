@@ -7,6 +7,7 @@ import { Scrubber } from "../log/scrub.js";
 import ipaddr from "ipaddr.js";
 import { SecretStore } from "../credentials/secrets.js";
 import { awsSecretSources } from "../credentials/sigv4/sources.js";
+import { secretStoreOptions } from "./secret-store-options.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
@@ -81,22 +82,25 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger): PolicyState {
   const { policy } = loaded;
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
+  const lookup = createLookup(policy.upstream.resolve, guard);
+  const upstream = new UpstreamPool(
+    lookup,
+    trust,
+    { connectMs: policy.upstream.connect_timeout, responseMs: policy.upstream.response_timeout, guard },
+    policy.upstream.proxy && new ParentProxy(policy.upstream.proxy, policy.upstream.no_proxy, policy.upstream.resolve, scrubber),
+  );
+  const secretOptions = secretStoreOptions(policy, trust, lookup, diagnostics, upstream.connector);
   return {
     policy,
-    upstream: new UpstreamPool(
-      createLookup(policy.upstream.resolve, guard),
-      trust,
-      { connectMs: policy.upstream.connect_timeout, responseMs: policy.upstream.response_timeout, guard },
-      policy.upstream.proxy && new ParentProxy(policy.upstream.proxy, policy.upstream.no_proxy, policy.upstream.resolve, scrubber),
-    ),
+    upstream,
     passthrough: policy.passthrough.hosts,
-    secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber),
-    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
+    secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber, secretOptions),
+    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions)),
     guard,
   };
 }
@@ -153,7 +157,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self),
+    state: buildState(loaded, scrubber, self, diagnostics),
     contexts,
     audit,
     diagnostics,
@@ -198,7 +202,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
-    runtime.state = buildState(policy, scrubber, self);
+    runtime.state = buildState(policy, scrubber, self, diagnostics);
     adminToken.use(policy.policy);
     if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
     policyFile = policy.file;
