@@ -399,6 +399,28 @@ describe("a parent that is down or hangs", () => {
   });
 });
 
+describe("minted secrets through the parent", () => {
+  it("reaches an OAuth 2.0 token endpoint through the parent proxy, as upstream requests go", async () => {
+    const proxy = await portcullis({
+      proxy: `http://alice:${PASSWORD}@127.0.0.1:${authSquid.port}`,
+      resolve: { "upstream.test": "127.0.0.1", "token.test": "127.0.0.1" },
+      extra: [
+        "secrets:",
+        `  svc: { oauth2: { token_url: "https://token.test:${tokenEndpoint.port}/oauth/token", grant: client_credentials, client_id: { command: "echo cid" }, client_secret: { command: "echo csecret" } } }`,
+        "credentials:",
+        '  - { name: svc, hosts: [upstream.test], header: { name: Authorization, value: "Bearer ${secrets.svc}" } }',
+      ].join("\n"),
+    });
+    const answer = await get(proxy, `https://upstream.test:${https1.port}/uses-oauth-token`);
+    expect(answer.status).toBe(200);
+    expect((await proxy.audit.waitFor((l) => l.path === "/uses-oauth-token")).credentials).toEqual(["svc"]);
+    await closed(proxy);
+    // The token endpoint was reached through squid (a CONNECT line with the parent's user), not directly.
+    const line = await authSquid.waitForLine((l) => l.method === "CONNECT" && l.url === `127.0.0.1:${tokenEndpoint.port}` && l.user === "alice", 20_000);
+    expect(line.status).toBe(200);
+  }, 40_000);
+});
+
 describe("the connector other modules open connections with", () => {
   function connectorFor(allowIps: string[]): UpstreamConnector {
     const guard = new DestinationGuard("deny", allowIps);
