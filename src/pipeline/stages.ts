@@ -1,3 +1,4 @@
+import { budgets } from "./stages/budgets.js";
 import { credentials } from "./stages/credentials.js";
 import { echoScrub } from "./stages/echo-scrub.js";
 import { headerHygiene } from "./stages/header-hygiene.js";
@@ -36,6 +37,7 @@ export const STAGES: readonly Stage[] = [
   policyDecision,
   llmPolicy,
   mcpPolicy,
+  budgets,
   responseRules,
   echoScrub,
   webSocketRules,

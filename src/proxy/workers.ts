@@ -4,6 +4,10 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
+import { budgetsRoute } from "../admin/budgets-route.js";
+import { serveBudgetsTo } from "../budgets/ipc-store.js";
+import { MemoryBudgetStore } from "../budgets/memory-store.js";
+import { BudgetStores } from "../budgets/open-store.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
@@ -68,17 +72,23 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   let failures = 0;
   let giveUp: () => void = () => undefined;
   const aggregator = new AggregatorRegistry();
+  // The memory store's counters live here, so every worker charges and checks the same ones.
+  const budgetStores = new BudgetStores("primary", { warn: (line) => write(`portcullis: ${line}`), info: (line) => write(`portcullis: ${line}`) });
+  const { budgets } = loaded.policy;
+  const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
+  const sharedCounters = ledger?.store instanceof MemoryBudgetStore ? ledger.store : undefined;
   const adminListen = loaded.policy.admin.listen;
   const admin = adminListen
     ? createAdminServer({
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      })
+      }, [budgetsRoute(() => ledger)])
     : undefined;
 
   const fork = () => {
     const worker = cluster.fork({ PORTCULLIS_WORKER: "1" });
+    if (sharedCounters) serveBudgetsTo(worker, sharedCounters);
     worker.on("message", (message: { type?: string; address?: string; port?: number }) => {
       if (message?.type !== LISTENING) return;
       listening.set(worker, formatAuthority(message.address!, message.port!));
@@ -130,6 +140,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const exits = Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => (worker!.isDead() ? resolve() : worker!.once("exit", () => resolve()))));
   everyWorker("SIGTERM");
   await Promise.all(exits);
+  await budgetStores.close();
   if (admin?.listening) {
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));
