@@ -40,22 +40,28 @@ function parseId(id: string): Pick<Counter, "rule" | "client" | "windowStart"> |
 
 /** Counters in Redis, shared by every replica and worker: one hash (t: tokens, r: requests) per counter. */
 export class RedisBudgetStore implements BudgetStore {
-  private readonly admitScript: AdmitCommand;
-  private connected: Promise<void> | undefined;
+  private redis: Redis | undefined;
+  private admitScript: AdmitCommand | undefined;
+  private readonly connected: Promise<void>;
 
   constructor(
-    private readonly redis: Redis,
+    connecting: Promise<Redis>,
     /** Window lengths by rule name, to report each counter's window end. */
     private readonly windowOf: (rule: string) => number | undefined,
   ) {
-    redis.defineCommand("portcullisBudgetAdmit", { lua: ADMIT });
-    this.admitScript = (redis as unknown as { portcullisBudgetAdmit: AdmitCommand }).portcullisBudgetAdmit.bind(redis);
-    this.connected = firstConnection(redis).then(() => void (this.connected = undefined));
+    this.connected = connecting.then((redis) => {
+      redis.defineCommand("portcullisBudgetAdmit", { lua: ADMIT });
+      this.admitScript = (redis as unknown as { portcullisBudgetAdmit: AdmitCommand }).portcullisBudgetAdmit.bind(redis);
+      this.redis = redis;
+      return firstConnection(redis);
+    });
+    this.connected.catch(() => undefined);
   }
 
   /** Before the first connection is up, commands wait for it; after, an outage fails them at once. */
-  private async up(): Promise<void> {
-    if (this.connected) await this.connected;
+  private async up(): Promise<{ redis: Redis; admit: AdmitCommand }> {
+    if (!this.redis) await this.connected.catch((error: unknown) => this.unavailable(error));
+    return { redis: this.redis!, admit: this.admitScript! };
   }
 
   private unavailable(error: unknown): never {
@@ -66,9 +72,9 @@ export class RedisBudgetStore implements BudgetStore {
     if (checks.length === 0) return { ok: true };
     const args = checks.flatMap((check) => [check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check)]);
     let result: [number, number, number];
-    await this.up();
+    const { admit } = await this.up();
     try {
-      result = await this.admitScript(checks.length, ...checks.map((check) => PREFIX + counterId(check)), ...args);
+      result = await admit(checks.length, ...checks.map((check) => PREFIX + counterId(check)), ...args);
     } catch (error) {
       this.unavailable(error);
     }
@@ -80,8 +86,8 @@ export class RedisBudgetStore implements BudgetStore {
 
   async charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
     if (tokens <= 0 || keys.length === 0) return;
-    await this.up();
-    const multi = this.redis.multi();
+    const { redis } = await this.up();
+    const multi = redis.multi();
     for (const key of keys) multi.hincrby(PREFIX + counterId(key), "t", tokens).expireat(PREFIX + counterId(key), expiry(key));
     try {
       await multi.exec();
@@ -92,15 +98,15 @@ export class RedisBudgetStore implements BudgetStore {
 
   async counters(): Promise<Counter[]> {
     const ids: string[] = [];
-    await this.up();
+    const { redis } = await this.up();
     try {
       let cursor = "0";
       do {
-        const [next, found] = await this.redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 500);
+        const [next, found] = await redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 500);
         cursor = next;
         ids.push(...found);
       } while (cursor !== "0" && ids.length < 100_000);
-      const pipeline = this.redis.pipeline();
+      const pipeline = redis.pipeline();
       for (const id of ids) pipeline.hmget(id, "t", "r");
       const values = ids.length ? ((await pipeline.exec()) ?? []) : [];
       const counters: Counter[] = [];
@@ -118,6 +124,7 @@ export class RedisBudgetStore implements BudgetStore {
   }
 
   async close(): Promise<void> {
-    this.redis.disconnect();
+    await this.connected.catch(() => undefined);
+    this.redis?.disconnect();
   }
 }

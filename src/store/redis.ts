@@ -1,4 +1,4 @@
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
 
 export interface RedisLog {
   warn(message: string): void;
@@ -29,9 +29,11 @@ export function redisLabel(url: string): string {
  * caller learns at once that it cannot reach Redis; it reconnects in the background with
  * backoff, and an outage is reported once when it starts and once when it ends, not per command.
  */
-export function connectRedis(url: string, log: RedisLog, purpose: string): Redis {
+export async function connectRedis(url: string, log: RedisLog, purpose: string): Promise<Redis> {
   const label = redisLabel(url);
-  const redis = new Redis(url, {
+  // Loaded only by a policy that uses Redis: the client costs every process's start-up time otherwise.
+  const { Redis: RedisClient } = await import("ioredis");
+  const redis = new RedisClient(url, {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
