@@ -7,6 +7,9 @@ import { fakeLlmHandler, PATHS, type Api, type FakeRequest } from "./helpers/fak
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startRedis, type TestRedis } from "./helpers/redis.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { RedisBudgetStore } from "../src/budgets/redis-store.js";
+import { connectRedis } from "../src/store/redis.js";
+import { windowAt } from "../src/policy/window.js";
 
 let pki: ServerPki;
 let upstream: TestUpstream;
@@ -134,5 +137,26 @@ describe("budgets in Redis, shared by replicas", () => {
     const rows = (await (await request(`${admin}/budgets`)).body.json()) as Record<string, unknown>[];
     expect(rows).toEqual([expect.objectContaining({ rule: "shared-hourly", requests: 1 })]);
     expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
+  });
+
+  it("the store: concurrent admissions never pass a request limit, a spent counter is peeked without counting, keys expire at the window's end", async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
+    const raw = await connectRedis(redis.url, log, "test-reader");
+    try {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const check = { rule: "unit", client: "c:1", windowStart: hour.start, windowEnd: hour.end, limitRequests: 10 };
+      const results = await Promise.all(Array.from({ length: 30 }, () => store.admit([check])));
+      expect(results.filter((r) => r.ok)).toHaveLength(10);
+      expect(await store.peek([check])).toMatchObject({ rule: "unit" });
+      await store.charge([check], 42);
+      const key = (await raw.keys("portcullis:budget:*")).find((k) => k.includes("unit"))!;
+      expect(await raw.hgetall(key)).toEqual({ r: "10", t: "42" });
+      expect(await raw.expiretime(key)).toBe(Math.ceil(hour.end / 1000));
+      expect((await store.counters()).find((c) => c.rule === "unit")).toMatchObject({ client: "c:1", tokens: 42, requests: 10, windowEnd: hour.end });
+    } finally {
+      await store.close();
+      raw.disconnect();
+    }
   });
 });

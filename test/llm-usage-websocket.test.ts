@@ -84,8 +84,15 @@ describe("usage over LLM WebSockets", () => {
     // 40 tokens so far; this response brings the counter to 100: spent, but the session in flight goes on.
     await turn(ws, "c", 50, 10, "response.completed");
     await turn(ws, "d", 1, 1, "response.completed");
+    // Spent now: a new response asked for in the open session is refused there, the session stays open.
+    const refusal = new Promise<Record<string, unknown>>((resolve) => ws.once("message", (data) => resolve(JSON.parse(data.toString()) as Record<string, unknown>)));
+    ws.send(JSON.stringify({ type: "response.create", turn: "e", input: 1, output: 1 }));
+    expect(await refusal).toMatchObject({ type: "error", error: { type: "budget_exceeded", rule: "ws-tokens" } });
+    expect(ws.readyState).toBe(WebSocket.OPEN);
     ws.close(1000);
-    const line = await proxy.audit.waitFor((l) => l.req_id === "ws-responses" && l.msg === "websocket");
+    const line = await proxy.audit.waitFor((l) => l.req_id === "ws-responses" && l.msg === "denied");
+    expect(line).toMatchObject({ rule: "ws-tokens", ws: { messages: { denied: 1 } } });
+    // The refused message never reached the upstream: no response "e" was charged.
     expect(line.llm).toEqual({ api: "openai-responses", model: "gpt-r", input_tokens: 51, output_tokens: 11, cache_read_tokens: 4 });
     const rows = (await (await request(`http://127.0.0.1:${proxy.proxy.adminAddress!.port}/budgets`)).body.json()) as { tokens: number; requests: number }[];
     expect(rows).toEqual([expect.objectContaining({ rule: "ws-tokens", tokens: 102, requests: 2 })]);

@@ -8,13 +8,13 @@ const ANSWER = "portcullis:budget-answer";
 /** A primary that does not answer in this time is treated as unreachable (fail closed). */
 const IPC_TIMEOUT_MS = 2000;
 
-type Question = { op: "admit"; checks: CounterCheck[] } | { op: "charge"; keys: CounterKey[]; tokens: number } | { op: "counters" };
+type Question = { op: "admit"; checks: CounterCheck[] } | { op: "peek"; checks: CounterCheck[] } | { op: "charge"; keys: CounterKey[]; tokens: number } | { op: "counters" };
 type Ask = Question & { type: typeof ASK; id: string };
 
 interface AnswerMessage {
   type: typeof ANSWER;
   id: string;
-  result?: Admission | Counter[] | null;
+  result?: Admission | Counter[] | CounterCheck | null;
   error?: string;
 }
 
@@ -63,6 +63,10 @@ export class IpcBudgetStore implements BudgetStore {
     return this.ask({ op: "admit", checks: [...checks] });
   }
 
+  async peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
+    return (await this.ask<CounterCheck | null>({ op: "peek", checks: [...checks] })) ?? undefined;
+  }
+
   async charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
     await this.ask({ op: "charge", keys: [...keys], tokens });
   }
@@ -80,8 +84,9 @@ export class IpcBudgetStore implements BudgetStore {
 export function serveBudgetsTo(worker: Worker, store: MemoryBudgetStore): void {
   worker.on("message", (message: Ask) => {
     if (message?.type !== ASK) return;
-    let result: Admission | Counter[] | null;
+    let result: Admission | Counter[] | CounterCheck | null;
     if (message.op === "admit") result = store.admitNow(message.checks);
+    else if (message.op === "peek") result = store.peekNow(message.checks) ?? null;
     else if (message.op === "charge") (store.chargeNow(message.keys, message.tokens), (result = null));
     else result = store.snapshot();
     if (worker.isConnected()) worker.send({ type: ANSWER, id: message.id, result } satisfies AnswerMessage);

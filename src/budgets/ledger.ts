@@ -50,6 +50,10 @@ export class BudgetLedger {
     return this.store.admit(checks);
   }
 
+  peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
+    return this.store.peek(checks);
+  }
+
   charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
     return this.store.charge(keys, tokens);
   }

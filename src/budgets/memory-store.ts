@@ -41,6 +41,17 @@ export class MemoryBudgetStore implements BudgetStore {
     return { ok: true };
   }
 
+  peekNow(checks: readonly CounterCheck[]): CounterCheck | undefined {
+    return checks.find((check) => {
+      const counter = this.counters_.get(counterId(check));
+      return counter !== undefined && isSpent(counter, check);
+    });
+  }
+
+  peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
+    return Promise.resolve(this.peekNow(checks));
+  }
+
   chargeNow(keys: readonly CounterKey[], tokens: number): void {
     if (tokens <= 0) return;
     for (const key of keys) this.live(key).tokens += tokens;

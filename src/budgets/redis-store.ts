@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { firstConnection } from "../store/redis.js";
-import { type Admission, BudgetStoreUnavailable, type BudgetStore, type Counter, type CounterCheck, type CounterKey, counterId } from "./store.js";
+import { type Admission, BudgetStoreUnavailable, type BudgetStore, type Counter, type CounterCheck, type CounterKey, counterId, isSpent } from "./store.js";
 
 const PREFIX = "portcullis:budget:";
 
@@ -45,15 +45,14 @@ export class RedisBudgetStore implements BudgetStore {
   private readonly connected: Promise<void>;
 
   constructor(
-    connecting: Promise<Redis>,
+    private readonly connecting: Promise<Redis>,
     /** Window lengths by rule name, to report each counter's window end. */
     private readonly windowOf: (rule: string) => number | undefined,
   ) {
     this.connected = connecting.then((redis) => {
       redis.defineCommand("portcullisBudgetAdmit", { lua: ADMIT });
       this.admitScript = (redis as unknown as { portcullisBudgetAdmit: AdmitCommand }).portcullisBudgetAdmit.bind(redis);
-      this.redis = redis;
-      return firstConnection(redis);
+      return firstConnection(redis).then(() => void (this.redis = redis));
     });
     this.connected.catch(() => undefined);
   }
@@ -82,6 +81,25 @@ export class RedisBudgetStore implements BudgetStore {
     if (index === 0) return { ok: true };
     const spent = checks[index - 1]!;
     return { ok: false, spent, counter: { rule: spent.rule, client: spent.client, windowStart: spent.windowStart, windowEnd: spent.windowEnd, tokens, requests } };
+  }
+
+  async peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
+    if (checks.length === 0) return undefined;
+    const { redis } = await this.up();
+    const pipeline = redis.pipeline();
+    for (const check of checks) pipeline.hmget(PREFIX + counterId(check), "t", "r");
+    let values: [Error | null, unknown][];
+    try {
+      values = (await pipeline.exec()) ?? [];
+    } catch (error) {
+      this.unavailable(error);
+    }
+    return checks.find((check, index) => {
+      const [error, fields] = values[index] ?? [];
+      if (error) this.unavailable(error);
+      const [tokens, requests] = Array.isArray(fields) ? fields : [];
+      return isSpent({ tokens: Number(tokens ?? 0), requests: Number(requests ?? 0) }, check);
+    });
   }
 
   async charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
@@ -124,7 +142,6 @@ export class RedisBudgetStore implements BudgetStore {
   }
 
   async close(): Promise<void> {
-    await this.connected.catch(() => undefined);
-    this.redis?.disconnect();
+    (await this.connecting.catch(() => undefined))?.disconnect();
   }
 }

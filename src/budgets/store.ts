@@ -30,6 +30,8 @@ export type Admission = { ok: true } | { ok: false; spent: CounterCheck; counter
 export interface BudgetStore {
   admit(checks: readonly CounterCheck[]): Promise<Admission>;
   charge(keys: readonly CounterKey[], tokens: number): Promise<void>;
+  /** The first of these counters that is spent, counting nothing (a new response inside an admitted WebSocket session). */
+  peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined>;
   /** The counters of windows that have not ended. */
   counters(): Promise<Counter[]>;
   close(): Promise<void>;

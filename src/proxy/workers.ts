@@ -76,7 +76,9 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const budgetStores = new BudgetStores("primary", { warn: (line) => write(`portcullis: ${line}`), info: (line) => write(`portcullis: ${line}`) });
   const { budgets } = loaded.policy;
   const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
-  const sharedCounters = ledger?.store instanceof MemoryBudgetStore ? ledger.store : undefined;
+  // Served even when the policy starts without budget rules: a reload may add some.
+  const sharedCounters =
+    budgets.store !== "memory" ? undefined : ledger?.store instanceof MemoryBudgetStore ? ledger.store : new MemoryBudgetStore();
   const adminListen = loaded.policy.admin.listen;
   const admin = adminListen
     ? createAdminServer({

@@ -2,6 +2,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import type { Transform } from "node:stream";
 import { BudgetStoreUnavailable, type CounterCheck } from "../../budgets/store.js";
 import type { BudgetLedger } from "../../budgets/ledger.js";
+import type { BudgetRule } from "../../policy/schema.js";
 import type { LlmSummary } from "../../core/audit-record.js";
 import { ProxyError } from "../../core/errors.js";
 import type { Exchange } from "../../core/exchange.js";
@@ -18,7 +19,7 @@ export interface UsageNotes {
   /** The API the path names (undefined: told from the answer's shape). */
   api: UsageApi | undefined;
   /** The counters this request was admitted under; its tokens are charged to them when it ends. */
-  charged?: { ledger: BudgetLedger; checks: CounterCheck[] };
+  charged?: { ledger: BudgetLedger; rules: BudgetRule[]; checks: CounterCheck[] };
   webSocket?: WebSocketUsageReader;
 }
 
@@ -105,6 +106,50 @@ function exceededAnswer(exchange: Exchange, api: UsageApi | undefined, spent: Co
   };
 }
 
+/** An error event for the client of a WebSocket LLM session, in the shape SPEC section 8 uses for policy_denied. */
+function errorEvent(type: "budget_exceeded" | "budget_unavailable", message: string, rule: string): WsMessage {
+  return { from: "upstream", binary: false, data: Buffer.from(JSON.stringify({ type: "error", error: { type, message, rule } })) };
+}
+
+/**
+ * A session was admitted at its handshake; each `response.create` in it asks for a new response,
+ * so it is checked against the counters of the window it comes in (counting nothing: the
+ * session was counted as one request). Spent: the message never reaches the upstream, the
+ * client gets an error event, and the session stays open.
+ */
+function checkNewResponse(flow: Flow, charged: NonNullable<UsageNotes["charged"]>, message: WsMessage): WsMessage[] | Promise<WsMessage[]> {
+  const text = message.data.toString("utf8");
+  if (!text.includes('"response.create"')) return [message];
+  let type: unknown;
+  try {
+    type = (JSON.parse(text) as { type?: unknown }).type;
+  } catch {
+    return [message];
+  }
+  if (type !== "response.create") return [message];
+  const { exchange } = flow;
+  const checks = charged.ledger.checksFor(charged.rules, exchange.tunnel.client);
+  const refuse = (type: "budget_exceeded" | "budget_unavailable", reason: string, rule: string) => {
+    exchange.decision = "deny";
+    exchange.rule = rule;
+    exchange.reason = reason;
+    if (exchange.ws?.messages) exchange.ws.messages.denied++;
+    return [errorEvent(type, reason, rule)];
+  };
+  return charged.ledger.peek(checks).then(
+    (spent) => {
+      if (spent) return refuse("budget_exceeded", `budget ${spent.rule} is spent for this window; it resets at ${new Date(spent.windowEnd).toISOString()}`, spent.rule);
+      // Later responses are charged to the window they are asked for in.
+      charged.checks = checks;
+      return [message];
+    },
+    (error: unknown) => {
+      if (!(error instanceof BudgetStoreUnavailable)) throw error;
+      return refuse("budget_unavailable", "the budget store cannot be reached", charged.rules[0]!.name);
+    },
+  );
+}
+
 /**
  * LLM usage and budgets (SPEC section 10). For a host under an llm or budgets rule, the usage
  * the API reports is read as the answer passes — never held back — and written on the audit
@@ -129,7 +174,7 @@ export const budgets: Stage = {
     const checks = ledger.checksFor(rules, client);
     return ledger.admit(checks).then(
       (admission) => {
-        if (admission.ok) notes.charged = { ledger, checks };
+        if (admission.ok) notes.charged = { ledger, rules, checks };
         else flow.answer = exceededAnswer(exchange, api, admission.spent, Date.now());
       },
       (error: unknown) => {
@@ -155,9 +200,10 @@ export const budgets: Stage = {
     return observe && { observe, undecodable: () => "pass" };
   },
   webSocketSession: (flow: Flow) => flow.upgrade && (flow.notes.usage?.api === "openai-realtime" || flow.notes.usage?.api === "openai-responses"),
-  webSocketMessage(flow: Flow, message: WsMessage): WsMessage[] {
+  webSocketMessage(flow: Flow, message: WsMessage): WsMessage[] | Promise<WsMessage[]> {
     const notes = flow.notes.usage;
-    if (!notes?.api || message.from !== "upstream" || message.binary) return [message];
+    if (!notes?.api || message.binary) return [message];
+    if (message.from === "client") return notes.charged ? checkNewResponse(flow, notes.charged, message) : [message];
     notes.webSocket ??= new WebSocketUsageReader(notes.api);
     const done = notes.webSocket.push(message.data.toString("utf8"));
     if (done) {
