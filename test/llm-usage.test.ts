@@ -248,4 +248,26 @@ describe("usage through the proxy", () => {
     expect(text).toMatch(/portcullis_llm_requests_total\{client="agent-1",model="claude-x"\} 1/);
     expect(text).toMatch(/portcullis_llm_requests_total\{client="agent-2",model="gpt-r"\} \d+/);
   });
+
+  it("reads usage too where an llm rule holds JSON answers and guards streams (the body decoded for the client)", async () => {
+    const guarded = await startProxy(
+      policyTrusting(pki.caFile, `llm:\n  - name: never\n    hosts: [localhost]\n    deny_tools: [{ tool: never_called }]\n`),
+    );
+    try {
+      for (const [api, stream, encoding] of [["openai-chat", false, "gzip"], ["anthropic", true, "br"], ["openai-responses", true, "deflate"]] as const) {
+        const id = `guarded-${api}`;
+        const res = await request(`https://localhost:${upstream.port}${PATHS[api]}`, {
+          method: "POST",
+          dispatcher: guarded.dispatcher,
+          body: JSON.stringify({ stream, encoding, chunk: 5, usage: { input: 7, output: 8 } }),
+          headers: { "content-type": "application/json", "x-request-id": id, "accept-encoding": "gzip, br, deflate" },
+        });
+        expect(res.statusCode).toBe(200);
+        await res.body.text();
+        expect((await guarded.audit.waitFor((l) => l.req_id === id)).llm).toMatchObject({ api, input_tokens: 7, output_tokens: 8 });
+      }
+    } finally {
+      await guarded.close();
+    }
+  });
 });
