@@ -27,7 +27,7 @@ run: ca
 # test/parent-proxy.test.ts starts squid as a parent proxy: squid-openssl, the package the benches use
 # too (it conflicts with plain squid; both install /usr/sbin/squid and basic_ncsa_auth).
 # Each entry is command:package; only the packages of missing commands are installed.
-SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium /usr/sbin/squid:squid-openssl
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium /usr/sbin/squid:squid-openssl redis-server:redis-server
 
 # $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
 define install-missing

@@ -33,6 +33,7 @@ import WebSocket from "ws";
 import { buildGoMitm, GO_MAXPROCS, goVersion, startGoMitm, type GoMitmHandle } from "./go-mitm.js";
 import { grpcStream, grpcUnary, h2Download, h2Gets, type H2Path } from "./h2.js";
 import { checkMcpRule, mcpCalls, type McpPath } from "./mcp.js";
+import { runBudgetBench } from "./budgets.js";
 import { squidVersion, startSquid, type SquidHandle } from "./squid.js";
 import {
   benchLookup,
@@ -1210,7 +1211,10 @@ async function main(): Promise<number> {
       goVersion: goMitm?.version,
       goErrors,
     });
-    return failures ? 1 : 0;
+    // LLM usage and budgets (memory and Redis stores): its own upstream and instances, after the main rounds.
+    const budgetRun = await runBudgetBench({ quick: QUICK, rounds: ROUNDS, work: join(work, "budgets") });
+    process.stdout.write(`${budgetRun.lines.join("\n")}\n${budgetRun.problems.length ? `\nAnomalies (budgets):\n${budgetRun.problems.map((problem) => `- ${problem}`).join("\n")}\n` : ""}`);
+    return failures || budgetRun.problems.length ? 1 : 0;
   } finally {
     await Promise.all([
       ...children.map((child) => child.close().catch(() => null)),

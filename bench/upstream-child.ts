@@ -70,6 +70,15 @@ const SSE_PARTS = [
     sse("message_stop", {}),
 ];
 const SSE_BODY = SSE_PARTS.join("");
+const CHAT_BODY = Buffer.from(
+  JSON.stringify({
+    id: "chatcmpl-bench",
+    object: "chat.completion",
+    model: "bench-model",
+    choices: [{ index: 0, message: { role: "assistant", content: "hi there" }, finish_reason: "stop" }],
+    usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15, prompt_tokens_details: { cached_tokens: 0 } },
+  }),
+);
 // POST /v1/messages?tool=rm: a tool call the benchmark's llm rule denies, all in one write. Not
 // timed; run.ts uses it once to check that the stream really goes through the SSE guard.
 const SSE_DENIED =
@@ -288,6 +297,12 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
   }
   if (req.method === "POST" && url.pathname === "/v1/messages") {
     stream(req, res, url.searchParams.get("tool") === "rm");
+    return;
+  }
+  if (req.method === "POST" && url.pathname === "/v1/chat/completions") {
+    // A small non-streamed Chat Completions answer with its usage (bench/budgets.ts).
+    req.resume();
+    req.once("end", () => res.writeHead(200, { "content-type": "application/json", "content-length": String(CHAT_BODY.length) }).end(CHAT_BODY));
     return;
   }
   res.writeHead(404, { "content-type": "text/plain" }).end("no such page");

@@ -6,7 +6,8 @@ import cluster from "node:cluster";
 import { assertNotOpenProxy, createProxy } from "./proxy/create-proxy.js";
 import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
 import { formatAuthority } from "./pipeline/target.js";
-import { loadPolicyFile, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
+import { loadPolicyFile, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "./policy/load.js";
+import { BudgetStores } from "./budgets/open-store.js";
 import { tailFile, tailStream } from "./log/tail.js";
 import { explain } from "./proxy/explain.js";
 import { watchFile } from "./policy/watch.js";
@@ -92,11 +93,17 @@ async function commandExplain(args: string[]): Promise<number> {
   const loaded = await loadOrReport(values.policy as string);
   if (!loaded) return 1;
   let explanation;
+  const budgets = loaded.policy.budgets;
+  // The counters explain shows are read from where the running proxy keeps them (Redis, or the memory store's state file).
+  const stores = new BudgetStores("process", { warn: () => undefined, info: () => undefined });
   try {
-    explanation = await explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null);
+    const ledger = stores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
+    explanation = await explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null, ledger);
   } catch (error) {
     process.stderr.write(`portcullis: ${(error as Error).message}\n`);
     return 1;
+  } finally {
+    await stores.close();
   }
   process.stdout.write(`${JSON.stringify(explanation, null, 2)}\n`);
   // A script can branch on the decision without parsing JSON.

@@ -4,6 +4,8 @@ import type { AuditRecord } from "../core/audit-record.js";
 
 /** Distinct host label values kept before the rest are counted as "_other" (label cardinality stays bounded). */
 const MAX_HOST_LABELS = 500;
+/** Distinct model label values kept before the rest are counted as "_other" (a client names the model it asks for). */
+const MAX_MODEL_LABELS = 100;
 
 function opened(gauge: Gauge): () => void {
   gauge.inc();
@@ -28,6 +30,9 @@ export class ProxyMetrics {
   private readonly openTunnels: Gauge;
   private readonly openWebSockets: Gauge;
   private readonly hosts = new Set<string>();
+  private readonly llmTokens: Counter<"client" | "model" | "kind">;
+  private readonly llmRequests: Counter<"client" | "model">;
+  private readonly models = new Set<string>();
 
   constructor(certificateStats: () => SecureContextStats, registry = new Registry()) {
     this.registry = registry;
@@ -49,6 +54,18 @@ export class ProxyMetrics {
       name: "portcullis_upstream_errors_total",
       help: "Errors answered or recorded, by type (upstream_unreachable, upstream_tls_error, credential_unavailable, ...)",
       labelNames: ["type"],
+      registers: [registry],
+    });
+    this.llmTokens = new Counter({
+      name: "portcullis_llm_tokens_total",
+      help: "Tokens LLM APIs reported, by client, model and kind (input, output, cache_read, cache_write)",
+      labelNames: ["client", "model", "kind"],
+      registers: [registry],
+    });
+    this.llmRequests = new Counter({
+      name: "portcullis_llm_requests_total",
+      help: "LLM API exchanges whose usage was read, by client and model",
+      labelNames: ["client", "model"],
       registers: [registry],
     });
     this.reloads = new Counter({ name: "portcullis_policy_reloads_total", help: "Policy reloads by result", labelNames: ["result"], registers: [registry] });
@@ -76,7 +93,25 @@ export class ProxyMetrics {
     return host;
   }
 
+  private modelLabel(model: string | undefined): string {
+    if (model === undefined) return "unknown";
+    if (this.models.has(model)) return model;
+    if (this.models.size >= MAX_MODEL_LABELS) return "_other";
+    this.models.add(model);
+    return model;
+  }
+
+  private observeLlm(record: AuditRecord): void {
+    const { llm } = record;
+    if (!llm) return;
+    const labels = { client: record.client ?? "-", model: this.modelLabel(llm.model) };
+    this.llmRequests.inc(labels);
+    const kinds = { input: llm.input_tokens, output: llm.output_tokens, cache_read: llm.cache_read_tokens, cache_write: llm.cache_write_tokens };
+    for (const [kind, tokens] of Object.entries(kinds)) if (tokens) this.llmTokens.inc({ ...labels, kind }, tokens);
+  }
+
   observe(record: AuditRecord): void {
+    this.observeLlm(record);
     const status = statusClass(record.status);
     // Only traffic the policy let through names its host: anyone who can reach the proxy can
     // make it refuse arbitrary names, and those must not fill the label slots (or be read back).

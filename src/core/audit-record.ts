@@ -24,6 +24,16 @@ export interface McpSummary {
   session?: string;
 }
 
+/** An LLM API exchange (SPEC section 4): the API, the model and the usage it reported (fields it did not report are absent). */
+export interface LlmSummary {
+  api: "anthropic" | "openai-chat" | "openai-responses" | "openai-realtime";
+  model?: string;
+  input_tokens?: number;
+  output_tokens?: number;
+  cache_read_tokens?: number;
+  cache_write_tokens?: number;
+}
+
 /** One canonical audit line (SPEC section 4). */
 export interface AuditRecord {
   msg: AuditMessage;
@@ -49,6 +59,7 @@ export interface AuditRecord {
   req_body?: string;
   ws?: WebSocketSummary;
   mcp?: McpSummary;
+  llm?: LlmSummary;
   /** The protocol the client spoke inside the tunnel (or on the listener). */
   http_version?: "1.1" | "2";
   /** The protocol spoken to the upstream; absent when nothing was sent. */

@@ -7,6 +7,8 @@ export type ProxyErrorType =
   | "credential_unavailable"
   | "upstream_protocol_error"
   | "upstream_timeout"
+  | "budget_exceeded"
+  | "budget_unavailable"
   | "internal_error";
 
 const STATUS: Record<ProxyErrorType, number> = {
@@ -18,6 +20,8 @@ const STATUS: Record<ProxyErrorType, number> = {
   credential_unavailable: 502,
   upstream_protocol_error: 502,
   upstream_timeout: 504,
+  budget_exceeded: 429,
+  budget_unavailable: 503,
   internal_error: 500,
 };
 

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type McpSummary, type WebSocketSummary } from "./audit-record.js";
+import { REDACTED, type AuditError, type AuditMessage, type AuditRecord, type LlmSummary, type McpSummary, type WebSocketSummary } from "./audit-record.js";
 import { headersForLog, type RawHeaders } from "./headers.js";
 import type { HttpVersion, Target } from "./messages.js";
 
@@ -42,6 +42,10 @@ export class Exchange {
   ws: WebSocketSummary | undefined;
   /** An MCP exchange: what it asked of the server. */
   mcp: McpSummary | undefined;
+  /** An LLM API exchange: the usage it reported. */
+  llm: LlmSummary | undefined;
+  /** What the audit line waits for before it is written (usage still being read from a compressed body). */
+  auditAfter: Promise<void> | undefined;
   /** The protocol the upstream answered in, once it did. */
   upstreamVersion: HttpVersion | undefined;
   /**
@@ -102,6 +106,7 @@ export class Exchange {
       ...(this.reqBody !== undefined ? { req_body: this.reqBody } : {}),
       ...(this.ws ? { ws: this.ws } : {}),
       ...(this.mcp ? { mcp: this.mcp } : {}),
+      ...(this.llm ? { llm: this.llm } : {}),
       http_version: this.httpVersion,
       ...(this.upstreamVersion ? { upstream_version: this.upstreamVersion } : {}),
     };

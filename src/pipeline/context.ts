@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { ProxyMetrics } from "../admin/metrics.js";
+import type { BudgetLedger } from "../budgets/ledger.js";
 import type { Upstream } from "../core/messages.js";
 import type { Identities } from "../credentials/identity.js";
 import type { SecretStore } from "../credentials/secrets.js";
@@ -19,6 +20,8 @@ export interface PolicyState extends PolicyView {
   readonly secrets: SecretStore;
   readonly identities: Identities;
   readonly guard: DestinationGuard;
+  /** The budget rules and their counters; absent when the policy has none (and in explain's dry run). */
+  readonly budgets?: BudgetLedger;
 }
 
 /** What the pipeline shares across exchanges: the current policy state and the process-wide services. */

@@ -8,7 +8,7 @@ import { getHeader, removeHeaders, setHeader, type RawHeaders } from "../core/he
 import type { Responder, UpstreamResponse } from "../core/messages.js";
 import { answerError } from "./answer-error.js";
 import { upstreamName } from "./target.js";
-import type { Answer, BodyTap, Flow, WholeAnswer } from "./stage.js";
+import type { Answer, BodyObserver, BodyTap, Flow, WholeAnswer } from "./stage.js";
 import { STAGES } from "./stages.js";
 
 /** What the response body needs, from what the stages asked of it. */
@@ -32,13 +32,14 @@ function decoderFor(encoding: string | undefined): Transform | undefined | "unsu
   return "unsupported";
 }
 
-function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse): BodyPlan {
+function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observers: BodyObserver[]): BodyPlan {
   // HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge or rewrite.
   if (upstream.headOnly || flow.exchange.method === "HEAD" || answer.status === 204 || answer.status === 304) return PLAIN;
   const taps: BodyTap[] = [];
   for (const stage of STAGES) {
     const tap = stage.responseBody?.(flow, answer, upstream);
-    if (tap) taps.push(tap);
+    if (tap?.observe) observers.push(tap.observe);
+    if (tap && (tap.transform || tap.hold)) taps.push(tap);
   }
   if (taps.length === 0) return PLAIN;
   const decoder = decoderFor(getHeader(upstream.headers, "content-encoding")?.trim().toLowerCase());
@@ -88,16 +89,22 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
   }
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
   for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
-  const plan = planBody(flow, answer, upstream);
+  const observers: BodyObserver[] = [];
+  const plan = planBody(flow, answer, upstream, observers);
   if (plan.kind === "replace") {
     upstream.body.destroy();
+    for (const observer of observers) observer.end(false);
     sendWhole(flow, responder, plan.answer);
     return;
   }
   if (plan.kind === "hold") {
     holdWhole(flow, upstream, responder, answer, plan);
+    observeBody(upstream.body, observers);
     return;
   }
+  // Paused first, so the observers' 'data' listener does not set the body flowing before the head is sent.
+  upstream.body.pause();
+  observeBody(upstream.body, observers);
   const start = () => {
     // The upstream may have gone while a hook ran: its close has passed, so look now.
     if (upstream.body.destroyed && !upstream.complete) {
@@ -125,6 +132,22 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
   pending.then(start).catch((error: Error) => {
     upstream.body.destroy();
     answerError(responder, exchange, new ProxyError("internal_error", `onResponse hook failed: ${error.message}`));
+  });
+}
+
+/** Observers see the upstream's bytes as they pass; they never pause or hold the body. */
+function observeBody(body: Readable, observers: readonly BodyObserver[]): void {
+  if (observers.length === 0) return;
+  let ended = false;
+  body.on("data", (chunk: Buffer) => {
+    for (const observer of observers) observer.write(chunk);
+  });
+  body.once("end", () => {
+    ended = true;
+    for (const observer of observers) observer.end(true);
+  });
+  body.once("close", () => {
+    if (!ended) for (const observer of observers) observer.end(false);
   });
 }
 

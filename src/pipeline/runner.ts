@@ -175,7 +175,10 @@ function answerItself(flow: Flow, responder: Responder): void {
 
 function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMessage): void {
   if (!exchange.claimAuditLine()) return;
-  runtime.audit.write(exchange.toRecord(exchange.decision === "deny" ? "denied" : msg));
+  const write = () => runtime.audit.write(exchange.toRecord(exchange.decision === "deny" ? "denied" : msg));
+  // Usage read from a compressed body may finish a moment after the response did.
+  if (exchange.auditAfter) void exchange.auditAfter.then(write, write);
+  else write();
 }
 
 /**

@@ -4,6 +4,7 @@ import type { RawHeaders } from "../core/headers.js";
 import type { InboundRequest, OutgoingRequest, UpstreamResponse } from "../core/messages.js";
 import type { PlaceholderHit } from "../credentials/placeholders.js";
 import type { LlmMessageGuard } from "../llm/message-guard.js";
+import type { UsageNotes } from "./stages/budgets.js";
 import type { LlmRule, McpRule, ResponseRule } from "../policy/schema.js";
 import type { PolicyState } from "./context.js";
 import type { Hooks } from "./hooks.js";
@@ -17,6 +18,8 @@ export interface FlowNotes {
   llmGuard?: LlmMessageGuard;
   /** The mcp rules of this exchange, and portcullis' answers to refused calls of a batch, merged into the upstream's. */
   mcp?: { rules: McpRule[]; pendingAnswers: string[] };
+  /** An LLM exchange whose usage is read (for the audit line, metrics and budgets). */
+  usage?: UsageNotes;
 }
 
 /** One exchange as the stages see it: what came in, what will go out, and the policy it runs under. */
@@ -61,8 +64,20 @@ export interface WholeAnswer extends Answer {
   body: Buffer;
 }
 
+/**
+ * Reads a response body as it passes, without changing or holding back a byte: it gets the
+ * upstream's bytes as they came (still content-coded), then `end` (complete: false when the
+ * body was cut off or not relayed).
+ */
+export interface BodyObserver {
+  write(chunk: Buffer): void;
+  end(complete: boolean): void;
+}
+
 /** What a stage wants of a response body. */
 export interface BodyTap {
+  /** Watch the body go by; a tap with only an observer leaves the body untouched (no decoding for the client). */
+  observe?: BodyObserver;
   /** A streaming transform over the decoded body. */
   transform?: Transform;
   /** Judge the whole decoded body (at most `limit` bytes) before anything is sent; a returned answer replaces it. */

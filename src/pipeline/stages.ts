@@ -1,4 +1,5 @@
 import { awsSigv4 } from "./stages/aws-sigv4.js";
+import { budgets } from "./stages/budgets.js";
 import { credentials } from "./stages/credentials.js";
 import { echoScrub } from "./stages/echo-scrub.js";
 import { headerHygiene } from "./stages/header-hygiene.js";
@@ -38,6 +39,7 @@ export const STAGES: readonly Stage[] = [
   policyDecision,
   llmPolicy,
   mcpPolicy,
+  budgets,
   responseRules,
   echoScrub,
   webSocketRules,

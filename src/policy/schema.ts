@@ -4,6 +4,7 @@ import { noProxyProblem, parseParentProxyUrl } from "./parent-proxy.js";
 import { secretSource } from "./secret-source-schema.js";
 
 export { secretSource };
+import { parseWindow } from "./window.js";
 
 const duration = z
   .string()
@@ -236,6 +237,41 @@ export const webSocketRuleSchema = z.strictObject({
   max_message_bytes: byteSize.default(16 * 1024 * 1024),
 });
 
+/** A budget's window: fixed and UTC-aligned ("1h" on the hour, "1d" from 00:00 UTC). */
+const budgetWindow = z
+  .string()
+  .refine((text) => parseWindow(text) !== undefined, { message: 'expected a window like "30m", "1h", "1d" or "7d"' })
+  .transform((text) => parseWindow(text)!);
+
+/** Tokens and/or requests per client per window for a set of LLM hosts (SPEC section 10). */
+export const budgetRuleSchema = z
+  .strictObject({
+    name,
+    /** optional: the clients it applies to; each client has its own counter either way */
+    clients: z.array(name).min(1).optional(),
+    hosts: z.array(hostPattern).min(1),
+    paths: z.array(pathGlob).min(1).optional(),
+    /** input + output tokens per window */
+    tokens: z.number().int().min(1).optional(),
+    /** requests per window */
+    requests: z.number().int().min(1).optional(),
+    window: budgetWindow,
+  })
+  .superRefine((rule, ctx) => {
+    if (rule.tokens === undefined && rule.requests === undefined) ctx.addIssue({ code: "custom", message: "expected at least one of tokens, requests" });
+  });
+
+export const budgetsSection = z.strictObject({
+  /** memory (this process, shared by --workers) or redis://HOST:PORT[/DB] (shared by every replica) */
+  store: z
+    .string()
+    .regex(/^(memory|rediss?:\/\/[^\s/]+(\/\d{1,2})?)$/, 'expected "memory" or "redis://HOST:PORT[/DB]"')
+    .default("memory"),
+  /** memory store: where counters are kept across a restart */
+  state_file: z.string().min(1).optional(),
+  rules: z.array(budgetRuleSchema).default([]),
+});
+
 export const policySchema = z.strictObject({
   version: z.literal(1, { message: "expected version: 1" }),
   proxy: proxySection.prefault({}),
@@ -254,6 +290,7 @@ export const policySchema = z.strictObject({
   mcp: z.array(mcpRuleSchema).default([]),
   responses: z.array(responseRuleSchema).default([]),
   websocket: z.array(webSocketRuleSchema).default([]),
+  budgets: budgetsSection.prefault({}),
 });
 
 export type { SecretSource } from "./secret-source-schema.js";
@@ -266,6 +303,8 @@ export type LlmRule = z.output<typeof llmRuleSchema>;
 export type McpRule = z.output<typeof mcpRuleSchema>;
 export type ResponseRule = z.output<typeof responseRuleSchema>;
 export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
+export type BudgetRule = z.output<typeof budgetRuleSchema>;
+export type BudgetsSection = z.output<typeof budgetsSection>;
 export type ClientIdentity = z.output<typeof clientSchema>;
 
 /** The policy as written in the file (durations as text). */

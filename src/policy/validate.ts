@@ -51,6 +51,7 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   duplicates(policy.placeholders, ["placeholders"], issues);
   duplicates(policy.network.rules, ["network", "rules"], issues);
   duplicates(policy.mcp, ["mcp"], issues);
+  duplicates(policy.budgets.rules, ["budgets", "rules"], issues);
 
   policy.credentials.forEach((credential, index) => {
     // A signing credential names its secret sources inline: there is no template to check.
@@ -79,6 +80,11 @@ export function validateSemantics(policy: Policy): SemanticIssue[] {
   policy.network.rules.forEach((rule, index) => {
     rule.clients?.forEach((client, clientIndex) => {
       if (!clientNames.has(client)) issues.push({ path: ["network", "rules", index, "clients", clientIndex], message: `client "${client}" is not defined under clients` });
+    });
+  });
+  policy.budgets.rules.forEach((rule, index) => {
+    rule.clients?.forEach((client, clientIndex) => {
+      if (!clientNames.has(client)) issues.push({ path: ["budgets", "rules", index, "clients", clientIndex], message: `client "${client}" is not defined under clients` });
     });
   });
 

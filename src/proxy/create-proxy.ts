@@ -17,6 +17,8 @@ import type { Hook, Hooks, RequestContext, ResponseContext } from "../pipeline/h
 import type { Registry } from "prom-client";
 import { ProxyMetrics } from "../admin/metrics.js";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
+import { budgetsRoute } from "../admin/budgets-route.js";
+import { BudgetStores, storeRole } from "../budgets/open-store.js";
 import type { PolicyState } from "../pipeline/context.js";
 import { formatAuthority, parseAuthority } from "../pipeline/target.js";
 import { createServers, type ProxyServers } from "../transport/listener.js";
@@ -82,8 +84,10 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger, budgetStores: BudgetStores): PolicyState {
   const { policy } = loaded;
+  const { budgets } = policy;
+  const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
@@ -102,6 +106,7 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress,
     secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber, secretOptions),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions)),
     guard,
+    ...(ledger ? { budgets: ledger } : {}),
   };
 }
 
@@ -156,8 +161,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
+  const budgetStores = new BudgetStores(storeRole(), { warn: (message) => diagnostics.warn(message), info: (message) => diagnostics.info(message) });
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self, diagnostics),
+    state: buildState(loaded, scrubber, self, diagnostics, budgetStores),
     contexts,
     audit,
     diagnostics,
@@ -196,13 +202,13 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
         ready: () => address !== undefined && !draining,
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      }, observability.routes)
+      }, [...observability.routes, budgetsRoute(() => runtime.state.budgets)])
     : undefined;
   let adminAddress: AddressInfo | undefined;
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
-    runtime.state = buildState(policy, scrubber, self, diagnostics);
+    runtime.state = buildState(policy, scrubber, self, diagnostics, budgetStores);
     adminToken.use(policy.policy);
     if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
     policyFile = policy.file;
@@ -272,6 +278,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       draining = true;
       await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
+      await budgetStores.close();
       audit.flush();
       await observability.close();
       if (admin?.listening) {

@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import { Readable } from "node:stream";
+import type { BudgetLedger, BudgetRow } from "../budgets/ledger.js";
 import { ProxyError } from "../core/errors.js";
 import { Exchange } from "../core/exchange.js";
 import type { InboundRequest, Target, Upstream } from "../core/messages.js";
@@ -32,6 +33,8 @@ export interface Explanation {
   passthrough: boolean;
   /** Directly, or through upstream.proxy (and how). */
   route: string;
+  /** The budgets that apply to this client here, with their counters now; absent when none applies. */
+  budgets?: (BudgetRow & { window_end: string; spent: boolean })[] | { error: string };
 }
 
 /** explain never sends anything: the forward step is not part of a dry run. */
@@ -61,7 +64,7 @@ function resolveAll(lookup: LookupFunction, host: string): Promise<{ addresses: 
  * dry run of the same stage list up to the point where secrets would be resolved, plus the
  * CONNECT check and the destination check the upstream pool makes when it dials.
  */
-export async function explain(policy: Policy, method: string, url: string, client: string | null): Promise<Explanation> {
+export async function explain(policy: Policy, method: string, url: string, client: string | null, ledger?: BudgetLedger): Promise<Explanation> {
   const absolute = parseAbsoluteForm(url);
   if (!absolute) throw new Error(`URL must be absolute, e.g. https://api.github.com/repos/x: got "${url}"`);
   if (client !== null && !policy.clients.some((known) => known.name === client)) throw new Error(`client "${client}" is not defined in the policy`);
@@ -112,6 +115,19 @@ export async function explain(policy: Policy, method: string, url: string, clien
     }
   }
 
+  let budgets: Explanation["budgets"];
+  const budgetRules = ledger?.rulesFor(host, exchange.normalisedPath, client) ?? [];
+  if (ledger && budgetRules.length > 0) {
+    try {
+      budgets = await ledger.current(budgetRules, client);
+      const spent = budgets.find((row) => row.spent);
+      if (spent && verdict.action === "allow") deny(spent.rule, `budget ${spent.rule} is spent for this window: the proxy would answer 429 budget_exceeded until ${spent.window_end}`);
+    } catch (error) {
+      budgets = { error: (error as Error).message };
+      if (verdict.action === "allow") deny(budgetRules[0]!.name, "the budget store cannot be reached: the proxy would answer 503 budget_unavailable");
+    }
+  }
+
   let destination: string;
   if (isIP(host)) {
     destination = guard.check(host) ?? `${host} may be dialled`;
@@ -152,5 +168,6 @@ export async function explain(policy: Policy, method: string, url: string, clien
     })),
     passthrough: anyHostMatches(policy.passthrough.hosts, host),
     route: describeRoute(policy.upstream, scheme, host, port, anyHostMatches(policy.passthrough.hosts, host)),
+    ...(budgets ? { budgets } : {}),
   };
 }

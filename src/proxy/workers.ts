@@ -4,6 +4,10 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
+import { budgetsRoute } from "../admin/budgets-route.js";
+import { serveBudgetsTo } from "../budgets/ipc-store.js";
+import { MemoryBudgetStore } from "../budgets/memory-store.js";
+import { BudgetStores } from "../budgets/open-store.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
@@ -71,6 +75,13 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   let failures = 0;
   let giveUp: () => void = () => undefined;
   const aggregator = new AggregatorRegistry();
+  // The memory store's counters live here, so every worker charges and checks the same ones.
+  const budgetStores = new BudgetStores("primary", { warn: (line) => write(`portcullis: ${line}`), info: (line) => write(`portcullis: ${line}`) });
+  const { budgets } = loaded.policy;
+  const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
+  // Served even when the policy starts without budget rules: a reload may add some.
+  const sharedCounters =
+    budgets.store !== "memory" ? undefined : ledger?.store instanceof MemoryBudgetStore ? ledger.store : new MemoryBudgetStore();
   const adminListen = loaded.policy.admin.listen;
   // Workers send their (scrubbed) audit records here, so /ui shows every worker's traffic.
   const live = new LiveView({ openCounts: async () => openCountsFromText(await aggregator.clusterMetrics()) });
@@ -82,7 +93,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      }, liveRoutes(live, adminToken, () => adminAddress))
+      }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger)])
     : undefined;
 
   const fork = () => {
@@ -91,6 +102,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
       const record = workerRecord(message);
       if (record) live.add(record);
     });
+    if (sharedCounters) serveBudgetsTo(worker, sharedCounters);
     worker.on("message", (message: { type?: string; address?: string; port?: number }) => {
       if (message?.type !== LISTENING) return;
       listening.set(worker, formatAuthority(message.address!, message.port!));
@@ -148,6 +160,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   everyWorker("SIGTERM");
   await Promise.all(exits);
   live.close();
+  await budgetStores.close();
   if (admin?.listening) {
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));

@@ -1,0 +1,147 @@
+import type { Redis } from "ioredis";
+import { firstConnection } from "../store/redis.js";
+import { type Admission, BudgetStoreUnavailable, type BudgetStore, type Counter, type CounterCheck, type CounterKey, counterId, isSpent } from "./store.js";
+
+const PREFIX = "portcullis:budget:";
+
+/**
+ * Checks every counter of a request and, only when none is spent, counts the request on each
+ * and sets each to expire at its window's end; one script, so atomic across every replica.
+ * ARGV per key: token limit, request limit (-1: none), expiry (seconds since the epoch).
+ * Returns 0, or the 1-based index of the first spent counter with its tokens and requests.
+ */
+const ADMIT = `
+for i, key in ipairs(KEYS) do
+  local limitTokens = tonumber(ARGV[(i - 1) * 3 + 1])
+  local limitRequests = tonumber(ARGV[(i - 1) * 3 + 2])
+  local seen = redis.call('HMGET', key, 't', 'r')
+  local tokens = tonumber(seen[1]) or 0
+  local requests = tonumber(seen[2]) or 0
+  if (limitTokens >= 0 and tokens >= limitTokens) or (limitRequests >= 0 and requests >= limitRequests) then
+    return {i, tokens, requests}
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('HINCRBY', key, 'r', 1)
+  redis.call('EXPIREAT', key, ARGV[(i - 1) * 3 + 3])
+end
+return {0, 0, 0}
+`;
+
+type AdmitCommand = (keyCount: number, ...args: (string | number)[]) => Promise<[number, number, number]>;
+
+const expiry = (key: CounterKey) => Math.ceil(key.windowEnd / 1000);
+
+function parseId(id: string): Pick<Counter, "rule" | "client" | "windowStart"> | undefined {
+  const [start, rule, client] = id.split(":");
+  if (start === undefined || rule === undefined || client === undefined) return undefined;
+  return { windowStart: Number(start), rule: decodeURIComponent(rule), client: client === "" ? null : decodeURIComponent(client) };
+}
+
+/** Counters in Redis, shared by every replica and worker: one hash (t: tokens, r: requests) per counter. */
+export class RedisBudgetStore implements BudgetStore {
+  private redis: Redis | undefined;
+  private admitScript: AdmitCommand | undefined;
+  private readonly connected: Promise<void>;
+
+  constructor(
+    private readonly connecting: Promise<Redis>,
+    /** Window lengths by rule name, to report each counter's window end. */
+    private readonly windowOf: (rule: string) => number | undefined,
+  ) {
+    this.connected = connecting.then((redis) => {
+      redis.defineCommand("portcullisBudgetAdmit", { lua: ADMIT });
+      this.admitScript = (redis as unknown as { portcullisBudgetAdmit: AdmitCommand }).portcullisBudgetAdmit.bind(redis);
+      return firstConnection(redis).then(() => void (this.redis = redis));
+    });
+    this.connected.catch(() => undefined);
+  }
+
+  /** Before the first connection is up, commands wait for it; after, an outage fails them at once. */
+  private async up(): Promise<{ redis: Redis; admit: AdmitCommand }> {
+    if (!this.redis) await this.connected.catch((error: unknown) => this.unavailable(error));
+    return { redis: this.redis!, admit: this.admitScript! };
+  }
+
+  private unavailable(error: unknown): never {
+    throw new BudgetStoreUnavailable(`budget store (Redis) cannot be reached: ${(error as Error).message}`);
+  }
+
+  async admit(checks: readonly CounterCheck[]): Promise<Admission> {
+    if (checks.length === 0) return { ok: true };
+    const args = checks.flatMap((check) => [check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check)]);
+    let result: [number, number, number];
+    const { admit } = await this.up();
+    try {
+      result = await admit(checks.length, ...checks.map((check) => PREFIX + counterId(check)), ...args);
+    } catch (error) {
+      this.unavailable(error);
+    }
+    const [index, tokens, requests] = result;
+    if (index === 0) return { ok: true };
+    const spent = checks[index - 1]!;
+    return { ok: false, spent, counter: { rule: spent.rule, client: spent.client, windowStart: spent.windowStart, windowEnd: spent.windowEnd, tokens, requests } };
+  }
+
+  async peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
+    if (checks.length === 0) return undefined;
+    const { redis } = await this.up();
+    const pipeline = redis.pipeline();
+    for (const check of checks) pipeline.hmget(PREFIX + counterId(check), "t", "r");
+    let values: [Error | null, unknown][];
+    try {
+      values = (await pipeline.exec()) ?? [];
+    } catch (error) {
+      this.unavailable(error);
+    }
+    return checks.find((check, index) => {
+      const [error, fields] = values[index] ?? [];
+      if (error) this.unavailable(error);
+      const [tokens, requests] = Array.isArray(fields) ? fields : [];
+      return isSpent({ tokens: Number(tokens ?? 0), requests: Number(requests ?? 0) }, check);
+    });
+  }
+
+  async charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
+    if (tokens <= 0 || keys.length === 0) return;
+    const { redis } = await this.up();
+    const multi = redis.multi();
+    for (const key of keys) multi.hincrby(PREFIX + counterId(key), "t", tokens).expireat(PREFIX + counterId(key), expiry(key));
+    try {
+      await multi.exec();
+    } catch (error) {
+      this.unavailable(error);
+    }
+  }
+
+  async counters(): Promise<Counter[]> {
+    const ids: string[] = [];
+    const { redis } = await this.up();
+    try {
+      let cursor = "0";
+      do {
+        const [next, found] = await redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 500);
+        cursor = next;
+        ids.push(...found);
+      } while (cursor !== "0" && ids.length < 100_000);
+      const pipeline = redis.pipeline();
+      for (const id of ids) pipeline.hmget(id, "t", "r");
+      const values = ids.length ? ((await pipeline.exec()) ?? []) : [];
+      const counters: Counter[] = [];
+      ids.forEach((id, index) => {
+        const parsed = parseId(id.slice(PREFIX.length));
+        const [error, fields] = values[index] ?? [];
+        if (!parsed || error || !Array.isArray(fields)) return;
+        const length = this.windowOf(parsed.rule);
+        counters.push({ ...parsed, windowEnd: length ? parsed.windowStart + length : parsed.windowStart, tokens: Number(fields[0] ?? 0), requests: Number(fields[1] ?? 0) });
+      });
+      return counters;
+    } catch (error) {
+      this.unavailable(error);
+    }
+  }
+
+  async close(): Promise<void> {
+    (await this.connecting.catch(() => undefined))?.disconnect();
+  }
+}

@@ -1,0 +1,162 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ProxyAgent, request } from "undici";
+import { assertBuilt, runCli, startCli, type RunningProxy } from "./helpers/cli.js";
+import { fakeLlmHandler, PATHS, type Api, type FakeRequest } from "./helpers/fake-llm.js";
+import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
+import { startRedis, type TestRedis } from "./helpers/redis.js";
+import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { RedisBudgetStore } from "../src/budgets/redis-store.js";
+import { connectRedis } from "../src/store/redis.js";
+import { windowAt } from "../src/policy/window.js";
+
+let pki: ServerPki;
+let upstream: TestUpstream;
+let redis: TestRedis;
+const replicas: RunningProxy[] = [];
+const agents: ProxyAgent[] = [];
+let dir: string;
+let policyFile: string;
+let caPem: string;
+
+beforeAll(async () => {
+  assertBuilt();
+  pki = await makeUpstreamPki();
+  upstream = await startUpstream((req, res) => {
+    if (req.url?.startsWith("/v1/")) return fakeLlmHandler(req, res);
+    req.resume();
+    res.end("not an LLM");
+  }, pki);
+  redis = await startRedis();
+  dir = tempDir("budgets-redis");
+  policyFile = join(dir, "policy.yaml");
+  writeFileSync(
+    policyFile,
+    `version: 1
+ca: { dir: ${JSON.stringify(join(dir, "certs"))} }
+upstream: { trust: [${JSON.stringify(pki.caFile)}], connect_timeout: 2s, response_timeout: 5s }
+admin: { listen: "127.0.0.1:0" }
+network:
+  default: allow
+  allow_ips: [127.0.0.1/32]
+budgets:
+  store: ${redis.url}
+  rules:
+    - name: shared-hourly
+      hosts: [localhost]
+      paths: ["/v1/**"]
+      requests: 4
+      tokens: 100000
+      window: 1h
+`,
+  );
+  expect(runCli(["init-ca", "--dir", join(dir, "certs")]).status).toBe(0);
+  caPem = readFileSync(join(dir, "certs", "ca.pem"), "utf8");
+  for (let i = 0; i < 2; i++) replicas.push(await startCli(["--policy", policyFile, "--listen", "127.0.0.1:0"]));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(agents.map((agent) => agent.close()));
+  for (const replica of replicas) replica.child.kill("SIGKILL");
+  await Promise.all(replicas.map((replica) => replica.exited));
+  await redis?.stop();
+  await upstream?.close();
+});
+
+function through(replica: RunningProxy): ProxyAgent {
+  const agent = new ProxyAgent({ uri: `http://127.0.0.1:${replica.port}`, requestTls: { ca: caPem } });
+  agents.push(agent);
+  return agent;
+}
+
+async function ask(agent: ProxyAgent, api: Api, body: FakeRequest, id: string) {
+  const res = await request(`https://localhost:${upstream.port}${PATHS[api]}`, { method: "POST", dispatcher: agent, body: JSON.stringify(body), headers: { "content-type": "application/json", "x-request-id": id } });
+  return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
+}
+
+async function adminOf(replica: RunningProxy): Promise<string> {
+  const line = await replica.waitForOutput(/admin on 127\.0\.0\.1:\d+/);
+  return `http://127.0.0.1:${line.split(":").at(-1)}`;
+}
+
+const auditLine = (replica: RunningProxy, id: string) => replica.waitForOutput(new RegExp(`\\{[^\\n]*"req_id":"${id}"[^\\n]*\\}`), "stdout").then((text) => JSON.parse(text) as Record<string, unknown>);
+
+describe("budgets in Redis, shared by replicas", () => {
+  it("two portcullis processes charge and check one budget", { timeout: 60_000 }, async () => {
+    const [a, b] = [through(replicas[0]!), through(replicas[1]!)];
+    expect((await ask(a, "anthropic", { usage: { input: 10, output: 5 } }, "r-1")).status).toBe(200);
+    expect((await ask(b, "openai-chat", { stream: true, usage: { input: 20, output: 7 } }, "r-2")).status).toBe(200);
+    expect((await ask(a, "openai-responses", { usage: { input: 1, output: 1 } }, "r-3")).status).toBe(200);
+    expect((await ask(b, "anthropic", { usage: { input: 1, output: 1 } }, "r-4")).status).toBe(200);
+    // Four requests between the two replicas spend the budget of four: either one refuses the fifth.
+    for (const [agent, id] of [[a, "r-5a"], [b, "r-5b"]] as const) {
+      const refused = await ask(agent, "anthropic", {}, id);
+      expect(refused.status).toBe(429);
+      expect(JSON.parse(refused.body)).toMatchObject({ type: "error", error: { type: "budget_exceeded", rule: "shared-hourly" } });
+    }
+    expect(await auditLine(replicas[1]!, "r-5b")).toMatchObject({ msg: "denied", rule: "shared-hourly", status: 429 });
+    expect(await auditLine(replicas[1]!, "r-2")).toMatchObject({ llm: { api: "openai-chat", model: "gpt-x", input_tokens: 20, output_tokens: 7 } });
+
+    // Both replicas read the same counters from Redis.
+    for (const replica of replicas) {
+      const rows = (await (await request(`${await adminOf(replica)}/budgets`)).body.json()) as Record<string, unknown>[];
+      expect(rows).toEqual([expect.objectContaining({ rule: "shared-hourly", client: null, tokens: 15 + 27 + 2 + 2, requests: 4, limit_tokens: 100000, limit_requests: 4 })]);
+    }
+    const explained = runCli(["explain", "--policy", policyFile, "POST", `https://localhost:${upstream.port}/v1/messages`]);
+    expect(explained.status).toBe(3);
+    const explanation = JSON.parse(explained.stdout) as { decision: string; rule: string; budgets: Record<string, unknown>[] };
+    expect(explanation).toMatchObject({ decision: "deny", rule: "shared-hourly" });
+    expect(explanation.budgets).toEqual([expect.objectContaining({ rule: "shared-hourly", tokens: 46, requests: 4, spent: true })]);
+  });
+
+  it("Redis killed: budgeted requests get 503 budget_unavailable, other traffic flows, one diagnostic line per outage, recovery when it returns", { timeout: 60_000 }, async () => {
+    const replica = replicas[0]!;
+    const agent = through(replica);
+    const admin = await adminOf(replica);
+    await redis.kill();
+    for (let i = 0; i < 5; i++) {
+      const refused = await ask(agent, "anthropic", {}, `down-${i}`);
+      expect(refused.status).toBe(503);
+      expect(refused.headers["x-portcullis-error"]).toBe("budget_unavailable");
+      expect(JSON.parse(refused.body).error).toMatchObject({ type: "budget_unavailable", rule: "shared-hourly" });
+    }
+    expect(await auditLine(replica, "down-4")).toMatchObject({ status: 503, error: { type: "budget_unavailable" } });
+    // Not under a budget: unaffected.
+    const other = await request(`https://localhost:${upstream.port}/elsewhere`, { dispatcher: agent });
+    expect(other.statusCode).toBe(200);
+    expect(await other.body.text()).toBe("not an LLM");
+    expect((await request(`${admin}/budgets`)).statusCode).toBe(503);
+    expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
+
+    await redis.restart();
+    await replica.waitForOutput(/Redis at redis:\/\/127\.0\.0\.1:\d+ is reachable again/);
+    // A fresh Redis (nothing persisted) has fresh counters.
+    const back = await ask(agent, "openai-chat", { usage: { input: 3, output: 4 } }, "back-1");
+    expect(back.status).toBe(200);
+    const rows = (await (await request(`${admin}/budgets`)).body.json()) as Record<string, unknown>[];
+    expect(rows).toEqual([expect.objectContaining({ rule: "shared-hourly", requests: 1 })]);
+    expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
+  });
+
+  it("the store: concurrent admissions never pass a request limit, a spent counter is peeked without counting, keys expire at the window's end", async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
+    const raw = await connectRedis(redis.url, log, "test-reader");
+    try {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const check = { rule: "unit", client: "c:1", windowStart: hour.start, windowEnd: hour.end, limitRequests: 10 };
+      const results = await Promise.all(Array.from({ length: 30 }, () => store.admit([check])));
+      expect(results.filter((r) => r.ok)).toHaveLength(10);
+      expect(await store.peek([check])).toMatchObject({ rule: "unit" });
+      await store.charge([check], 42);
+      const key = (await raw.keys("portcullis:budget:*")).find((k) => k.includes("unit"))!;
+      expect(await raw.hgetall(key)).toEqual({ r: "10", t: "42" });
+      expect(await raw.expiretime(key)).toBe(Math.ceil(hour.end / 1000));
+      expect((await store.counters()).find((c) => c.rule === "unit")).toMatchObject({ client: "c:1", tokens: 42, requests: 10, windowEnd: hour.end });
+    } finally {
+      await store.close();
+      raw.disconnect();
+    }
+  });
+});
