@@ -19,6 +19,8 @@ export interface PolicyState extends PolicyView {
   readonly secrets: SecretStore;
   readonly identities: Identities;
   readonly guard: DestinationGuard;
+  /** A client registered at run time: the names of the file's credentials enabled for it (no others are). */
+  clientCredentials?(client: string): readonly string[] | undefined;
 }
 
 /** What the pipeline shares across exchanges: the current policy state and the process-wide services. */

@@ -173,9 +173,22 @@ export const responseRuleSchema = z
     }
   });
 
+/** Where sandboxes registered at run time are kept: this process only, a file, or a Redis every replica shares. */
+const adminState = z.union([
+  z.literal("memory"),
+  z.string().regex(/^rediss?:\/\/[^\s/]+(\/\d{1,2})?$/, 'expected "redis://HOST:PORT" or "redis://HOST:PORT/DB"'),
+  z.string().min(1).regex(/^(?!rediss?:)/, "a redis state must look like redis://HOST:PORT[/DB]"),
+]);
+
 export const adminSection = z.strictObject({
   /** /healthz, /readyz and /metrics; no admin listener when absent */
   listen: hostPort.optional(),
+  /** Bearer token for the /v1/clients API; the API exists only when it is set. */
+  token: secretSource.optional(),
+  /** Where registered clients live: "memory", a file path, or "redis://HOST:PORT[/DB]". */
+  state: adminState.default("memory"),
+  /** The longest ttl a registered client may ask for. */
+  max_ttl: duration.default(24 * 3_600_000),
 });
 
 /** A size in bytes: a number, or "16MiB", "64KiB", "1MB". */
@@ -228,6 +241,7 @@ export type McpRule = z.output<typeof mcpRuleSchema>;
 export type ResponseRule = z.output<typeof responseRuleSchema>;
 export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
 export type ClientIdentity = z.output<typeof clientSchema>;
+export type AdminSection = z.output<typeof adminSection>;
 
 /** The policy as written in the file (durations as text). */
 export type PolicyInput = z.input<typeof policySchema>;

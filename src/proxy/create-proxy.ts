@@ -22,6 +22,7 @@ import type { ClientTimeouts, TransportRuntime } from "../transport/runtime.js";
 import { createLookup } from "../transport/upstream/lookup.js";
 import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
+import { RegisteredClients } from "../clients/registered-clients.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
@@ -77,7 +78,7 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, registered?: RegisteredClients): PolicyState {
   const { policy } = loaded;
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
@@ -91,8 +92,9 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress)
     }),
     passthrough: policy.passthrough.hosts,
     secrets: new SecretStore(policy.secrets, scrubber),
-    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber)),
+    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber), registered?.registry),
     guard,
+    ...registered?.lookups(policy),
   };
 }
 
@@ -104,7 +106,8 @@ function isLoopback(host: string): boolean {
 /** Without clients nobody authenticates: that is only safe where only this machine can connect. */
 export function assertNotOpenProxy(loaded: LoadedPolicy, listen: string): void {
   const { host } = parseListen(listen);
-  if (loaded.policy.clients.length === 0 && !isLoopback(host)) {
+  // admin.token makes every sandbox authenticate (as a registered client), so it is not open either.
+  if (loaded.policy.clients.length === 0 && !loaded.policy.admin.token && !isLoopback(host)) {
     throw new Error(
       `refusing to listen on ${listen} without proxy authentication: anyone who can reach it could use it as an open proxy. ` +
         "Add clients to the policy, or listen on a loopback address (127.0.0.1:PORT).",
@@ -117,6 +120,15 @@ async function warmUpSecrets(state: PolicyState, diagnostics: Logger): Promise<v
   await state.identities.warmUp();
   for (const failure of await state.secrets.warmUp()) {
     diagnostics.warn({ secret: failure.secret }, `${failure.message}; requests that need it will get 502 credential_unavailable`);
+  }
+}
+
+/** The registry is opened at start: turning it on or off, or moving it, takes a restart. */
+function warnIfRegistryChanged(started: LoadedPolicy, next: LoadedPolicy, diagnostics: Logger): void {
+  const before = started.policy.admin;
+  const after = next.policy.admin;
+  if ((before.token === undefined) !== (after.token === undefined) || before.state !== after.state) {
+    diagnostics.warn({ state: before.state }, "admin.token or admin.state changed: the client registry needs a restart to follow; it keeps running as it started");
   }
 }
 
@@ -146,8 +158,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
+  const registered = await RegisteredClients.open(loaded, scrubber, diagnostics);
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self),
+    state: buildState(loaded, scrubber, self, registered),
     contexts,
     audit,
     diagnostics,
@@ -155,6 +168,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
     metrics,
     hooks: options.hooks ? [options.hooks] : [],
+    clientConnections: registered?.connections,
   };
   const servers = createServers(runtime);
   const { listener } = servers;
@@ -175,13 +189,14 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
         ready: () => address !== undefined && !draining,
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      })
+      }, registered?.routes(() => runtime.state.policy))
     : undefined;
   let adminAddress: AddressInfo | undefined;
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
-    runtime.state = buildState(policy, scrubber, self);
+    warnIfRegistryChanged(loaded, policy, diagnostics);
+    runtime.state = buildState(policy, scrubber, self, registered);
     policyFile = policy.file;
     await warmUpSecrets(runtime.state, diagnostics);
   };
@@ -249,6 +264,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       draining = true;
       await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
+      await registered?.close();
       audit.flush();
       if (admin?.listening) {
         admin.closeAllConnections();

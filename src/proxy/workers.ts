@@ -5,7 +5,10 @@ import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
 import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
-import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { RegisteredClients } from "../clients/registered-clients.js";
+import { createDiagnostics } from "../log/loggers.js";
+import { Scrubber } from "../log/scrub.js";
 import { parseListen } from "./create-proxy.js";
 import { formatAuthority } from "../pipeline/target.js";
 
@@ -59,6 +62,16 @@ function write(line: string): void {
  * SIGTERM/SIGINT drains every worker before it exits 0.
  */
 export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<number> {
+  // Workers keep their own view of the registry: only a store they can all read can give them one.
+  if (loaded.policy.admin.token && loaded.policy.admin.state === "memory") {
+    throw new Error(
+      "--workers with admin.token needs a shared client registry: admin.state memory is per process. Set admin.state to a file path or redis://HOST:PORT",
+    );
+  }
+  const scrubber = new Scrubber();
+  // The primary serves /v1/clients and writes the store; each worker follows it (file watch, Redis pub/sub).
+  const registered = await RegisteredClients.open(loaded, scrubber, createDiagnostics(loaded.policy.log.level, scrubber));
+  let current = loaded;
   const caDir = resolveFrom(loaded, loaded.policy.ca.dir);
   if (!(await caExists(caDir))) await initCa(caDir);
   await loadCa(caDir); // creates the shared leaf key before any worker races for it
@@ -74,7 +87,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      })
+      }, registered?.routes(() => current.policy))
     : undefined;
 
   const fork = () => {
@@ -119,7 +132,11 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const everyWorker = (signal: NodeJS.Signals) => {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
   };
-  process.on("SIGHUP", () => everyWorker("SIGHUP"));
+  process.on("SIGHUP", () => {
+    everyWorker("SIGHUP");
+    // The clients API checks registrations against the policy the workers run.
+    loadPolicyFile(loaded.file).then((next) => (current = next), () => undefined);
+  });
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
   const outcome = await new Promise<number>((resolve) => {
     process.once("SIGTERM", () => resolve(0));
@@ -134,5 +151,6 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));
   }
+  await registered?.close();
   return outcome;
 }
