@@ -24,7 +24,7 @@ run: ca
 # The end-to-end tests drive real clients: curl, openssl, python3's ssl and a Go net/http
 # program (test/go/h2client, built by its test; `go` comes from Debian's golang-go).
 # Each entry is command:package; only the packages of missing commands are installed.
-SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go redis-server:redis-server
 
 # $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
 define install-missing

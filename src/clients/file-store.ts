@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { watch, type FSWatcher } from "node:fs";
+import { mkdirSync, watch, type FSWatcher } from "node:fs";
 import type { ClientStore, StoreChange } from "./store.js";
 import { expiresAtMs, isRegisteredClient, type RegisteredClient } from "./registered-client.js";
 
@@ -64,6 +64,7 @@ export class FileStore implements ClientStore {
       }, DEBOUNCE_MS);
     };
     // The folder is watched: a rename replaces the file, and a watch on the old inode would go quiet.
+    mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     this.watcher = watch(dirname(this.file), { persistent: false }, (_event, name) => {
       if (name === null || name === basename(this.file)) reread();
     });
@@ -117,7 +118,7 @@ export class FileStore implements ClientStore {
   }
 
   private async write(state: StateFile): Promise<void> {
-    await mkdir(dirname(this.file), { recursive: true });
+    await mkdir(dirname(this.file), { recursive: true, mode: 0o700 });
     const text = `${JSON.stringify(state, null, 2)}\n`;
     const temp = join(dirname(this.file), `.${basename(this.file)}.${randomBytes(6).toString("hex")}.tmp`);
     const handle = await open(temp, "wx", 0o600);

@@ -9,11 +9,17 @@ type Message = { type: "created"; client: RegisteredClient } | { type: "removed"
 
 /** Connects, or fails with the reason: a registry that cannot be reached at start is a reason not to start. */
 async function connect(redis: Redis, url: string): Promise<void> {
+  let cause: Error | undefined;
+  const remember = (error: Error) => (cause ??= error);
+  redis.on("error", remember);
   try {
     await redis.connect();
   } catch (error) {
     redis.disconnect();
-    throw new Error(`admin.state ${url}: cannot connect to Redis (${(error as Error).message})`);
+    // ioredis rejects with "Connection is closed"; the socket's own error says why.
+    throw new Error(`admin.state ${url}: cannot connect to Redis (${(cause ?? (error as Error)).message})`);
+  } finally {
+    redis.off("error", remember);
   }
 }
 
@@ -36,10 +42,13 @@ export class RedisStore implements ClientStore {
   private readonly redis: Redis;
   private readonly subscriber: Redis;
   private readonly channel: string;
+  private started = false;
 
   private constructor(url: string) {
     this.description = `redis ${describeUrl(url)}`;
-    const options = { lazyConnect: true, connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1, enableOfflineQueue: false };
+    // No retries until the first connection worked: a Redis that is not there at start fails the start at once.
+    const retryStrategy = (times: number) => (this.started ? Math.min(times * 200, 2000) : null);
+    const options = { lazyConnect: true, connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy };
     this.redis = new Redis(url, options);
     // A subscribed connection can do nothing else, so it is a second one.
     this.subscriber = new Redis(url, { ...options, enableOfflineQueue: true });
@@ -52,6 +61,7 @@ export class RedisStore implements ClientStore {
     const store = new RedisStore(url);
     await connect(store.redis, describeUrl(url));
     await connect(store.subscriber, describeUrl(url));
+    store.started = true;
     return store;
   }
 
