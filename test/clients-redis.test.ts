@@ -22,7 +22,9 @@ describe("admin.state: redis", () => {
   it("is shared by two portcullis processes: created on one, used on the other; revoked on one, refused and closed on the other", { timeout: 40_000 }, async () => {
     const dir = tempDir("clients-redis");
     const policy = writePolicy(dir, `${redis!.url}/3`);
-    const [a, b] = await Promise.all([start(policy), start(policy)]);
+    // One after the other: the first creates the CA both use.
+    const a = await start(policy);
+    const b = await start(policy);
     const token = await register(a.admin, "sbx-shared");
     expect(await connectStatus(b.proxy.port, "reg.test:443", bearer(token))).toBe("HTTP/1.1 200");
     const listedOnB = await callApi(b.admin, "GET", "/v1/clients/sbx-shared", { token: ADMIN_TOKEN });
@@ -48,6 +50,31 @@ describe("admin.state: redis", () => {
     expect(await connectStatus(c.proxy.port, "reg.test:443", bearer(shortLived))).toMatch(/^HTTP\/1.1 407/);
     expect((await callApi(a.admin, "GET", "/v1/clients/sbx-short", { token: ADMIN_TOKEN })).status).toBe(404);
     await Promise.all([stop(a.proxy), stop(b.proxy), stop(c.proxy)]);
+  });
+
+  it("refuses registered clients while Redis is away, and reads the registry again when it is back", { timeout: 40_000 }, async () => {
+    const dir = tempDir("clients-redis-outage");
+    const policy = writePolicy(dir, `${redis!.url}/4`);
+    const d = await start(policy);
+    const token = await register(d.admin, "sbx-outage");
+    expect(await connectStatus(d.proxy.port, "reg.test:443", bearer(token))).toBe("HTTP/1.1 200");
+    const port = redis!.port;
+    await redis!.stop();
+    // A revocation made elsewhere now would go unheard: fail closed.
+    expect(await eventually(() => connectStatus(d.proxy.port, "reg.test:443", bearer(token)), /407/)).toMatch(/^HTTP\/1.1 407/);
+    expect((await callApi(d.admin, "POST", "/v1/clients", { token: ADMIN_TOKEN, body: { name: "sbx-while-down", ttl: "1m" } })).status).toBe(503);
+    // The new Redis has nothing (no persistence): once reconnected the client is gone for good, and new ones work.
+    redis = await startRedis(port);
+    let fresh: string | undefined;
+    const registerWhenBack = async () => {
+      const answer = await callApi(d.admin, "POST", "/v1/clients", { token: ADMIN_TOKEN, body: { name: "sbx-after", ttl: "1m", rules: [{ name: "own", action: "allow", hosts: ["reg.test"], ports: [443] }] } });
+      if (answer.status === 201) fresh = answer.body.token;
+      return String(answer.status);
+    };
+    expect(await eventually(registerWhenBack, /201/)).toBe("201");
+    expect(await eventually(() => connectStatus(d.proxy.port, "reg.test:443", bearer(fresh!)), /200/)).toBe("HTTP/1.1 200");
+    expect(await connectStatus(d.proxy.port, "reg.test:443", bearer(token))).toMatch(/^HTTP\/1.1 407/);
+    await stop(d.proxy);
   });
 
   it("refuses to start when the Redis it names cannot be reached", { timeout: 20_000 }, async () => {

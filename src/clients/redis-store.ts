@@ -110,10 +110,13 @@ export class RedisStore implements ClientStore {
       const message = this.parseMessage(text);
       if (message) onChange(message);
     });
-    // Connected already: every later "ready" is a reconnect, after which ioredis subscribes again.
-    this.subscriber.on("ready", () => {
-      this.load().then((clients) => onChange({ type: "reset", clients }), () => undefined);
-    });
+    // Connected already: every later "ready" is a reconnect (ioredis subscribes again). Once both
+    // connections are back, the whole set is read: what was published meanwhile is lost.
+    const resync = () => {
+      if (this.healthy()) this.load().then((clients) => onChange({ type: "reset", clients }), () => undefined);
+    };
+    this.subscriber.on("ready", resync);
+    this.redis.on("ready", resync);
     void this.subscriber.subscribe(this.channel).catch(() => undefined);
   }
 
