@@ -126,8 +126,12 @@ describe("/v1/clients: registration", () => {
 
     const agent = through(created.token);
     const answer = await fetchVia(agent, `https://a.test:${upstream.port}/hello`);
+    // An agent that sends its own token somewhere: the audit line must not show it.
+    expect((await fetchVia(agent, `https://a.test:${upstream.port}/leak?t=${created.token}`)).status).toBe(200);
     await agent.close();
     expect(answer.status).toBe(200);
+    const leak = await proxy.audit.waitFor((l) => l.msg === "http" && String(l.path).startsWith("/leak"));
+    expect(leak.path).toBe("/leak?t=[REDACTED]");
     expect(await connectStatus(proxy.port, `a.test:${upstream.port}`, basic("sbx-1", created.token))).toBe("HTTP/1.1 200");
     expect(await connectStatus(proxy.port, `a.test:${upstream.port}`, basic("sbx-1", `${created.token}x`))).toMatch(/^HTTP\/1.1 407/);
     const line = await proxy.audit.waitFor((l) => l.msg === "http" && l.path === "/hello");

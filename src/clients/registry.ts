@@ -1,9 +1,13 @@
 import { EventEmitter } from "node:events";
 import { timingSafeEqual } from "node:crypto";
 import type { Rule } from "../policy/schema.js";
+import { REDACTED } from "../core/audit-record.js";
 import type { Scrubber } from "../log/scrub.js";
 import type { ClientStore, StoreChange } from "./store.js";
 import { expiresAtMs, newToken, tokenDigest, type RegisteredClient } from "./registered-client.js";
+
+/** A base64url run exactly as long as a token (32 bytes), not part of a longer one. */
+const TOKEN_SHAPED = /(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g;
 
 /** setTimeout's longest delay; a later expiry re-arms the timer when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -39,10 +43,13 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
 
   constructor(
     readonly store: ClientStore,
-    private readonly scrubber: Scrubber,
+    scrubber: Scrubber,
     private readonly now: () => number = Date.now,
   ) {
     super();
+    // Tokens are found by shape and digest: one linear pass per line however many clients
+    // there are, and a replica scrubs tokens it never saw (it only knows their digests).
+    scrubber.use((text) => (this.byDigest.size === 0 ? text : text.replace(TOKEN_SHAPED, (run) => (this.byDigest.has(tokenDigest(run)) ? REDACTED : run))));
   }
 
   /** Loads what the store holds and follows the changes made elsewhere. */
@@ -62,8 +69,6 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
       created_at: new Date(now).toISOString(),
       expires_at: new Date(now + request.ttlMs).toISOString(),
     };
-    // Scrubbed from the moment it exists: it is about to be written in an answer.
-    this.scrubber.add(token);
     if (!(await this.store.create(client))) throw new NameTaken(`a client named "${request.name}" is already registered`);
     this.apply(client);
     return { client, token };
@@ -106,7 +111,6 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
     if (!client) return undefined;
     // Equal-length digests compared in constant time.
     const ok = timingSafeEqual(Buffer.from(tokenDigest(token), "hex"), Buffer.from(client.token_sha256, "hex")) && this.usable(client);
-    if (ok) this.scrubber.add(token);
     return ok;
   }
 
@@ -115,7 +119,6 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
     // A lookup by the digest of a 256-bit random token: its timing says nothing useful about the token.
     const client = this.byDigest.get(tokenDigest(token));
     if (!client || !this.usable(client)) return undefined;
-    this.scrubber.add(token);
     return client.name;
   }
 
