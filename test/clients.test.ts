@@ -272,3 +272,23 @@ describe("/v1/clients: bad input is 400 with the reason", () => {
     expect(again.body.error.message).toMatch(/already registered/);
   });
 });
+
+describe("admin section of the policy", () => {
+  it("defaults to memory and 24h, and names a malformed redis URL or max_ttl", async () => {
+    const { parsePolicy, PolicyInvalidError } = await import("../src/policy/load.js");
+    const defaults = parsePolicy("version: 1\nadmin: { token: { env: X } }\n").policy.admin;
+    expect(defaults.state).toBe("memory");
+    expect(defaults.max_ttl).toBe(24 * 3_600_000);
+    expect(parsePolicy('version: 1\nadmin: { state: "redis://10.0.0.5:6379/2" }\n').policy.admin.state).toBe("redis://10.0.0.5:6379/2");
+    expect(parsePolicy("version: 1\nadmin: { state: /var/lib/portcullis/clients.json }\n").policy.admin.state).toBe("/var/lib/portcullis/clients.json");
+    try {
+      parsePolicy('version: 1\nadmin:\n  state: "redis://"\n  max_ttl: forever\n');
+      expect.unreachable();
+    } catch (error) {
+      expect(error).toBeInstanceOf(PolicyInvalidError);
+      const text = (error as Error).message;
+      expect(text).toMatch(/3:\d+: admin.state: a Redis state must look like "redis:\/\/HOST:PORT"/);
+      expect(text).toMatch(/4:\d+: admin.max_ttl: expected a duration/);
+    }
+  });
+});

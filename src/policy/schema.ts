@@ -174,11 +174,12 @@ export const responseRuleSchema = z
   });
 
 /** Where sandboxes registered at run time are kept: this process only, a file, or a Redis every replica shares. */
-const adminState = z.union([
-  z.literal("memory"),
-  z.string().regex(/^rediss?:\/\/[^\s/]+(\/\d{1,2})?$/, 'expected "redis://HOST:PORT" or "redis://HOST:PORT/DB"'),
-  z.string().min(1).regex(/^(?!rediss?:)/, "a redis state must look like redis://HOST:PORT[/DB]"),
-]);
+const adminState = z
+  .string()
+  .min(1)
+  .refine((text) => !/^rediss?:/i.test(text) || /^rediss?:\/\/[^\s/]+(\/\d{1,2})?$/.test(text), {
+    message: 'a Redis state must look like "redis://HOST:PORT" or "redis://HOST:PORT/DB"',
+  });
 
 export const adminSection = z.strictObject({
   /** /healthz, /readyz and /metrics; no admin listener when absent */
