@@ -13,6 +13,14 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(digest(a), digest(b));
 }
 
+/** Clients registered at run time (the /v1/clients API), checked after the file's own. */
+export interface RegisteredIdentities {
+  /** Basic name:token; undefined when no registered client has that name. */
+  checkBasic(name: string, token: string): boolean | undefined;
+  /** Bearer token: the registered client it belongs to. */
+  checkBearer(token: string): string | undefined;
+}
+
 export function tokenSecretName(client: string): string {
   return `client-token.${client}`;
 }
@@ -25,10 +33,12 @@ export class Identities {
   constructor(
     private readonly clients: readonly ClientIdentity[],
     private readonly tokens: SecretResolver,
+    private readonly registered?: RegisteredIdentities,
   ) {}
 
+  /** With a client registry (admin.token) every sandbox identifies itself, even before any is registered. */
   get required(): boolean {
-    return this.clients.length > 0;
+    return this.clients.length > 0 || this.registered !== undefined;
   }
 
   async authenticate(header: string | undefined): Promise<Authentication> {
@@ -43,6 +53,10 @@ export class Identities {
       const name = decoded.slice(0, colon);
       const token = decoded.slice(colon + 1);
       const client = this.clients.find((candidate) => candidate.name === name);
+      if (!client && this.registered) {
+        const ok = this.registered.checkBasic(name, token);
+        if (ok !== undefined || this.clients.length === 0) return ok ? { ok: true, client: name } : { ok: false, reason: "unknown client or wrong token" };
+      }
       // Unknown names cost a token resolution and a comparison too, so they look like wrong tokens.
       const expected = await this.tokenOf((client ?? this.clients[0]!).name);
       const ok = sameSecret(token, expected ?? `\u0000${token}`) && expected !== undefined && client !== undefined;
@@ -54,6 +68,7 @@ export class Identities {
         const expected = await this.tokenOf(client.name);
         if (expected !== undefined && sameSecret(credential, expected) && match === null) match = client.name;
       }
+      match ??= this.registered?.checkBearer(credential) ?? null;
       return match ? { ok: true, client: match } : { ok: false, reason: "unknown token" };
     }
     // The header is never quoted back: a token sent without a scheme would land in the audit log.

@@ -14,6 +14,7 @@ export class Scrubber {
   private readonly raw = new Set<string>();
   private pattern: RegExp | undefined;
   private mixed: RegExp | undefined;
+  private readonly extra: ((text: string) => string)[] = [];
 
   add(value: string): void {
     if (value.length < MIN_SCRUB_LENGTH || this.values.has(value)) return;
@@ -28,8 +29,22 @@ export class Scrubber {
     return this.values.size;
   }
 
+  /**
+   * Adds a scrubber for secrets found by shape rather than by value (registered clients'
+   * tokens: thousands of them, known by digest), run after the known values are replaced.
+   */
+  use(scrub: (text: string) => string): void {
+    this.extra.push(scrub);
+  }
+
   /** Bound, so it can be handed around as a plain function. */
   readonly scrub = (text: string): string => {
+    let scrubbed = this.scrubValues(text);
+    for (const scrub of this.extra) scrubbed = scrub(scrubbed);
+    return scrubbed;
+  };
+
+  private scrubValues(text: string): string {
     if (this.values.size === 0) return text;
     this.pattern ??= new RegExp(
       [...this.values]
@@ -44,5 +59,5 @@ export class Scrubber {
     if (!/[%\\+]/.test(scrubbed)) return scrubbed;
     this.mixed ??= new RegExp([...this.raw].map(mixedEncodingPattern).join("|"), "g");
     return scrubbed.replace(this.mixed, REDACTED);
-  };
+  }
 }

@@ -22,6 +22,8 @@ export interface PolicyState extends PolicyView {
   readonly guard: DestinationGuard;
   /** The budget rules and their counters; absent when the policy has none (and in explain's dry run). */
   readonly budgets?: BudgetLedger;
+  /** A client registered at run time: the names of the file's credentials enabled for it (no others are). */
+  clientCredentials?(client: string): readonly string[] | undefined;
 }
 
 /** What the pipeline shares across exchanges: the current policy state and the process-wide services. */

@@ -1,7 +1,7 @@
 import { isIP } from "node:net";
 import type { DestinationGuard } from "./destinations.js";
 import { decideConnect, decideEveryReading, type Decision } from "./rules.js";
-import type { Policy } from "./schema.js";
+import type { Policy, Rule } from "./schema.js";
 
 export type { Decision };
 
@@ -11,6 +11,30 @@ export const PRIVATE_DESTINATION_RULE = "network.private_destinations";
 export interface PolicyView {
   readonly policy: Policy;
   readonly guard: DestinationGuard;
+  /** A client registered at run time: its own rules, judged before the file's. */
+  clientRules?(client: string): readonly Rule[] | undefined;
+  /** A registered client that has since been revoked or has expired (its tunnels are being closed). */
+  clientGone?(client: string): boolean;
+}
+
+export const REGISTERED_CLIENT_RULE = "admin.clients";
+
+function goneClient(view: PolicyView, client: string | null): Decision | undefined {
+  if (client === null || !view.clientGone?.(client)) return undefined;
+  return { action: "deny", rule: REGISTERED_CLIENT_RULE, reason: `client ${client} is no longer registered (revoked or expired)` };
+}
+
+const withOwnRules = new WeakMap<readonly Rule[], { base: Policy; merged: Policy }>();
+
+/** The policy as one client sees it: its registered rules first, then the file's (built once per policy and client). */
+function policyFor(view: PolicyView, client: string | null): Policy {
+  const own = client === null ? undefined : view.clientRules?.(client);
+  if (!own?.length) return view.policy;
+  const cached = withOwnRules.get(own);
+  if (cached?.base === view.policy) return cached.merged;
+  const merged: Policy = { ...view.policy, network: { ...view.policy.network, rules: [...own, ...view.policy.network.rules] } };
+  withOwnRules.set(own, { base: view.policy, merged });
+  return merged;
 }
 
 export interface RequestDecisionFacts {
@@ -31,10 +55,10 @@ function literalDestination(view: PolicyView, host: string, port: number): Decis
 /** The policy decision for one request: destination, then the network rules (first match wins). */
 export function decideRequest(view: PolicyView, facts: RequestDecisionFacts): Decision {
   const { host, port, client, method } = facts;
-  return literalDestination(view, host, port) ?? decideEveryReading(view.policy, { host, port, client, method }, facts.pathReadings);
+  return goneClient(view, client) ?? literalDestination(view, host, port) ?? decideEveryReading(policyFor(view, client), { host, port, client, method }, facts.pathReadings);
 }
 
 /** The decision for a CONNECT: refused when nothing inside the tunnel could be allowed. */
 export function decideTunnel(view: PolicyView, host: string, port: number, client: string | null): Decision {
-  return literalDestination(view, host, port) ?? decideConnect(view.policy, { host, port, client });
+  return goneClient(view, client) ?? literalDestination(view, host, port) ?? decideConnect(policyFor(view, client), { host, port, client });
 }

@@ -202,11 +202,23 @@ export const responseRuleSchema = z
     }
   });
 
+/** Where sandboxes registered at run time are kept: this process only, a file, or a Redis every replica shares. */
+const adminState = z
+  .string()
+  .min(1)
+  .refine((text) => !/^rediss?:/i.test(text) || /^rediss?:\/\/[^\s/]+(\/\d{1,2})?$/.test(text), {
+    message: 'a Redis state must look like "redis://HOST:PORT" or "redis://HOST:PORT/DB"',
+  });
+
 export const adminSection = z.strictObject({
   /** /healthz, /readyz and /metrics; no admin listener when absent */
   listen: hostPort.optional(),
-  /** Bearer token for the admin API and /ui; without it they are open to whoever reaches the listener */
+  /** Bearer token for the /v1/clients API; the API exists only when it is set. */
   token: secretSource.optional(),
+  /** Where registered clients live: "memory", a file path, or "redis://HOST:PORT[/DB]". */
+  state: adminState.default("memory"),
+  /** The longest ttl a registered client may ask for. */
+  max_ttl: duration.default(24 * 3_600_000),
 });
 
 export const telemetrySection = z.strictObject({
@@ -306,6 +318,7 @@ export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
 export type BudgetRule = z.output<typeof budgetRuleSchema>;
 export type BudgetsSection = z.output<typeof budgetsSection>;
 export type ClientIdentity = z.output<typeof clientSchema>;
+export type AdminSection = z.output<typeof adminSection>;
 
 /** The policy as written in the file (durations as text). */
 export type PolicyInput = z.input<typeof policySchema>;

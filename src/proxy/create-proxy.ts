@@ -29,6 +29,7 @@ import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
 import { AdminToken, startObservability } from "./observability.js";
 import { warmUpParentProxy } from "./parent-proxy-startup.js";
+import { RegisteredClients } from "../clients/registered-clients.js";
 
 export interface ProxyOptions {
   /** A loaded policy, a policy file's path, or the policy as an object (validated like a file). */
@@ -84,7 +85,7 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger, budgetStores: BudgetStores): PolicyState {
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger, budgetStores: BudgetStores, registered?: RegisteredClients): PolicyState {
   const { policy } = loaded;
   const { budgets } = policy;
   const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
@@ -104,9 +105,10 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress,
     upstream,
     passthrough: policy.passthrough.hosts,
     secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber, secretOptions),
-    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions)),
+    identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions), registered?.registry),
     guard,
     ...(ledger ? { budgets: ledger } : {}),
+    ...registered?.lookups(policy),
   };
 }
 
@@ -118,7 +120,8 @@ function isLoopback(host: string): boolean {
 /** Without clients nobody authenticates: that is only safe where only this machine can connect. */
 export function assertNotOpenProxy(loaded: LoadedPolicy, listen: string): void {
   const { host } = parseListen(listen);
-  if (loaded.policy.clients.length === 0 && !isLoopback(host)) {
+  // admin.token makes every sandbox authenticate (as a registered client), so it is not open either.
+  if (loaded.policy.clients.length === 0 && !loaded.policy.admin.token && !isLoopback(host)) {
     throw new Error(
       `refusing to listen on ${listen} without proxy authentication: anyone who can reach it could use it as an open proxy. ` +
         "Add clients to the policy, or listen on a loopback address (127.0.0.1:PORT).",
@@ -133,6 +136,15 @@ async function warmUpSecrets(state: PolicyState, diagnostics: Logger): Promise<v
     diagnostics.warn({ secret: failure.secret }, `${failure.message}; requests that need it will get 502 credential_unavailable`);
   }
   await warmUpParentProxy(state, diagnostics);
+}
+
+/** The registry is opened at start: turning it on or off, or moving it, takes a restart. */
+function warnIfRegistryChanged(started: LoadedPolicy, next: LoadedPolicy, diagnostics: Logger): void {
+  const before = started.policy.admin;
+  const after = next.policy.admin;
+  if ((before.token === undefined) !== (after.token === undefined) || before.state !== after.state) {
+    diagnostics.warn({ state: before.state }, "admin.token or admin.state changed: the client registry needs a restart to follow; it keeps running as it started");
+  }
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -162,8 +174,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
   const budgetStores = new BudgetStores(storeRole(), { warn: (message) => diagnostics.warn(message), info: (message) => diagnostics.info(message) });
+  const registered = await RegisteredClients.open(loaded, scrubber, diagnostics);
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self, diagnostics, budgetStores),
+    state: buildState(loaded, scrubber, self, diagnostics, budgetStores, registered),
     contexts,
     audit,
     diagnostics,
@@ -171,6 +184,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     timeouts: { ...DEFAULT_TIMEOUTS, ...options.timeouts },
     metrics,
     hooks: options.hooks ? [options.hooks] : [],
+    clientConnections: registered?.connections,
   };
   const servers = createServers(runtime);
   const { listener } = servers;
@@ -202,13 +216,14 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
         ready: () => address !== undefined && !draining,
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      }, [...observability.routes, budgetsRoute(() => runtime.state.budgets)])
+      }, [...observability.routes, budgetsRoute(() => runtime.state.budgets), ...(registered?.routes(() => runtime.state.policy) ?? [])])
     : undefined;
   let adminAddress: AddressInfo | undefined;
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
-    runtime.state = buildState(policy, scrubber, self, diagnostics, budgetStores);
+    warnIfRegistryChanged(loaded, policy, diagnostics);
+    runtime.state = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
     adminToken.use(policy.policy);
     if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
     policyFile = policy.file;
@@ -279,6 +294,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
       await budgetStores.close();
+      await registered?.close();
       audit.flush();
       await observability.close();
       if (admin?.listening) {

@@ -10,10 +10,12 @@ import { MemoryBudgetStore } from "../budgets/memory-store.js";
 import { BudgetStores } from "../budgets/open-store.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { RegisteredClients } from "../clients/registered-clients.js";
+import { createDiagnostics } from "../log/loggers.js";
+import { Scrubber } from "../log/scrub.js";
 import { parseListen } from "./create-proxy.js";
 import { formatAuthority } from "../pipeline/target.js";
 import { LiveView } from "../admin/live-view.js";
-import { Scrubber } from "../log/scrub.js";
 import { AdminToken, liveRoutes, openCountsFromText, workerRecord } from "./observability.js";
 
 const LISTENING = "portcullis:listening";
@@ -66,6 +68,16 @@ function write(line: string): void {
  * SIGTERM/SIGINT drains every worker before it exits 0.
  */
 export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<number> {
+  // Workers keep their own view of the registry: only a store they can all read can give them one.
+  if (loaded.policy.admin.token && loaded.policy.admin.state === "memory") {
+    throw new Error(
+      "--workers with admin.token needs a shared client registry: admin.state memory is per process. Set admin.state to a file path or redis://HOST:PORT",
+    );
+  }
+  const scrubber = new Scrubber();
+  // The primary serves /v1/clients and writes the store; each worker follows it (file watch, Redis pub/sub).
+  const registered = await RegisteredClients.open(loaded, scrubber, createDiagnostics(loaded.policy.log.level, scrubber));
+  let current = loaded;
   const caDir = resolveFrom(loaded, loaded.policy.ca.dir);
   if (!(await caExists(caDir))) await initCa(caDir);
   await loadCa(caDir); // creates the shared leaf key before any worker races for it
@@ -93,7 +105,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger)])
+      }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger), ...(registered?.routes(() => current.policy) ?? [])])
     : undefined;
 
   const fork = () => {
@@ -146,8 +158,15 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   };
   process.on("SIGHUP", () => {
     everyWorker("SIGHUP");
-    // The primary's own use of the policy: the admin token guarding /ui.
-    void loadPolicyFile(loaded.file).then((reloaded) => adminToken.use(reloaded.policy), () => undefined);
+    // The primary's own uses of the policy: the admin token guarding /ui, and the clients API
+    // checking registrations against the policy the workers run.
+    void loadPolicyFile(loaded.file).then(
+      (next) => {
+        adminToken.use(next.policy);
+        current = next;
+      },
+      () => undefined,
+    );
   });
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
   const outcome = await new Promise<number>((resolve) => {
@@ -165,5 +184,6 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     admin.closeAllConnections();
     await new Promise<void>((resolve) => admin.close(() => resolve()));
   }
+  await registered?.close();
   return outcome;
 }

@@ -77,6 +77,8 @@ async function onConnect(runtime: TransportRuntime, inner: InnerServers, req: In
     refuseConnect(runtime, socket, tunnel, startedAt, error as ProxyError);
     return;
   }
+  if (tunnel.client !== null) runtime.clientConnections?.track(tunnel.client, socket);
+  // Decided after tracking: a client revoked while it authenticated is refused here, not missed.
   const decision = decideTunnel(state, tunnel.host, tunnel.port, tunnel.client);
   if (decision.action === "deny") {
     refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("policy_denied", decision.reason, decision.rule));

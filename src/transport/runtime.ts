@@ -1,4 +1,5 @@
 import type { SecureContextStore } from "../ca/secure-contexts.js";
+import type { Duplex } from "node:stream";
 import type { PipelineRuntime } from "../pipeline/context.js";
 
 /** Client-side timeouts of the listener and the tunnels. */
@@ -13,4 +14,6 @@ export interface ClientTimeouts {
 export interface TransportRuntime extends PipelineRuntime {
   readonly contexts: SecureContextStore;
   readonly timeouts: ClientTimeouts;
+  /** Registered clients' tunnels, closed when the client is revoked or expires. */
+  readonly clientConnections?: { track(client: string, socket: Duplex): void };
 }

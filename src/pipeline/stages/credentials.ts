@@ -11,7 +11,10 @@ export const credentials: Stage = {
   beforeForward(flow: Flow) {
     const { state, exchange, outgoing } = flow;
     if (state.policy.credentials.length === 0) return;
-    const plan = planCredentials(state.policy.credentials, exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
+    const client = exchange.tunnel.client;
+    const enabled = client === null ? undefined : state.clientCredentials?.(client);
+    const available = enabled ? state.policy.credentials.filter((credential) => enabled.includes(credential.name)) : state.policy.credentials;
+    const plan = planCredentials(available, exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
     if (plan.length) return injectCredentials(plan, exchange, outgoing, state.secrets);
   },
 };
