@@ -42,7 +42,7 @@ export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelConte
   });
   upstream.on("error", (caught) => {
     error = classifyUpstreamError(caught, name);
-    if (!established) writeErrorAnswer(new SocketResponder(client), error, null, runtime.scrubber.scrub);
+    if (!established) writeErrorAnswer(new SocketResponder(client), error, null, runtime.scrubber.scrub, true);
     else client.destroy();
   });
   client.on("error", () => upstream.destroy());
