@@ -7,6 +7,7 @@ import { createAdminServer, listenAdmin } from "../admin/server.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import { parseListen } from "./create-proxy.js";
+import { listenError } from "./listen-error.js";
 import { formatAuthority } from "../pipeline/target.js";
 
 const LISTENING = "portcullis:listening";
@@ -110,7 +111,12 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const startAdmin = async () => {
     if (!admin || !adminListen) return;
     const at = parseListen(adminListen);
-    const address = await listenAdmin(admin, at.host, at.port);
+    const address = await listenAdmin(admin, at.host, at.port).catch((error: NodeJS.ErrnoException) => {
+      write(`portcullis: ${listenError("admin", at.host, at.port, error).message}`);
+      giveUp();
+      return undefined;
+    });
+    if (!address) return;
     write(`portcullis admin on ${formatAuthority(address.address, address.port)} (/healthz /readyz /metrics)`);
   };
 
