@@ -141,18 +141,15 @@ async function commandTail(args: string[]): Promise<number> {
   return 0;
 }
 
-/** `--admin HOST:PORT` replaces admin.listen, `--admin off` removes the admin listener. */
-function withAdminOverride(loaded: LoadedPolicy, admin: string | undefined): LoadedPolicy {
-  if (admin === undefined) return loaded;
-  if (admin !== "off") {
-    try {
-      parseListen(admin);
-    } catch (error) {
-      throw new UsageError(`--admin: ${(error as Error).message} (or "off")`, "start");
-    }
+/** `--admin HOST:PORT` replaces admin.listen, `--admin off` (null) removes the admin listener. */
+function adminOverride(admin: string | undefined): string | null | undefined {
+  if (admin === undefined || admin === "off") return admin === "off" ? null : undefined;
+  try {
+    parseListen(admin);
+  } catch (error) {
+    throw new UsageError(`--admin: ${(error as Error).message} (or "off")`, "start");
   }
-  const listen = admin === "off" ? undefined : admin;
-  return { ...loaded, policy: { ...loaded.policy, admin: { ...loaded.policy.admin, listen } } };
+  return admin;
 }
 
 async function commandStart(args: string[]): Promise<number> {
@@ -168,16 +165,17 @@ async function commandStart(args: string[]): Promise<number> {
     throw new UsageError((error as Error).message);
   }
   const policyFile = values.policy as string;
-  const file = await loadOrReport(policyFile);
-  if (!file) return 1;
-  const loaded = withAdminOverride(file, values.admin as string | undefined);
+  const admin = adminOverride(values.admin as string | undefined);
+  const loaded = await loadOrReport(policyFile);
+  if (!loaded) return 1;
   const listen = (values.listen as string | undefined) ?? loaded.policy.proxy.listen;
   const isWorker = cluster.isWorker && process.env.PORTCULLIS_WORKER === "1";
   if (workers > 1 && !isWorker) {
     assertNotOpenProxy(loaded, listen);
-    return runPrimary(workers, loaded);
+    const withAdmin = admin === undefined ? loaded : { ...loaded, policy: { ...loaded.policy, admin: { ...loaded.policy.admin, listen: admin ?? undefined } } };
+    return runPrimary(workers, withAdmin);
   }
-  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : {}) });
+  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : admin !== undefined ? { adminListen: admin } : {}) });
   const address = await proxy.listen();
   if (isWorker) {
     reportToPrimary(address, proxy.metrics.registry);

@@ -11,21 +11,41 @@ interface ReopenableStream extends DestinationStream {
 
 /** The canonical audit log: one JSON line per finished event, scrubbed of every known secret. */
 export class AuditLog {
-  private readonly logger: Logger;
-  private readonly stream: ReopenableStream;
+  private logger: Logger;
+  private stream: ReopenableStream;
 
   constructor(
-    readonly target: string,
+    private target: string,
     scrubber: Scrubber,
     stream?: DestinationStream,
     /** Sees every record written (metrics). */
     private readonly onRecord: (record: AuditRecord) => void = () => undefined,
   ) {
     this.stream = (stream as ReopenableStream) ?? openDestination(target);
-    this.logger = pino(
-      { base: undefined, level: "info", hooks: { streamWrite: (line) => scrubber.scrub(line) } },
-      this.stream,
-    );
+    this.logger = auditLogger(scrubber, this.stream);
+  }
+
+  get destination(): string {
+    return this.target;
+  }
+
+  /**
+   * Sends the following lines to another destination (a changed log.audit on reload). Lines
+   * are written synchronously, so none is lost or split across the switch. False when the
+   * log writes to a stream it was given (embedding), which it cannot replace.
+   */
+  retarget(target: string, scrubber: Scrubber): boolean {
+    if (target === this.target) return true;
+    if (this.target === "stream") return false;
+    const next = openDestination(target);
+    this.flush();
+    const previous = this.stream;
+    const closePrevious = this.target !== "-"; // never close the process' stdout
+    this.stream = next;
+    this.logger = auditLogger(scrubber, next);
+    this.target = target;
+    if (closePrevious) (previous as ReopenableStream & { end?(): void }).end?.();
+    return true;
   }
 
   write(record: AuditRecord): void {
@@ -46,6 +66,10 @@ export class AuditLog {
       // Nothing buffered, or the destination is gone: nothing left to save.
     }
   }
+}
+
+function auditLogger(scrubber: Scrubber, stream: DestinationStream): Logger {
+  return pino({ base: undefined, level: "info", hooks: { streamWrite: (line) => scrubber.scrub(line) } }, stream);
 }
 
 function openDestination(target: string): ReopenableStream {

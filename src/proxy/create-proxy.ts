@@ -11,6 +11,7 @@ import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
 import { listenError } from "./listen-error.js";
+import { restartOnlyChanges } from "./reload-changes.js";
 import { formatPolicyError, loadPolicyFile, parsePolicy, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import type { PolicyInput } from "../policy/schema.js";
 import type { Hook, Hooks, RequestContext, ResponseContext } from "../pipeline/hooks.js";
@@ -184,6 +185,16 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
+    const restart = restartOnlyChanges(runtime.state.policy, policy.policy);
+    if (restart.length) diagnostics.warn({ settings: restart }, `needs a restart: ${restart.join(", ")} changed; the running value${restart.length > 1 ? "s are" : " is"} kept until then`);
+    if (!options.auditStream) {
+      const target = policy.policy.log.audit === "-" ? "-" : resolveFrom(policy, policy.policy.log.audit);
+      const from = audit.destination;
+      if (target !== from) {
+        audit.retarget(target, scrubber);
+        diagnostics.info({ from, to: target }, "audit log now written to the new log.audit");
+      }
+    }
     runtime.state = buildState(policy, scrubber, self);
     policyFile = policy.file;
     await warmUpSecrets(runtime.state, diagnostics);
