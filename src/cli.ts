@@ -30,7 +30,9 @@ Trust it in a sandbox with whichever applies:
   Python requests: export REQUESTS_CA_BUNDLE=${ca}
   OpenSSL / many:  export SSL_CERT_FILE=${ca}
   curl:            export CURL_CA_BUNDLE=${ca}
-Then point the sandbox at the proxy: export HTTPS_PROXY=http://HOST:PORT HTTP_PROXY=http://HOST:PORT
+Then point the sandbox at the proxy (curl reads only the lowercase http_proxy):
+  export https_proxy=http://HOST:PORT http_proxy=http://HOST:PORT
+Or let portcullis print all of it, for every toolchain: eval "$(portcullis trust --ca ${ca})"
 `;
 }
 
