@@ -17,7 +17,7 @@ import { commandTrust } from "./cli/trust.js";
 import { parseListen } from "./proxy/create-proxy.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
-/** Like tail(1): the last 10 events of a file, then what follows; `-n all` replays the file. */
+/** Like tail(1): following a file starts with its last 10 events; `-n all` replays it. */
 const DEFAULT_TAIL_LINES = 10;
 
 function trustInstructions(dir: string): string {
@@ -113,7 +113,8 @@ async function commandTail(args: string[]): Promise<number> {
   if (values.status !== undefined && !/^([1-5]xx|\d{3})(,([1-5]xx|\d{3}))*$/i.test(values.status as string)) {
     throw new UsageError(`--status expects codes or classes like 403 or 4xx,5xx, got "${values.status}"`, "tail");
   }
-  const linesText = (values.lines as string | undefined) ?? String(DEFAULT_TAIL_LINES);
+  // Following starts like tail(1), with the last 10; --once prints the file (a report, not a view).
+  const linesText = (values.lines as string | undefined) ?? (values.once ? "all" : String(DEFAULT_TAIL_LINES));
   if (!/^(\d+|all)$/.test(linesText)) throw new UsageError(`-n expects a number of lines or "all", got "${linesText}"`, "tail");
   const lines = linesText === "all" ? undefined : Number(linesText);
   const colour = values["no-color"] ? false : ((values.color as boolean | undefined) ?? (process.stdout.isTTY && !process.env.NO_COLOR));

@@ -14,7 +14,8 @@ beforeAll(() => {
 });
 
 describe("--version and help", () => {
-  it("prints the version from package.json, usage for every command, exit 0", () => {
+  // Nine CLI starts: slow on a loaded machine, so the time limit is generous.
+  it("prints the version from package.json, usage for every command, exit 0", { timeout: 90_000 }, () => {
     const manifest = JSON.parse(readFileSync(join(import.meta.dirname, "../package.json"), "utf8")) as { version: string };
     const version = runCli(["--version"]);
     expect(version.status).toBe(0);
@@ -33,7 +34,7 @@ describe("--version and help", () => {
     expect(all.stdout).toContain("--admin HOST:PORT|off");
   });
 
-  it("keeps exit 2 for an unknown command or option, with a hint", () => {
+  it("keeps exit 2 for an unknown command or option, with a hint", { timeout: 60_000 }, () => {
     const typo = runCli(["strat"]);
     expect(typo.status).toBe(2);
     expect(typo.stderr).toContain('unknown command "strat" (did you mean "start"?)');

@@ -39,11 +39,13 @@ describe("portcullis tail", () => {
     });
   });
 
-  it("-n N prints the last N events; by default the last 10, then what is appended", async () => {
+  it("-n N prints the last N events; following starts with the last 10, then what is appended", { timeout: 40_000 }, async () => {
     const file = join(work, "tail-n.log");
     writeFileSync(file, `${Array.from({ length: 12 }, (_, i) => event(i)).join("\n")}\n`);
     const two = (await exec(process.execPath, [CLI, "tail", file, "--once", "-n", "2", "--no-color"])).stdout.trim().split("\n");
     expect(two.map((line) => /\/item\/(\d+)/.exec(line)![1])).toEqual(["10", "11"]);
+    // --once alone is a report of the whole file.
+    expect((await exec(process.execPath, [CLI, "tail", file, "--once", "--no-color"])).stdout.trim().split("\n")).toHaveLength(12);
     const child = spawn(process.execPath, [CLI, "tail", file, "--no-color"]);
     let out = "";
     child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));

@@ -44,7 +44,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     synopsis: "tail [FILE|-] [-n N] [--denied] [--host H] [--client C] [--status 4xx] [--json] [--once] [--color|--no-color]",
     summary: "follow an audit log, one line per event (stdin when no FILE); waits for FILE to appear",
     options: [
-      ["-n, --lines N", "start with the last N lines of FILE (default 10; 0: only new ones; all: the whole file)"],
+      ["-n, --lines N", "start with the last N events of FILE (default 10 when following, all with --once; 0: only new ones)"],
       ["--denied", "only denials"],
       ["--host H", "only this host (or *.suffix)"],
       ["--client C", "only this client"],

@@ -80,7 +80,7 @@ export function formatLine(line: AuditLineFields, colour: boolean): string {
   const denied = line.decision === "deny";
   const status = line.status ?? 0;
   // An answer portcullis made itself (error set) or any 4xx/5xx is not shown as a plain allow.
-  const failed = !denied && (line.error !== undefined && line.error !== null ? true : status >= 400);
+  const failed = !denied && (Boolean(line.error) || status >= 400);
   const tone: Colour = denied || status >= 500 || (line.level ?? 30) >= 50 ? "red" : status >= 400 || line.error || (line.level ?? 30) >= 40 ? "yellow" : "green";
   const verdict = denied ? "DENY" : failed ? "ERROR" : "allow";
   const defaultPort = line.scheme === "http" ? 80 : 443;
