@@ -4,22 +4,28 @@ POLICY ?= policies/default.yaml
 
 .PHONY: run test build install bench ca system-tools bench-tools clean
 
-# `npm ci` rejects lock files from this registry (they leave out other platforms' optional
-# packages), so the install goes through `npm install`, which still follows the lock.
-$(NODE_MODULES_STAMP): package.json package-lock.json
-	npm install --no-audit --no-fund
+# `npm ci` installs exactly the lock file (npm install when there is none). Everything that
+# only prepares `make run` writes to stderr: stdout is the audit stream (`make run | portcullis tail`).
+$(NODE_MODULES_STAMP): package.json $(wildcard package-lock.json)
+	@if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
 	@touch $(NODE_MODULES_STAMP)
 
 install: $(NODE_MODULES_STAMP)
 
-build: install
-	npm run build
+# dist is rebuilt only when a source, the compiler settings or the dependencies changed.
+BUILD_INPUTS := $(shell find src -name '*.ts') tsconfig.json package.json $(wildcard package-lock.json)
+
+dist/cli.js: $(BUILD_INPUTS) $(NODE_MODULES_STAMP)
+	@npm run build >&2
+	@touch dist/cli.js
+
+build: dist/cli.js
 
 ca: build
-	@test -f certs/ca.pem || node dist/cli.js init-ca --dir certs
+	@test -f certs/ca.pem || node dist/cli.js init-ca --dir certs >&2
 
 run: ca
-	node dist/cli.js start --policy $(POLICY)
+	@node dist/cli.js start --policy $(POLICY)
 
 # The end-to-end tests drive real clients: curl, openssl, python3's ssl and a Go net/http
 # program (test/go/h2client, built by its test; `go` comes from Debian's golang-go); the /ui
@@ -27,7 +33,7 @@ run: ca
 # test/parent-proxy.test.ts starts squid as a parent proxy: squid-openssl, the package the benches use
 # too (it conflicts with plain squid; both install /usr/sbin/squid and basic_ncsa_auth).
 # Each entry is command:package; only the packages of missing commands are installed.
-SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium /usr/sbin/squid:squid-openssl redis-server:redis-server
+SYSTEM_TOOLS := curl:curl openssl:openssl python3:python3 go:golang-go chromium:chromium /usr/sbin/squid:squid-openssl redis-server:redis-server keytool:default-jre-headless git:git /usr/lib/python3/dist-packages/requests:python3-requests /usr/lib/python3/dist-packages/pip:python3-pip
 
 # $(call install-missing,command:package ...): apt-get installs the packages of missing commands only.
 define install-missing

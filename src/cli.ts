@@ -1,41 +1,25 @@
 #!/usr/bin/env node
 import { join, resolve } from "node:path";
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import cluster from "node:cluster";
 import { assertNotOpenProxy, createProxy } from "./proxy/create-proxy.js";
 import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
 import { formatAuthority } from "./pipeline/target.js";
-import { loadPolicyFile, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "./policy/load.js";
+import { loadPolicyFile, PolicyInvalidError, positionInText, resolveFrom, type LoadedPolicy } from "./policy/load.js";
 import { BudgetStores } from "./budgets/open-store.js";
+import { secretWarnings } from "./policy/secret-warnings.js";
+import { readFile } from "node:fs/promises";
 import { tailFile, tailStream } from "./log/tail.js";
 import { explain } from "./proxy/explain.js";
 import { watchFile } from "./policy/watch.js";
+import { parse, UsageError } from "./cli/args.js";
+import { COMMANDS, commandUsage, unknownCommand, usage, version } from "./cli/help.js";
+import { commandTrust } from "./cli/trust.js";
+import { parseListen } from "./proxy/create-proxy.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
-
-const USAGE = `usage: portcullis <command> [options]
-
-commands:
-  init-ca [--dir certs] [--force]                 create the CA that sandboxes trust
-  start [--policy FILE] [--listen HOST:PORT] [--workers N|auto]
-                                                  run the proxy
-  check [--policy FILE]                           validate a policy file
-  explain [--policy FILE] [--client NAME] METHOD URL
-                                                  what the policy would do with a request (JSON)
-  tail [FILE|-] [--denied] [--host H] [--client C] [--status 4xx] [--json] [--once] [--color|--no-color]
-                                                  follow an audit log, one line per event (stdin when no FILE)
-`;
-
-class UsageError extends Error {}
-
-function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T) {
-  try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-}
+/** Like tail(1): following a file starts with its last 10 events; `-n all` replays it. */
+const DEFAULT_TAIL_LINES = 10;
 
 function trustInstructions(dir: string): string {
   const ca = resolve(dir, CA_CERT_FILE);
@@ -47,12 +31,14 @@ Trust it in a sandbox with whichever applies:
   Python requests: export REQUESTS_CA_BUNDLE=${ca}
   OpenSSL / many:  export SSL_CERT_FILE=${ca}
   curl:            export CURL_CA_BUNDLE=${ca}
-Then point the sandbox at the proxy: export HTTPS_PROXY=http://HOST:PORT HTTP_PROXY=http://HOST:PORT
+Then point the sandbox at the proxy (curl reads only the lowercase http_proxy):
+  export https_proxy=http://HOST:PORT http_proxy=http://HOST:PORT
+Or let portcullis print all of it, for every toolchain: eval "$(portcullis trust --ca ${ca})"
 `;
 }
 
 async function commandInitCa(args: string[]): Promise<number> {
-  const { values } = parse(args, { dir: { type: "string", default: "certs" }, force: { type: "boolean", default: false } });
+  const { values } = parse(args, { dir: { type: "string", default: "certs" }, force: { type: "boolean", default: false } }, "init-ca");
   const dir = values.dir as string;
   try {
     await initCa(dir, { force: values.force as boolean });
@@ -80,16 +66,24 @@ async function loadOrReport(file: string): Promise<LoadedPolicy | undefined> {
 }
 
 async function commandCheck(args: string[]): Promise<number> {
-  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY } });
+  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY } }, "check");
   const loaded = await loadOrReport(values.policy as string);
   if (!loaded) return 1;
-  process.stdout.write(`${values.policy}: valid\n`);
+  const warnings = secretWarnings(loaded.policy);
+  if (warnings.length) {
+    const text = await readFile(loaded.file, "utf8");
+    for (const warning of warnings) {
+      const at = positionInText(text, warning.path);
+      process.stderr.write(`${loaded.file}:${at.line}:${at.col}: warning: ${warning.message}\n`);
+    }
+  }
+  process.stdout.write(`${values.policy}: valid${warnings.length ? ` (${warnings.length} warning${warnings.length > 1 ? "s" : ""})` : ""}\n`);
   return 0;
 }
 
 async function commandExplain(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, client: { type: "string" } });
-  if (positionals.length !== 2) throw new UsageError("explain needs METHOD and URL, e.g. explain GET https://api.github.com/zen");
+  const { values, positionals } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, client: { type: "string" } }, "explain");
+  if (positionals.length !== 2) throw new UsageError("explain needs METHOD and URL, e.g. explain GET https://api.github.com/zen", "explain");
   const loaded = await loadOrReport(values.policy as string);
   if (!loaded) return 1;
   let explanation;
@@ -120,11 +114,16 @@ async function commandTail(args: string[]): Promise<number> {
     once: { type: "boolean", default: false },
     color: { type: "boolean" },
     "no-color": { type: "boolean" },
-  });
-  if (positionals.length > 1) throw new UsageError("tail takes at most one FILE");
+    lines: { type: "string", short: "n" },
+  }, "tail");
+  if (positionals.length > 1) throw new UsageError("tail takes at most one FILE", "tail");
   if (values.status !== undefined && !/^([1-5]xx|\d{3})(,([1-5]xx|\d{3}))*$/i.test(values.status as string)) {
-    throw new UsageError(`--status expects codes or classes like 403 or 4xx,5xx, got "${values.status}"`);
+    throw new UsageError(`--status expects codes or classes like 403 or 4xx,5xx, got "${values.status}"`, "tail");
   }
+  // Following starts like tail(1), with the last 10; --once prints the file (a report, not a view).
+  const linesText = (values.lines as string | undefined) ?? (values.once ? "all" : String(DEFAULT_TAIL_LINES));
+  if (!/^(\d+|all)$/.test(linesText)) throw new UsageError(`-n expects a number of lines or "all", got "${linesText}"`, "tail");
+  const lines = linesText === "all" ? undefined : Number(linesText);
   const colour = values["no-color"] ? false : ((values.color as boolean | undefined) ?? (process.stdout.isTTY && !process.env.NO_COLOR));
   const options = {
     denied: values.denied as boolean,
@@ -144,7 +143,7 @@ async function commandTail(args: string[]): Promise<number> {
   process.once("SIGINT", () => stop.abort());
   process.once("SIGTERM", () => stop.abort());
   try {
-    await tailFile(file, process.stdout, options, stop.signal);
+    await tailFile(file, process.stdout, { ...options, lines }, stop.signal, () => process.stderr.write(`portcullis: waiting for ${file} to appear\n`));
   } catch (error) {
     process.stderr.write(`portcullis: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}\n`);
     return 1;
@@ -152,8 +151,23 @@ async function commandTail(args: string[]): Promise<number> {
   return 0;
 }
 
+/** `--admin HOST:PORT` replaces admin.listen, `--admin off` (null) removes the admin listener. */
+function adminOverride(admin: string | undefined): string | null | undefined {
+  if (admin === undefined || admin === "off") return admin === "off" ? null : undefined;
+  try {
+    parseListen(admin);
+  } catch (error) {
+    throw new UsageError(`--admin: ${(error as Error).message} (or "off")`, "start");
+  }
+  return admin;
+}
+
 async function commandStart(args: string[]): Promise<number> {
-  const { values } = parse(args, { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" }, workers: { type: "string", default: "1" } });
+  const { values } = parse(
+    args,
+    { policy: { type: "string", default: DEFAULT_POLICY }, listen: { type: "string" }, admin: { type: "string" }, workers: { type: "string", default: "1" } },
+    "start",
+  );
   let workers: number;
   try {
     workers = parseWorkers(values.workers as string);
@@ -161,15 +175,17 @@ async function commandStart(args: string[]): Promise<number> {
     throw new UsageError((error as Error).message);
   }
   const policyFile = values.policy as string;
+  const admin = adminOverride(values.admin as string | undefined);
   const loaded = await loadOrReport(policyFile);
   if (!loaded) return 1;
   const listen = (values.listen as string | undefined) ?? loaded.policy.proxy.listen;
   const isWorker = cluster.isWorker && process.env.PORTCULLIS_WORKER === "1";
   if (workers > 1 && !isWorker) {
     assertNotOpenProxy(loaded, listen);
-    return runPrimary(workers, loaded);
+    const withAdmin = admin === undefined ? loaded : { ...loaded, policy: { ...loaded.policy, admin: { ...loaded.policy.admin, listen: admin ?? undefined } } };
+    return runPrimary(workers, withAdmin);
   }
-  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : {}) });
+  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : admin !== undefined ? { adminListen: admin } : {}) });
   const address = await proxy.listen();
   if (isWorker) {
     reportToPrimary(address, proxy.metrics.registry);
@@ -197,9 +213,28 @@ async function commandStart(args: string[]): Promise<number> {
   return 0;
 }
 
+function commandHelp(args: string[]): number {
+  const [topic] = args;
+  if (topic === undefined) {
+    process.stdout.write(usage());
+    return 0;
+  }
+  if (!(topic in COMMANDS)) throw new UsageError(unknownCommand(topic));
+  process.stdout.write(commandUsage(topic));
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command && command in COMMANDS && (rest.includes("--help") || rest.includes("-h"))) return commandHelp([command]);
   switch (command) {
+    case "--version":
+    case "-V":
+    case "version":
+      process.stdout.write(`portcullis ${version()}\n`);
+      return 0;
+    case "trust":
+      return commandTrust(rest, DEFAULT_POLICY);
     case "init-ca":
       return commandInitCa(rest);
     case "start":
@@ -211,12 +246,12 @@ async function main(argv: string[]): Promise<number> {
     case "tail":
       return commandTail(rest);
     case "help":
+      return commandHelp(rest);
     case "--help":
     case "-h":
-      process.stdout.write(USAGE);
-      return 0;
+      return commandHelp([]);
     default:
-      throw new UsageError(command ? `unknown command "${command}"` : "no command given");
+      throw new UsageError(command ? unknownCommand(command) : "no command given");
   }
 }
 
@@ -229,7 +264,8 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
     if (error instanceof UsageError) {
-      process.stderr.write(`portcullis: ${error.message}\n\n${USAGE}`);
+      const help = error.command ? commandUsage(error.command) : usage();
+      process.stderr.write(`portcullis: ${error.message}\n\n${help}\nrun "portcullis help${error.command ? ` ${error.command}` : ""}" for more\n`);
       process.exit(2);
     }
     process.stderr.write(`portcullis: ${(error as Error).message}\n`);

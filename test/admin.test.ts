@@ -86,7 +86,11 @@ describe("admin listener", () => {
     expect(value(metrics, "portcullis_open_websockets")).toBe(0);
     expect(value(metrics, 'portcullis_certificate_cache{event="forged"}')).toBe(1);
     expect(value(metrics, 'portcullis_certificate_cache{event="miss"}')).toBeGreaterThanOrEqual(1);
-    expect(metrics).toContain("portcullis_process_");
+    // Every metric carries the prefix exactly once (the default process_/nodejs_ ones too).
+    const names = [...new Set([...metrics.matchAll(/^# TYPE (\S+) /gm)].map((match) => match[1]!))];
+    expect(names).toContain("portcullis_process_cpu_seconds_total");
+    expect(names).toContain("portcullis_nodejs_heap_size_used_bytes");
+    for (const name of names) expect(name).toMatch(/^portcullis_(?!.*portcullis_)(?!process_process_)/);
   });
 
   it("counts reloads by result and reports the last one in /readyz", async () => {

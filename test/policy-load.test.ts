@@ -102,3 +102,34 @@ describe("policy validation", () => {
     expect(schema.additionalProperties).toBe(false);
   });
 });
+
+describe("relative paths in a policy (SPEC 12)", () => {
+  it("makes every secret file absolute against the policy's folder, however deep the source sits", () => {
+    const loaded = parsePolicy(
+      [
+        "version: 1",
+        "upstream:",
+        "  proxy: { url: http://127.0.0.1:3128, username: egress, password: { file: secrets/parent } }",
+        "secrets:",
+        "  plain: { file: secrets/plain }",
+        "  gh: { github_app: { app_id: 1, installation_id: 2, private_key: { file: keys/app.pem } } }",
+        "  svc: { oauth2: { token_url: https://auth.example.com/token, grant: refresh_token, client_id: { env: CID }, refresh_token: { file: ./rt } } }",
+        "  kv: { vault: { address: https://vault.example.com, path: secret/data/x, field: k, token: { file: vault-token } } }",
+        "credentials:",
+        "  - { name: aws, hosts: ['*.amazonaws.com'], aws_sigv4: { access_key_id: { file: aws/id }, secret_access_key: { file: /abs/secret } } }",
+        "admin: { token: { file: admin-token } }",
+      ].join("\n"),
+      "/etc/pcx/policy.yaml",
+      "/etc/pcx",
+    );
+    const { policy } = loaded;
+    expect(policy.secrets.plain).toMatchObject({ file: "/etc/pcx/secrets/plain" });
+    expect(JSON.stringify(policy.secrets.gh)).toContain('"file":"/etc/pcx/keys/app.pem"');
+    expect(JSON.stringify(policy.secrets.svc)).toContain('"file":"/etc/pcx/rt"');
+    expect(JSON.stringify(policy.secrets.kv)).toContain('"file":"/etc/pcx/vault-token"');
+    expect(JSON.stringify(policy.credentials[0]!.aws_sigv4)).toContain('"file":"/etc/pcx/aws/id"');
+    expect(JSON.stringify(policy.credentials[0]!.aws_sigv4)).toContain('"file":"/abs/secret"');
+    expect(JSON.stringify(policy.upstream.proxy)).toContain('"file":"/etc/pcx/secrets/parent"');
+    expect(policy.admin.token).toMatchObject({ file: "/etc/pcx/admin-token" });
+  });
+});

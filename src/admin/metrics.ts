@@ -36,7 +36,8 @@ export class ProxyMetrics {
 
   constructor(certificateStats: () => SecureContextStats, registry = new Registry()) {
     this.registry = registry;
-    collectDefaultMetrics({ register: registry, prefix: "portcullis_process_" });
+    // The default metrics are already named process_* and nodejs_*: one prefix, not two.
+    collectDefaultMetrics({ register: registry, prefix: "portcullis_" });
     this.requests = new Counter({
       name: "portcullis_requests_total",
       help: "Finished events (HTTP exchanges, WebSocket sessions, tunnels, denials) by decision, status class and host",

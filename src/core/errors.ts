@@ -1,3 +1,5 @@
+import { headerReason } from "./reason-header.js";
+
 export type ProxyErrorType =
   | "bad_request"
   | "policy_denied"
@@ -57,6 +59,7 @@ export function errorAnswer(error: ProxyError, requestId: string | null, scrub: 
     "Content-Type": "application/json",
     "Content-Length": String(Buffer.byteLength(body)),
     "X-Portcullis-Error": error.type,
+    "X-Portcullis-Reason": headerReason(scrub(error.message)),
     "Cache-Control": "no-store",
   };
   if (requestId) headers["X-Request-Id"] = requestId;

@@ -12,34 +12,44 @@ interface ReopenableStream extends DestinationStream {
 
 /** The canonical audit log: one JSON line per finished event, scrubbed of every known secret. */
 export class AuditLog {
-  private readonly logger: Logger;
-  private readonly stream: ReopenableStream;
+  private logger: Logger;
+  private stream: ReopenableStream;
   /** Every record written, scrubbed, for traces and the live view. */
   readonly feed = new AuditFeed();
   private lastLine = "";
 
   constructor(
-    readonly target: string,
+    private target: string,
     scrubber: Scrubber,
     stream?: DestinationStream,
     /** Sees every record written (metrics). */
     private readonly onRecord: (record: AuditRecord) => void = () => undefined,
   ) {
     this.stream = (stream as ReopenableStream) ?? openDestination(target);
-    this.logger = pino(
-      {
-        base: undefined,
-        level: "info",
-        hooks: {
-          streamWrite: (line) => {
-            const scrubbed = scrubber.scrub(line);
-            if (this.feed.active) this.lastLine = scrubbed;
-            return scrubbed;
-          },
-        },
-      },
-      this.stream,
-    );
+    this.logger = this.auditLogger(scrubber, this.stream);
+  }
+
+  get destination(): string {
+    return this.target;
+  }
+
+  /**
+   * Sends the following lines to another destination (a changed log.audit on reload). Lines
+   * are written synchronously, so none is lost or split across the switch. False when the
+   * log writes to a stream it was given (embedding), which it cannot replace.
+   */
+  retarget(target: string, scrubber: Scrubber): boolean {
+    if (target === this.target) return true;
+    if (this.target === "stream") return false;
+    const next = openDestination(target);
+    this.flush();
+    const previous = this.stream;
+    const closePrevious = this.target !== "-"; // never close the process' stdout
+    this.stream = next;
+    this.logger = this.auditLogger(scrubber, next);
+    this.target = target;
+    if (closePrevious) (previous as ReopenableStream & { end?(): void }).end?.();
+    return true;
   }
 
   write(record: AuditRecord): void {
@@ -52,6 +62,15 @@ export class AuditLog {
       this.lastLine = "";
       this.feed.publish(JSON.parse(line) as PublishedRecord);
     }
+  }
+
+  private auditLogger(scrubber: Scrubber, stream: DestinationStream): Logger {
+    const streamWrite = (line: string) => {
+      const scrubbed = scrubber.scrub(line);
+      if (this.feed.active) this.lastLine = scrubbed;
+      return scrubbed;
+    };
+    return pino({ base: undefined, level: "info", hooks: { streamWrite } }, stream);
   }
 
   /** Reopen the file after logrotate moved it. */

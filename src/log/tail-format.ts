@@ -79,14 +79,17 @@ export function formatLine(line: AuditLineFields, colour: boolean): string {
   const paint = (text: string, name: Colour) => (colour ? `\x1b[${COLOURS[name]}m${printable(text)}\x1b[0m` : printable(text));
   const denied = line.decision === "deny";
   const status = line.status ?? 0;
-  const tone: Colour = denied || status >= 500 || (line.level ?? 30) >= 50 ? "red" : status >= 400 || (line.level ?? 30) >= 40 ? "yellow" : "green";
+  // An answer portcullis made itself (error set) or any 4xx/5xx is not shown as a plain allow.
+  const failed = !denied && (Boolean(line.error) || status >= 400);
+  const tone: Colour = denied || status >= 500 || (line.level ?? 30) >= 50 ? "red" : status >= 400 || line.error || (line.level ?? 30) >= 40 ? "yellow" : "green";
+  const verdict = denied ? "DENY" : failed ? "ERROR" : "allow";
   const defaultPort = line.scheme === "http" ? 80 : 443;
   const authority = line.port && line.port !== defaultPort ? `${line.host}:${line.port}` : (line.host ?? "");
   const target = line.msg === "tunnel" || line.method === "CONNECT" ? authority : `${authority}${line.path ?? ""}`;
   const parts = [
     paint(clock(line.time), "grey"),
     printable((line.client ?? "-").padEnd(10)),
-    paint((denied ? "DENY" : "allow").padEnd(5), tone),
+    paint(verdict.padEnd(5), tone),
     paint(String(line.status ?? "---"), tone),
     printable((line.method ?? "-").padEnd(7)),
     line.msg === "websocket" ? `${paint("ws", "blue")} ${printable(target)}` : printable(target),

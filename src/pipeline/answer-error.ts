@@ -1,6 +1,8 @@
+import { STATUS_CODES } from "node:http";
 import type { Exchange } from "../core/exchange.js";
 import { errorAnswer, type ProxyError } from "../core/errors.js";
 import type { Responder } from "../core/messages.js";
+import { headerReason } from "../core/reason-header.js";
 
 /** Notes a proxy error on the exchange so its audit line says what happened. */
 export function recordError(exchange: Exchange, error: ProxyError): void {
@@ -14,14 +16,23 @@ export function recordError(exchange: Exchange, error: ProxyError): void {
 
 /**
  * The one place an answer portcullis makes itself is written (SPEC section 5), whatever
- * protocol carries it: the status, the JSON body, X-Portcullis-Error. Returns the status.
+ * protocol carries it: the status, the JSON body, X-Portcullis-Error and -Reason. Returns the status.
+ * `reasonInStatusLine` is for a refused CONNECT: clients show its status line, never its body
+ * (SPEC section 12: "403 Forbidden by portcullis: REASON").
  */
-export function writeErrorAnswer(responder: Responder, error: ProxyError, requestId: string | null, scrub: (text: string) => string): number {
+export function writeErrorAnswer(
+  responder: Responder,
+  error: ProxyError,
+  requestId: string | null,
+  scrub: (text: string) => string,
+  reasonInStatusLine = false,
+): number {
   const answer = errorAnswer(error, requestId, scrub);
   const headers = Object.entries(answer.headers).flat();
   // A request refused as malformed may have left bytes we never read; start afresh.
   if (error.type === "bad_request") headers.push("Connection", "close");
-  responder.writeHead(answer.status, undefined, headers);
+  const statusReason = reasonInStatusLine ? `${STATUS_CODES[answer.status] ?? "Error"} by portcullis: ${headerReason(scrub(error.message))}` : undefined;
+  responder.writeHead(answer.status, statusReason, headers);
   responder.end(Buffer.from(answer.body));
   return answer.status;
 }

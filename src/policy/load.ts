@@ -1,7 +1,10 @@
 import { readFile } from "node:fs/promises";
-import { isAbsolute, resolve as resolvePath } from "node:path";
+import { dirname, isAbsolute, resolve as resolvePath } from "node:path";
 import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from "yaml";
 import type { z } from "zod";
+import { closestMatch } from "../core/did-you-mean.js";
+import { resolvePolicyPaths } from "./relative-paths.js";
+import { allowedKeysAt } from "./schema-keys.js";
 import { policySchema, type Policy } from "./schema.js";
 import { validateSemantics } from "./validate.js";
 
@@ -77,26 +80,41 @@ export function parsePolicy(text: string, file = "<inline>", baseDir = process.c
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const errors: PolicyError[] = [];
+  // Positions come from the line counter: with prettyErrors off the yaml library leaves linePos unset.
   for (const error of doc.errors) {
-    const pos = error.linePos?.[0] ?? { line: 1, col: 1 };
+    const pos = lineCounter.linePos(error.pos[0]);
     errors.push({ file, line: pos.line, col: pos.col, message: error.message.split("\n")[0]! });
   }
-  if (errors.length) throw new PolicyInvalidError(errors);
 
-  const result = policySchema.safeParse(doc.toJS() ?? {});
+  // The schema is checked even over a syntax error, on what the yaml library could read, so
+  // that one run of `check` reports every fault.
+  let data: unknown;
+  try {
+    data = doc.toJS() ?? {};
+  } catch {
+    data = undefined;
+  }
+  if (data === undefined) throw new PolicyInvalidError(errors);
+  const result = policySchema.safeParse(data);
   if (!result.success) {
     for (const issue of result.error.issues.flatMap(unionBranchIssues)) {
       const path = issue.path.filter((key): key is PathKey => typeof key !== "symbol");
       if (issue.code === "unrecognized_keys") {
+        const allowed = allowedKeysAt(policySchema, path);
         for (const key of issue.keys) {
           const pos = position(lineCounter, locate(doc, path, key));
-          errors.push({ file, ...pos, message: `${[...path, key].join(".")}: unknown key "${key}"` });
+          const meant = closestMatch(key, allowed.filter((candidate) => !issue.keys.includes(candidate)));
+          errors.push({ file, ...pos, message: `${[...path, key].join(".")}: unknown key "${key}"${meant ? ` (did you mean "${meant}"?)` : ""}` });
         }
         continue;
       }
       const pos = position(lineCounter, locate(doc, path));
       errors.push({ file, ...pos, message: describeIssue(issue) });
     }
+    errors.sort((a, b) => a.line - b.line || a.col - b.col);
+    throw new PolicyInvalidError(errors);
+  }
+  if (errors.length) {
     errors.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new PolicyInvalidError(errors);
   }
@@ -108,7 +126,7 @@ export function parsePolicy(text: string, file = "<inline>", baseDir = process.c
     errors.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new PolicyInvalidError(errors);
   }
-  return { policy: result.data, file, baseDir };
+  return { policy: resolvePolicyPaths(result.data, baseDir), file, baseDir };
 }
 
 export async function loadPolicyFile(file: string): Promise<LoadedPolicy> {
@@ -120,8 +138,15 @@ export async function loadPolicyFile(file: string): Promise<LoadedPolicy> {
     const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
     throw new PolicyInvalidError([{ file, line: 1, col: 1, message: `cannot read policy: ${reason}` }]);
   }
-  // Relative paths inside a policy resolve against the working directory, like every CLI path.
-  return parsePolicy(text, file, process.cwd());
+  // Relative paths inside a policy resolve against its own folder (SPEC section 12), not the working directory.
+  return parsePolicy(text, file, dirname(absolute));
+}
+
+/** The line and column of a path in policy text (1:1 when it is not there). */
+export function positionInText(text: string, path: readonly PathKey[]): { line: number; col: number } {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
+  return position(lineCounter, locate(doc, path));
 }
 
 export function resolveFrom(loaded: LoadedPolicy, path: string): string {

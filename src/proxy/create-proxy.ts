@@ -1,6 +1,7 @@
 import type { AddressInfo, Socket } from "node:net";
 import type { DestinationStream, Logger } from "pino";
-import { caExists, initCa, loadCa } from "../ca/authority.js";
+import { CA_CERT_FILE, caExists, initCa, loadCa } from "../ca/authority.js";
+import { join } from "node:path";
 import { SecureContextStore } from "../ca/secure-contexts.js";
 import { createDiagnostics, AuditLog } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
@@ -11,6 +12,8 @@ import { secretStoreOptions } from "./secret-store-options.js";
 import { DestinationGuard, type SelfAddress } from "../policy/destinations.js";
 import { Identities, tokenSecretName } from "../credentials/identity.js";
 import { stringify as stringifyYaml } from "yaml";
+import { listenError } from "./listen-error.js";
+import { restartOnlyChanges } from "./reload-changes.js";
 import { formatPolicyError, loadPolicyFile, parsePolicy, PolicyInvalidError, resolveFrom, type LoadedPolicy } from "../policy/load.js";
 import type { PolicyInput } from "../policy/schema.js";
 import type { Hook, Hooks, RequestContext, ResponseContext } from "../pipeline/hooks.js";
@@ -162,6 +165,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     await initCa(caDir);
     diagnostics.info({ dir: caDir }, "created a new CA; sandboxes must trust ca.pem");
   }
+  diagnostics.info({ ca: join(caDir, CA_CERT_FILE) }, "CA certificate sandboxes must trust (portcullis trust prints how)");
   const contexts = new SecureContextStore(await loadCa(caDir));
   const metrics = new ProxyMetrics(() => contexts.stats, options.metricsRegistry);
   const audit = new AuditLog(
@@ -222,6 +226,16 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
+    const restart = restartOnlyChanges(runtime.state.policy, policy.policy);
+    if (restart.length) diagnostics.warn({ settings: restart }, `needs a restart: ${restart.join(", ")} changed; the running value${restart.length > 1 ? "s are" : " is"} kept until then`);
+    if (!options.auditStream) {
+      const target = policy.policy.log.audit === "-" ? "-" : resolveFrom(policy, policy.policy.log.audit);
+      const from = audit.destination;
+      if (target !== from) {
+        audit.retarget(target, scrubber);
+        diagnostics.info({ from, to: target }, "audit log now written to the new log.audit");
+      }
+    }
     warnIfRegistryChanged(loaded, policy, diagnostics);
     runtime.state = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
     adminToken.use(policy.policy);
@@ -255,7 +269,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     certificateStats: contexts.stats,
     async listen() {
       address = await new Promise<AddressInfo>((resolve, reject) => {
-        listener.once("error", reject);
+        listener.once("error", (error: NodeJS.ErrnoException) => reject(listenError("proxy", listenAt.host, listenAt.port, error)));
         listener.listen(listenAt.port, listenAt.host, () => {
           listener.off("error", reject);
           resolve(listener.address() as AddressInfo);
@@ -265,7 +279,10 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       self.port = address.port;
       if (admin && adminListen) {
         const at = parseListen(adminListen);
-        adminAddress = await listenAdmin(admin, at.host, at.port);
+        adminAddress = await listenAdmin(admin, at.host, at.port).catch((error: NodeJS.ErrnoException) => {
+          listener.close();
+          throw listenError("admin", at.host, at.port, error);
+        });
         self.adminPort = adminAddress.port;
       }
       return address;

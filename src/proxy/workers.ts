@@ -14,6 +14,7 @@ import { RegisteredClients } from "../clients/registered-clients.js";
 import { createDiagnostics } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
 import { parseListen } from "./create-proxy.js";
+import { listenError } from "./listen-error.js";
 import { formatAuthority } from "../pipeline/target.js";
 import { LiveView } from "../admin/live-view.js";
 import { AdminToken, liveRoutes, openCountsFromText, workerRecord } from "./observability.js";
@@ -146,7 +147,12 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const startAdmin = async () => {
     if (!admin || !adminListen) return;
     const at = parseListen(adminListen);
-    const address = await listenAdmin(admin, at.host, at.port);
+    const address = await listenAdmin(admin, at.host, at.port).catch((error: NodeJS.ErrnoException) => {
+      write(`portcullis: ${listenError("admin", at.host, at.port, error).message}`);
+      giveUp();
+      return undefined;
+    });
+    if (!address) return;
     adminAddress = address;
     write(`portcullis admin on ${formatAuthority(address.address, address.port)} (/healthz /readyz /metrics)`);
   };

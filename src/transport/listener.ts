@@ -43,7 +43,7 @@ export function createServers(runtime: TransportRuntime): ProxyServers {
 
 /** Answers a CONNECT with a SPEC error and writes its one audit line. */
 function refuseConnect(runtime: TransportRuntime, socket: Socket, tunnel: TunnelContext, startedAt: number, error: ProxyError): void {
-  const status = writeErrorAnswer(new SocketResponder(socket), error, null, runtime.scrubber.scrub);
+  const status = writeErrorAnswer(new SocketResponder(socket), error, null, runtime.scrubber.scrub, true);
   const denied = error.type === "policy_denied" || error.type === "proxy_auth_required";
   runtime.audit.write(
     tunnelRecord(tunnel, startedAt, {

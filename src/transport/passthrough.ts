@@ -64,7 +64,7 @@ export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelConte
     },
     (caught: unknown) => {
       const error = classifyUpstreamError(caught, name);
-      if (!clientGone) writeErrorAnswer(new SocketResponder(client), error, null, runtime.scrubber.scrub);
+      if (!clientGone) writeErrorAnswer(new SocketResponder(client), error, null, runtime.scrubber.scrub, true);
       record(error.status, error);
     },
   );

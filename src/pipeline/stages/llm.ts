@@ -7,6 +7,7 @@ import { LlmSseGuard, MAX_LLM_BODY_BYTES, type Denial } from "../../llm/sse-guar
 import { apiForBody, apiForPath, toolCallsInBody, UnparseableLlmResponse, type LlmApi } from "../../llm/tool-calls.js";
 import type { LlmRule } from "../../policy/schema.js";
 import { LlmMessageGuard, webSocketApiForPath } from "../../llm/message-guard.js";
+import { headerReason } from "../../core/reason-header.js";
 import type { BodyTap, Flow, Stage, WholeAnswer, WsEnd, WsMessage } from "../stage.js";
 
 /** Records an LLM denial on the exchange: one `denied` audit line naming the tool and rule. */
@@ -23,7 +24,7 @@ function denialAnswer(exchange: Exchange, api: LlmApi | undefined, reason: strin
   return {
     status: 400,
     reason: undefined,
-    headers: ["Content-Type", "application/json", "Content-Length", String(body.length), "X-Portcullis-Error", "policy_denied", "X-Request-Id", exchange.requestId],
+    headers: ["Content-Type", "application/json", "Content-Length", String(body.length), "X-Portcullis-Error", "policy_denied", "X-Portcullis-Reason", headerReason(exchange.scrub(reason)), "X-Request-Id", exchange.requestId],
     body,
   };
 }

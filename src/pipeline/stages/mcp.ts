@@ -1,4 +1,5 @@
 import { errorAnswer, ProxyError } from "../../core/errors.js";
+import { headerReason } from "../../core/reason-header.js";
 import type { Exchange } from "../../core/exchange.js";
 import { getHeader, removeHeaders, restrictAcceptEncoding, setHeader, type RawHeaders } from "../../core/headers.js";
 import { rewriteAnswer } from "../../mcp/answers.js";
@@ -73,7 +74,7 @@ function judgeMessages(flow: Flow, rules: readonly McpRule[], body: RpcBody, leg
   const onStream = legacy !== undefined && legacy.inject(errors.map(messageEvent));
   if (kept.length === 0) {
     // Nothing left for the upstream. The older transport answers a POST 202 (the errors are on the stream).
-    const headers = ["X-Portcullis-Error", "policy_denied"];
+    const headers = ["X-Portcullis-Error", "policy_denied", "X-Portcullis-Reason", headerReason(exchange.scrub(exchange.reason ?? verdicts[0]!.message))];
     if (onStream || errors.length === 0) flow.answer = { status: 202, reason: undefined, headers: [...headers, "Content-Type", "text/plain"], body: Buffer.from(onStream ? "Accepted" : "") };
     else flow.answer = json(200, headers, body.batch ? `[${errors.join(",")}]` : errors[0]!);
     return;
