@@ -127,6 +127,8 @@ describe("budgets in Redis, shared by replicas", () => {
     expect(other.statusCode).toBe(200);
     expect(await other.body.text()).toBe("not an LLM");
     expect((await request(`${admin}/budgets`)).statusCode).toBe(503);
+    // The outage is reported when the client's first reconnection attempt fails, not per request.
+    await replica.waitForOutput(/cannot be reached/);
     expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
 
     await redis.restart();

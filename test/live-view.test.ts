@@ -1,7 +1,7 @@
 import http, { type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { request } from "undici";
+import { ProxyAgent, request } from "undici";
 import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -20,11 +20,15 @@ const ADMIN_TOKEN = "admin-token-for-live-view-0b7e";
 const SECRET = "live-view-secret-value-51c2";
 process.env.PORTCULLIS_LIVE_ADMIN_TOKEN = ADMIN_TOKEN;
 process.env.PORTCULLIS_LIVE_SECRET = SECRET;
+// With admin.token set the client registry is on, and every sandbox authenticates (README).
+const SANDBOX_TOKEN = "live-view-sandbox-token-3d9a";
+process.env.PORTCULLIS_LIVE_SANDBOX = SANDBOX_TOKEN;
 
 let pki: ServerPki;
 let upstream: TestUpstream;
 let proxy: TestProxy;
 let admin: string;
+let sandbox: ProxyAgent;
 const clients: SseClient[] = [];
 const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
@@ -34,17 +38,19 @@ beforeAll(async () => {
   proxy = await startProxy(
     policyTrusting(
       pki.caFile,
-      `admin: { token: { env: PORTCULLIS_LIVE_ADMIN_TOKEN } }\nsecrets:\n  api: { env: PORTCULLIS_LIVE_SECRET }\n` +
+      `admin: { token: { env: PORTCULLIS_LIVE_ADMIN_TOKEN } }\nclients:\n  - { name: agent, token: { env: PORTCULLIS_LIVE_SANDBOX } }\nsecrets:\n  api: { env: PORTCULLIS_LIVE_SECRET }\n` +
         `credentials:\n  - { name: api, hosts: [localhost], header: { name: Authorization, value: "Bearer \${secrets.api}" } }\n`,
       `network:\n  default: deny\n  allow_ips: [127.0.0.1/32]\n  rules:\n    - { name: local, action: allow, hosts: [localhost], ports: [${upstream.port}], paths: ["/ok/**"] }\n`,
     ),
     { adminListen: "127.0.0.1:0" },
   );
   admin = `http://127.0.0.1:${proxy.proxy.adminAddress!.port}`;
+  sandbox = new ProxyAgent({ uri: proxy.url, token: `Bearer ${SANDBOX_TOKEN}`, requestTls: { ca: proxy.caPem } });
 });
 
 afterAll(async () => {
   for (const client of clients) client.close();
+  await sandbox?.close();
   await proxy?.close();
   await upstream?.close();
 });
@@ -80,9 +86,9 @@ describe("/ui/events on the admin listener", () => {
     const stream = await open(`${admin}/ui/events`, auth);
     expect(stream.response.statusCode).toBe(200);
     expect(stream.response.headers["content-type"]).toContain("text/event-stream");
-    const ok = await request(`https://localhost:${upstream.port}/ok/live?q=${SECRET}`, { dispatcher: proxy.dispatcher });
+    const ok = await request(`https://localhost:${upstream.port}/ok/live?q=${SECRET}`, { dispatcher: sandbox });
     await ok.body.text();
-    const denied = await request(`https://localhost:${upstream.port}/forbidden`, { dispatcher: proxy.dispatcher });
+    const denied = await request(`https://localhost:${upstream.port}/forbidden`, { dispatcher: sandbox });
     expect(denied.statusCode).toBe(403);
     await denied.body.text();
 
@@ -97,7 +103,7 @@ describe("/ui/events on the admin listener", () => {
     expect(refused.reason).toBeTruthy();
 
     // The admin token is a secret like any other: scrubbed from what the sandbox sends too.
-    await (await request(`https://localhost:${upstream.port}/ok/admin?t=${ADMIN_TOKEN}`, { dispatcher: proxy.dispatcher })).body.text();
+    await (await request(`https://localhost:${upstream.port}/ok/admin?t=${ADMIN_TOKEN}`, { dispatcher: sandbox })).body.text();
     const withToken = JSON.parse((await stream.waitFor((e) => e.event === "record" && e.data.includes("/ok/admin"))).data);
     expect(withToken.path).toBe("/ok/admin?t=[REDACTED]");
     const stats = JSON.parse((await stream.waitFor((e) => e.event === "stats" && JSON.parse(e.data).total >= 2)).data);
@@ -235,7 +241,8 @@ describe("/ui with --workers", () => {
     writeFileSync(
       policyFile,
       `version: 1\nca: { dir: ${JSON.stringify(join(dir, "certs"))} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\n` +
-        `admin: { listen: "127.0.0.1:0", token: { env: PORTCULLIS_LIVE_ADMIN_TOKEN } }\nnetwork:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n`,
+        `admin: { listen: "127.0.0.1:0", token: { env: PORTCULLIS_LIVE_ADMIN_TOKEN }, state: ${JSON.stringify(join(dir, "clients.json"))} }\n` +
+        `clients:\n  - { name: agent, token: { env: PORTCULLIS_LIVE_SANDBOX } }\nnetwork:\n  default: allow\n  allow_ips: [127.0.0.1/32]\n`,
     );
     const running = await startCli(["--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", "2"]);
     try {
@@ -245,7 +252,7 @@ describe("/ui with --workers", () => {
       const paths = Array.from({ length: 8 }, (_, i) => `/ok/w${i}`);
       const exec = promisify(execFile);
       await Promise.all(
-        paths.map((path) => exec("curl", ["-sS", "--cacert", join(dir, "certs", "ca.pem"), "-x", `http://127.0.0.1:${running.port}`, "-o", "/dev/null", `https://localhost:${upstream.port}${path}`])),
+        paths.map((path) => exec("curl", ["-sS", "--cacert", join(dir, "certs", "ca.pem"), "-x", `http://agent:${SANDBOX_TOKEN}@127.0.0.1:${running.port}`, "-o", "/dev/null", `https://localhost:${upstream.port}${path}`])),
       );
       for (const path of paths) await stream.waitFor((e) => e.event === "record" && JSON.parse(e.data).path === path);
       const stats = JSON.parse((await stream.waitFor((e) => e.event === "stats" && JSON.parse(e.data).total >= 8, 10_000)).data);

@@ -46,10 +46,10 @@ describe("upstream.proxy and upstream.no_proxy in the policy", () => {
     expect(garbled).toHaveLength(1);
     expect(garbled[0]).not.toContain("hunter2-secret");
     expect(errorsOf("  proxy: { url: 'http://bob:one@proxy.corp:3128', password: { env: P } }")).toEqual(["3:10: upstream.proxy: the password is given twice: in the url and as password"]);
-    expect(errorsOf("  proxy: { url: 'http://proxy.corp:3128', password: { env: P, file: /x } }")).toEqual(["3:53: upstream.proxy.password: expected exactly one of env, file or command (got env, file)"]);
+    expect(errorsOf("  proxy: { url: 'http://proxy.corp:3128', password: { env: P, file: /x } }")).toEqual(["3:53: upstream.proxy.password: expected exactly one of env, file, command, github_app, oauth2 or vault (got env, file)"]);
     expect(errorsOf("  proxy: { url: 'http://proxy.corp:3128', pasword: { env: P } }")).toEqual([
       "3:10: upstream.proxy.password: Invalid input: expected object, received undefined",
-      '3:43: upstream.proxy.pasword: unknown key "pasword"',
+      '3:43: upstream.proxy.pasword: unknown key "pasword" (did you mean "password"?)',
     ]);
     expect(errorsOf("  no_proxy: ['10.0.0.0/33', 'a b', '*.ok.test', .ok.test, '*', '::1', 192.168.0.0/16]")).toEqual([
       '3:14: upstream.no_proxy.0: "10.0.0.0/33" is not a valid CIDR',

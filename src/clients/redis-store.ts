@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import { REDIS_COMMAND_TIMEOUT_MS, redisBackoff, redisLabel } from "../store/redis.js";
 import type { ClientStore, StoreChange } from "./store.js";
 import { expiresAtMs, isRegisteredClient, type RegisteredClient } from "./registered-client.js";
 
@@ -23,11 +24,6 @@ async function connect(redis: Redis, url: string): Promise<void> {
   }
 }
 
-/** The URL without a password, for messages. */
-function describeUrl(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, "//");
-}
-
 /**
  * admin.state: redis://HOST:PORT[/DB], shared by every replica. One key per client
  * (`portcullis:clients:NAME`, a JSON record with token digest, rules, credentials), set with
@@ -45,10 +41,11 @@ export class RedisStore implements ClientStore {
   private started = false;
 
   private constructor(url: string) {
-    this.description = `redis ${describeUrl(url)}`;
+    this.description = `redis ${redisLabel(url)}`;
     // No retries until the first connection worked: a Redis that is not there at start fails the start at once.
-    const retryStrategy = (times: number) => (this.started ? Math.min(times * 200, 2000) : null);
-    const options = { lazyConnect: true, connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy };
+    // After that, the same connection policy as every Redis portcullis shares state through (store/redis.ts).
+    const retryStrategy = (times: number) => (this.started ? redisBackoff(times) : null);
+    const options = { lazyConnect: true, connectTimeout: CONNECT_TIMEOUT_MS, commandTimeout: REDIS_COMMAND_TIMEOUT_MS, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy };
     this.redis = new Redis(url, options);
     // A subscribed connection can do nothing else, so it is a second one.
     this.subscriber = new Redis(url, { ...options, enableOfflineQueue: true });
@@ -59,8 +56,8 @@ export class RedisStore implements ClientStore {
 
   static async open(url: string): Promise<RedisStore> {
     const store = new RedisStore(url);
-    await connect(store.redis, describeUrl(url));
-    await connect(store.subscriber, describeUrl(url));
+    await connect(store.redis, redisLabel(url));
+    await connect(store.subscriber, redisLabel(url));
     store.started = true;
     return store;
   }

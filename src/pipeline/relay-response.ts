@@ -1,7 +1,7 @@
 import { Readable, Writable, type Transform } from "node:stream";
 import { pipeline } from "node:stream";
 import { pipeline as pipelineAsync } from "node:stream/promises";
-import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { decoderFor } from "./content-decoding.js";
 import { ProxyError } from "../core/errors.js";
 import type { Exchange } from "../core/exchange.js";
 import { getHeader, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
@@ -23,14 +23,6 @@ type BodyPlan =
 const PLAIN: BodyPlan = { kind: "plain" };
 const DROPPED_WHEN_DECODED = new Set(["content-length", "content-encoding"]);
 const CONTENT_LENGTH = new Set(["content-length"]);
-
-function decoderFor(encoding: string | undefined): Transform | undefined | "unsupported" {
-  if (encoding === undefined || encoding === "" || encoding === "identity") return undefined;
-  if (encoding === "gzip" || encoding === "x-gzip") return createGunzip();
-  if (encoding === "deflate") return createInflate();
-  if (encoding === "br") return createBrotliDecompress();
-  return "unsupported";
-}
 
 function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observers: BodyObserver[]): BodyPlan {
   // HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge or rewrite.

@@ -1,17 +1,11 @@
 import { z } from "zod";
-import { parseDuration } from "./duration.js";
+import { duration } from "./duration-schema.js";
 import { noProxyProblem, parseParentProxyUrl } from "./parent-proxy.js";
 import { secretSource } from "./secret-source-schema.js";
-
-export { secretSource };
 import { parseWindow } from "./window.js";
 
-const duration = z
-  .string()
-  .refine((text) => parseDuration(text) !== undefined, {
-    message: 'expected a duration like "250ms", "10s", "5m" or "1h"',
-  })
-  .transform((text) => parseDuration(text)!);
+export { secretSource };
+
 
 const hostPort = z
   .string()

@@ -1,12 +1,6 @@
 import { z } from "zod";
-import { parseDuration } from "./duration.js";
+import { duration } from "./duration-schema.js";
 
-const duration = z
-  .string()
-  .refine((text) => parseDuration(text) !== undefined, {
-    message: 'expected a duration like "250ms", "10s", "5m" or "1h"',
-  })
-  .transform((text) => parseDuration(text)!);
 
 /** Token endpoints are reached over verified TLS only: a minted secret never crosses the network in cleartext. */
 const httpsUrl = z

@@ -1,5 +1,4 @@
-import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
-import type { Transform } from "node:stream";
+import { decoderFor } from "../content-decoding.js";
 import { BudgetStoreUnavailable, type CounterCheck } from "../../budgets/store.js";
 import type { BudgetLedger } from "../../budgets/ledger.js";
 import type { BudgetRule } from "../../policy/schema.js";
@@ -25,14 +24,6 @@ export interface UsageNotes {
 
 /** The longest an audit line waits for a compressed body's usage to be read after the response ended. */
 const USAGE_SETTLE_MS = 2000;
-
-function decoderFor(encoding: string | undefined): Transform | undefined | "unsupported" {
-  if (encoding === undefined || encoding === "" || encoding === "identity") return undefined;
-  if (encoding === "gzip" || encoding === "x-gzip") return createGunzip();
-  if (encoding === "deflate") return createInflate();
-  if (encoding === "br") return createBrotliDecompress();
-  return "unsupported";
-}
 
 /** The usage an answer reported: on the audit line, and charged to the request's budgets. */
 function settle(flow: Flow, usage: LlmSummary | undefined): void {
