@@ -53,6 +53,12 @@ function value(metrics: string, series: string): number {
 }
 
 describe("admin listener", () => {
+  it("answers /budgets with 404 and the reason when the policy has no budgets", async () => {
+    const res = await request(`${admin}/budgets`);
+    expect(res.statusCode).toBe(404);
+    expect(await res.body.json()).toEqual({ error: { type: "not_found", message: "no budgets are configured (budgets.rules is empty)" } });
+  });
+
   it("answers /healthz and /readyz", async () => {
     const health = await request(`${admin}/healthz`);
     expect(health.statusCode).toBe(200);
