@@ -133,3 +133,35 @@ describe("relative paths in a policy (SPEC 12)", () => {
     expect(policy.admin.token).toMatchObject({ file: "/etc/pcx/admin-token" });
   });
 });
+
+describe("cross-field checks in the same run as schema errors", () => {
+  it("reports names that are not defined alongside a schema error elsewhere, in one run", () => {
+    const errors = errorsOf(
+      [
+        "version: 1",
+        "proxy: { listen: 8080 }",
+        "secrets:",
+        "  gh: { env: GH }",
+        "clients:",
+        "  - { name: a1, token: { env: T } }",
+        "network:",
+        "  rules:",
+        "    - { name: r, action: allow, hosts: [x.example], clients: [nobody] }",
+        "credentials:",
+        '  - { name: c, hosts: [x.example], header: { name: Authorization, value: "Bearer ${secrets.missing}" } }',
+      ].join("\n"),
+    );
+    expect(errors).toHaveLength(3);
+    expect(errors[0]).toMatch(/^2:\d+: proxy.listen: /);
+    expect(errors[1]).toMatch(/^9:\d+: network\.rules\.0\.clients\.0: client "nobody" is not defined under clients/);
+    expect(errors[2]).toMatch(/^11:\d+: credentials\.0\.header\.value: \$\{secrets\.missing\} names a secret that is not defined under secrets/);
+  });
+
+  it("does not guess at names when the section they are looked up in is itself broken", () => {
+    const errors = errorsOf(
+      ["version: 1", "secrets:", "  gh: { env: GH, file: /x }", "credentials:", '  - { name: c, hosts: [x.example], header: { name: A, value: "${secrets.gh}" } }'].join("\n"),
+    );
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(/^3:\d+: secrets\.gh: expected exactly one of/);
+  });
+});

@@ -6,7 +6,7 @@ import { closestMatch } from "../core/did-you-mean.js";
 import { resolvePolicyPaths } from "./relative-paths.js";
 import { allowedKeysAt } from "./schema-keys.js";
 import { policySchema, type Policy } from "./schema.js";
-import { validateSemantics } from "./validate.js";
+import { validateSemantics, type SemanticIssue } from "./validate.js";
 
 export interface PolicyError {
   file: string;
@@ -75,6 +75,35 @@ function unionBranchIssues(issue: z.core.$ZodIssue): z.core.$ZodIssue[] {
   return typed[0]!.map((inner) => ({ ...inner, path: [...issue.path, ...inner.path] }) as z.core.$ZodIssue).flatMap(unionBranchIssues);
 }
 
+/**
+ * The cross-field checks (names defined, duplicates, addresses) of a policy whose schema check
+ * failed, so that one run reports those too: run over the sections that are valid on their own
+ * (the others at their defaults), and kept only for valid sections. Skipped when `secrets` or
+ * `clients` is broken, since most of them look names up there.
+ */
+function semanticIssuesOfValidSections(data: unknown): SemanticIssue[] {
+  if (data === null || typeof data !== "object" || Array.isArray(data)) return [];
+  const raw = data as Record<string, unknown>;
+  const sections: Record<string, unknown> = { version: 1 };
+  const valid = new Set<string>();
+  for (const [key, schema] of Object.entries(policySchema.shape)) {
+    if (key === "version") continue;
+    const parsed = schema.safeParse(raw[key]);
+    if (parsed.success) {
+      sections[key] = parsed.data;
+      if (key in raw) valid.add(key);
+    } else {
+      const fallback = schema.safeParse(undefined);
+      if (!fallback.success) return [];
+      sections[key] = fallback.data;
+    }
+  }
+  const broken = (key: string) => key in raw && !valid.has(key);
+  if (broken("secrets") || broken("clients")) return [];
+  // Each section is its own schema's output, so together they have the shape of a parsed policy.
+  return validateSemantics(sections as Policy).filter((issue) => valid.has(String(issue.path[0])));
+}
+
 /** Validates policy text; every problem is reported, each with its line and column. */
 export function parsePolicy(text: string, file = "<inline>", baseDir = process.cwd()): LoadedPolicy {
   const lineCounter = new LineCounter();
@@ -110,6 +139,10 @@ export function parsePolicy(text: string, file = "<inline>", baseDir = process.c
       }
       const pos = position(lineCounter, locate(doc, path));
       errors.push({ file, ...pos, message: describeIssue(issue) });
+    }
+    for (const issue of semanticIssuesOfValidSections(data)) {
+      const pos = position(lineCounter, locate(doc, issue.path));
+      errors.push({ file, ...pos, message: `${issue.path.join(".")}: ${issue.message}` });
     }
     errors.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new PolicyInvalidError(errors);
