@@ -165,3 +165,12 @@ describe("cross-field checks in the same run as schema errors", () => {
     expect(errors[0]).toMatch(/^3:\d+: secrets\.gh: expected exactly one of/);
   });
 });
+
+describe("the default policy", () => {
+  it("keeps its CA in the repository's certs/, where `make run` creates it", async () => {
+    const { loadPolicyFile } = await import("../src/policy/load.js");
+    const loaded = await loadPolicyFile(join(root, "policies/default.yaml"));
+    expect(loaded.policy.ca.dir).toBe(join(root, "certs"));
+    expect(readFileSync(join(root, "Makefile"), "utf8")).toMatch(/test -f certs\/ca\.pem \|\| node dist\/cli\.js init-ca --dir certs/);
+  });
+});
