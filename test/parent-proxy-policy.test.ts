@@ -45,6 +45,11 @@ describe("upstream.proxy and upstream.no_proxy in the policy", () => {
     const garbled = errorsOf("  proxy: 'http://bob:hunter2-secret@'");
     expect(garbled).toHaveLength(1);
     expect(garbled[0]).not.toContain("hunter2-secret");
+    // A raw password with a "/" in it (base64 has them) makes the URL unparsable: still never echoed.
+    const slashed = errorsOf("  proxy: 'http://corp:S3cr3t/Pa55@proxy.corp:3128'");
+    expect(slashed).toHaveLength(1);
+    expect(slashed[0]).not.toContain("S3cr3t");
+    expect(slashed[0]).not.toContain("Pa55");
     expect(errorsOf("  proxy: { url: 'http://bob:one@proxy.corp:3128', password: { env: P } }")).toEqual(["3:10: upstream.proxy: the password is given twice: in the url and as password"]);
     expect(errorsOf("  proxy: { url: 'http://proxy.corp:3128', password: { env: P, file: /x } }")).toEqual(["3:53: upstream.proxy.password: expected exactly one of env, file, command, github_app, oauth2 or vault (got env, file)"]);
     expect(errorsOf("  proxy: { url: 'http://proxy.corp:3128', pasword: { env: P } }")).toEqual([

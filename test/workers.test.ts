@@ -63,6 +63,9 @@ describe("start --workers", () => {
     expect(metrics).toContain('portcullis_requests_total{decision="allow",status_class="2xx",host="localhost",kind="http",http_version="2"} 6');
     const ready = (await (await request(`${admin}/readyz`)).body.json()) as { ready: boolean; workers_listening: number };
     expect(ready).toMatchObject({ ready: true, workers_listening: 2 });
+    // The admin listener is the primary's, the destination guard each worker's: the workers know its port.
+    const viaProxy = await exec("curl", ["-sS", "-x", `http://127.0.0.1:${proxy.port}`, "-o", "/dev/null", "-w", "%{http_code}", `${admin}/healthz`]).then((r) => r.stdout);
+    expect(viaProxy).toBe("403");
 
     writeFileSync(policyFile, policy(`  rules:\n    - { name: closed, action: deny, hosts: [localhost], ports: [${upstream.port}], paths: ["/after*"] }\n`));
     proxy.child.kill("SIGHUP");

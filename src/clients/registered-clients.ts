@@ -30,7 +30,7 @@ export class RegisteredClients {
   private constructor(
     readonly registry: ClientRegistry,
     private readonly scrubber: Scrubber,
-    diagnostics: Logger,
+    private readonly diagnostics: Logger,
   ) {
     registry.on("removed", (name, reason) => {
       const closed = this.connections.closeAll(name);
@@ -51,12 +51,26 @@ export class RegisteredClients {
   lookups(policy: Policy): ClientLookups {
     const fileClients = new Set(policy.clients.map((client) => client.name));
     const registry = this.registry;
+    this.revokeShadowed(fileClients);
     return {
       clientRules: (client) => (fileClients.has(client) ? undefined : registry.rulesOf(client)),
       // Every identity that is not the file's came from the registry: gone from it means revoked or expired.
       clientGone: (client) => !fileClients.has(client) && !registry.has(client),
       clientCredentials: (client) => (fileClients.has(client) ? undefined : (registry.get(client)?.credentials ?? [])),
     };
+  }
+
+  /**
+   * A registration whose name the policy (a reload, or another replica's policy) now gives to a
+   * file client is revoked: otherwise its token would be taken for that client's identity, with
+   * its rules and credentials. Until the revocation lands, Identities refuses such a token.
+   */
+  private revokeShadowed(fileClients: ReadonlySet<string>): void {
+    for (const client of this.registry.list()) {
+      if (!fileClients.has(client.name)) continue;
+      this.diagnostics.warn({ client: client.name }, "registered client revoked: the policy now defines a client of the same name");
+      void this.registry.revoke(client.name).catch(() => undefined);
+    }
   }
 
   routes(currentPolicy: () => Policy): AdminRoute[] {

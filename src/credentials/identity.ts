@@ -68,7 +68,9 @@ export class Identities {
         const expected = await this.tokenOf(client.name);
         if (expected !== undefined && sameSecret(credential, expected) && match === null) match = client.name;
       }
-      match ??= this.registered?.checkBearer(credential) ?? null;
+      // A registration whose name the file now also defines is not that file client: refused (and revoked, see RegisteredClients).
+      const registered = match === null ? this.registered?.checkBearer(credential) : undefined;
+      if (registered !== undefined && !this.clients.some((client) => client.name === registered)) match = registered;
       return match ? { ok: true, client: match } : { ok: false, reason: "unknown token" };
     }
     // The header is never quoted back: a token sent without a scheme would land in the audit log.

@@ -18,7 +18,7 @@ export function parseParentProxyUrl(text: string): ParentProxyUrl | string {
   try {
     url = new URL(text);
   } catch {
-    return `${URL_FORM}, got "${text.replace(/\/\/[^@/]*@/, "//…@")}"`;
+    return `${URL_FORM}, got "${text.replace(/\/\/.*@/, "//…@")}"`;
   }
   if (url.protocol === "https:") return "a parent proxy reached over TLS (https://) is not supported: use http://HOST:PORT (TLS to the destination still runs end to end inside its CONNECT tunnel)";
   if (url.protocol !== "http:") return `${URL_FORM}: the scheme must be http`;

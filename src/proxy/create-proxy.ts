@@ -32,6 +32,7 @@ import { UpstreamPool } from "../transport/upstream/pool.js";
 import { buildUpstreamTrust } from "../transport/upstream/trust.js";
 import { AdminToken, startObservability } from "./observability.js";
 import { warmUpParentProxy } from "./parent-proxy-startup.js";
+import { followAdminPort } from "./admin-port.js";
 import { RegisteredClients } from "../clients/registered-clients.js";
 
 export interface ProxyOptions {
@@ -177,6 +178,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
+  followAdminPort(self);
   const budgetStores = new BudgetStores(storeRole(), { warn: (message) => diagnostics.warn(message), info: (message) => diagnostics.info(message) });
   const registered = await RegisteredClients.open(loaded, scrubber, diagnostics);
   const runtime: TransportRuntime = {
@@ -220,7 +222,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
         ready: () => address !== undefined && !draining,
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      }, [...observability.routes, budgetsRoute(() => runtime.state.budgets), ...(registered?.routes(() => runtime.state.policy) ?? [])])
+      }, [...observability.routes, budgetsRoute(() => runtime.state.budgets, adminToken.value), ...(registered?.routes(() => runtime.state.policy) ?? [])])
     : undefined;
   let adminAddress: AddressInfo | undefined;
 

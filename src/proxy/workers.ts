@@ -13,6 +13,7 @@ import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.j
 import { RegisteredClients } from "../clients/registered-clients.js";
 import { createDiagnostics } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
+import { adminPortEnvironment, tellAdminPort } from "./admin-port.js";
 import { parseListen } from "./create-proxy.js";
 import { listenError } from "./listen-error.js";
 import { formatAuthority } from "../pipeline/target.js";
@@ -106,11 +107,13 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
         ready: () => !stopping && listening.size === count,
         details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
-      }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger), ...(registered?.routes(() => current.policy) ?? [])])
+      }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger, adminToken.value), ...(registered?.routes(() => current.policy) ?? [])])
     : undefined;
 
+  const fixedAdminPort = adminListen ? parseListen(adminListen).port || undefined : undefined;
   const fork = () => {
-    const worker = cluster.fork({ PORTCULLIS_WORKER: "1" });
+    const worker = cluster.fork({ PORTCULLIS_WORKER: "1", ...adminPortEnvironment(fixedAdminPort) });
+    worker.once("online", () => adminAddress && tellAdminPort(worker, adminAddress.port));
     worker.on("message", (message: unknown) => {
       const record = workerRecord(message);
       if (record) live.add(record);
@@ -154,6 +157,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     });
     if (!address) return;
     adminAddress = address;
+    for (const worker of Object.values(cluster.workers ?? {})) if (worker) tellAdminPort(worker, address.port);
     write(`portcullis admin on ${formatAuthority(address.address, address.port)} (/healthz /readyz /metrics)`);
   };
 

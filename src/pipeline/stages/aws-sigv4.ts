@@ -7,12 +7,14 @@ import { chunkSigner, needsBodyHash, resignRequest, SIGNED_STREAMING, SIGNED_STR
 import { awsSecretName } from "../../credentials/sigv4/sources.js";
 import type { Credential } from "../../policy/schema.js";
 import type { Flow, Stage } from "../stage.js";
+import { enabledCredentials } from "./credentials.js";
 
 /** The aws_sigv4 credential of this request: the first that matches (a request carries one signature). */
 function awsCredential(flow: Flow): Credential | undefined {
   const { state, exchange } = flow;
   if (!state.policy.credentials.some((credential) => credential.aws_sigv4)) return undefined;
-  return planCredentials(state.policy.credentials, exchange.target.host, exchange.normalisedPath, exchange.target.scheme).find((credential) => credential.aws_sigv4);
+  // Only a credential this client may have (a registered client gets the ones it was given).
+  return planCredentials(enabledCredentials(flow), exchange.target.host, exchange.normalisedPath, exchange.target.scheme).find((credential) => credential.aws_sigv4);
 }
 
 async function resolveKeys(flow: Flow, credential: Credential): Promise<AwsKeys> {

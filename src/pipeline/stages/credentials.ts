@@ -1,4 +1,5 @@
 import { injectCredentials, planCredentials } from "../../credentials/inject.js";
+import type { Credential } from "../../policy/schema.js";
 import type { Flow, Stage } from "../stage.js";
 
 /**
@@ -6,15 +7,20 @@ import type { Flow, Stage } from "../stage.js";
  * request. A secret that cannot be resolved answers 502 credential_unavailable; the request
  * is never forwarded without it.
  */
+/** The file's credentials this request's client may have: all, or only those a registered client was given. */
+export function enabledCredentials(flow: Flow): readonly Credential[] {
+  const { state, exchange } = flow;
+  const client = exchange.tunnel.client;
+  const enabled = client === null ? undefined : state.clientCredentials?.(client);
+  return enabled ? state.policy.credentials.filter((credential) => enabled.includes(credential.name)) : state.policy.credentials;
+}
+
 export const credentials: Stage = {
   name: "credentials",
   beforeForward(flow: Flow) {
     const { state, exchange, outgoing } = flow;
     if (state.policy.credentials.length === 0) return;
-    const client = exchange.tunnel.client;
-    const enabled = client === null ? undefined : state.clientCredentials?.(client);
-    const available = enabled ? state.policy.credentials.filter((credential) => enabled.includes(credential.name)) : state.policy.credentials;
-    const plan = planCredentials(available, exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
+    const plan = planCredentials(enabledCredentials(flow), exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
     if (plan.length) return injectCredentials(plan, exchange, outgoing, state.secrets);
   },
 };
