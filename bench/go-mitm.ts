@@ -15,18 +15,10 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { benchFile, BENCH_DOMAIN, log, trackChild } from "./lib.js";
+import type { PeerHandle } from "./lib.js";
 
-export interface GoMitmHandle {
-  port: number;
-  pid: number;
-  caPem: string;
-  version: string;
-  /** Upstream failures it answered with 502 (counted by the peer, printed on SIGTERM); known after close. */
-  errors(): { count: number | undefined; first: string[] };
-  /** What it printed besides its own lines, bounded. */
-  output(): string;
-  close(): Promise<void>;
-}
+/** The Go peer as a running child: its errors are the upstream failures it answered with 502, printed on SIGTERM. */
+export type GoMitmHandle = PeerHandle;
 
 function run(command: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) =>

@@ -13,7 +13,7 @@ import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { benchFile, BENCH_DOMAIN, percentile } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, describeError, percentile, timedRuns } from "./lib.js";
 
 /**
  * The client's receive windows: 4 MiB per stream, 16 MiB per connection (Go's client uses
@@ -45,11 +45,6 @@ async function withCpu<T>(path: H2Path, run: () => Promise<T>): Promise<{ result
   const before = path.cpu?.() ?? NaN;
   const result = await run();
   return { result, cpu: (path.cpu?.() ?? NaN) - before };
-}
-
-function describeError(error: unknown): string {
-  const e = error as NodeJS.ErrnoException | undefined;
-  return `${e?.code ? `${e.code}: ` : ""}${e?.message ?? String(error)}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,32 +136,15 @@ function h2Get(session: ClientHttp2Session, path: string): Promise<number> {
 
 /** `total` GETs of /small, `streams` in flight at all times on the one session; latencies in ms, sorted. */
 async function runH2Gets(path: H2Path, session: ClientHttp2Session, total: number, streams: number, what: string, anomaly: (text: string) => void) {
-  const latencies: number[] = [];
-  let next = 0;
-  let errors = 0;
-  let firstError = "";
-  const started = performance.now();
-  const worker = async () => {
-    while (next < total) {
-      next++;
-      path.sent(1);
-      const t0 = performance.now();
-      try {
-        const bytes = await h2Get(session, "/small");
-        if (bytes !== SMALL_BODY_BYTES) throw new Error(`/small arrived with ${bytes} bytes`);
-        latencies.push(performance.now() - t0);
-      } catch (error) {
-        if (errors++ === 0) firstError = describeError(error);
-        if (session.destroyed) break;
-      }
-    }
+  const once = async () => {
+    path.sent(1);
+    const bytes = await h2Get(session, "/small");
+    if (bytes !== SMALL_BODY_BYTES) throw new Error(`/small arrived with ${bytes} bytes`);
   };
-  await Promise.all(Array.from({ length: streams }, worker));
-  const elapsedMs = performance.now() - started;
-  if (latencies.length === 0) throw new Error(`all ${total} h2 requests failed (${what}); the first: ${firstError}`);
-  if (errors) anomaly(`${what}: ${errors} of ${total} h2 requests failed; the first: ${firstError}`);
-  latencies.sort((a, b) => a - b);
-  return { latencies, elapsedMs };
+  const run = await timedRuns(total, streams, once, () => session.destroyed);
+  if (run.latencies.length === 0) throw new Error(`all ${total} h2 requests failed (${what}); the first: ${run.firstError}`);
+  if (run.errors) anomaly(`${what}: ${run.errors} of ${total} h2 requests failed; the first: ${run.firstError}`);
+  return run;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,28 +261,11 @@ function unaryOnce(client: BenchClient, payload: Buffer): Promise<void> {
 }
 
 async function runUnary(path: H2Path, client: BenchClient, total: number, inFlight: number, payload: Buffer, what: string, anomaly: (text: string) => void) {
-  let next = 0;
-  let done = 0;
-  let errors = 0;
-  let firstError = "";
-  const started = performance.now();
-  const worker = async () => {
-    while (next < total) {
-      next++;
-      path.sent(1);
-      try {
-        await unaryOnce(client, payload);
-        done++;
-      } catch (error) {
-        if (errors++ === 0) firstError = describeError(error);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: inFlight }, worker));
-  const elapsedMs = performance.now() - started;
-  if (done === 0) throw new Error(`all ${total} gRPC unary calls failed (${what}); the first: ${firstError}`);
-  if (errors) anomaly(`${what}: ${errors} of ${total} gRPC unary calls failed; the first: ${firstError}`);
-  return { done, elapsedMs };
+  const run = await timedRuns(total, inFlight, () => (path.sent(1), unaryOnce(client, payload)));
+  const done = run.latencies.length;
+  if (done === 0) throw new Error(`all ${total} gRPC unary calls failed (${what}); the first: ${run.firstError}`);
+  if (run.errors) anomaly(`${what}: ${run.errors} of ${total} gRPC unary calls failed; the first: ${run.firstError}`);
+  return { done, elapsedMs: run.elapsedMs };
 }
 
 export async function grpcUnary(path: H2Path, p: { calls: number; warmup: number; inFlight: number; size: number }, anomaly: (text: string) => void) {

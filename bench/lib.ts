@@ -262,3 +262,60 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
 export function log(message: string): void {
   process.stderr.write(`[bench] ${message}\n`);
 }
+
+/** An error as a line for the report: its code, message and causes. */
+export function describeError(error: unknown): string {
+  const e = error as NodeJS.ErrnoException & { cause?: unknown };
+  const cause = e?.cause ? ` (cause: ${describeError(e.cause)})` : "";
+  return `${e?.code ? `${e.code}: ` : ""}${e?.message ?? String(error)}${cause}`;
+}
+
+export interface TimedRuns {
+  /** Latency of each call that succeeded, in ms, sorted. */
+  latencies: number[];
+  elapsedMs: number;
+  errors: number;
+  firstError: string;
+}
+
+/**
+ * `total` calls of `once`, `concurrency` of them in flight at all times. A worker stops early
+ * when `giveUp()` says so after a failure (its connection is gone).
+ */
+export async function timedRuns(total: number, concurrency: number, once: () => Promise<void>, giveUp: () => boolean = () => false): Promise<TimedRuns> {
+  const latencies: number[] = [];
+  let next = 0;
+  let errors = 0;
+  let firstError = "";
+  const started = performance.now();
+  const worker = async () => {
+    while (next < total) {
+      next++;
+      const t0 = performance.now();
+      try {
+        await once();
+        latencies.push(performance.now() - t0);
+      } catch (error) {
+        if (errors++ === 0) firstError = describeError(error);
+        if (giveUp()) break;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsedMs = performance.now() - started;
+  latencies.sort((a, b) => a - b);
+  return { latencies, elapsedMs, errors, firstError };
+}
+
+/** A benchmark peer running as a child process (squid has its own accounting, see squid.ts). */
+export interface PeerHandle {
+  port: number;
+  pid: number;
+  caPem: string;
+  version: string;
+  /** Failures the peer itself counted (502s, failed flows), known once it has exited, and the first few. */
+  errors(): { count: number | undefined; first: string[] };
+  /** What it printed besides its own report lines, bounded. */
+  output(): string;
+  close(): Promise<void>;
+}

@@ -8,18 +8,10 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { benchFile, freePort, log, trackChild } from "./lib.js";
+import type { PeerHandle } from "./lib.js";
 
-export interface MitmproxyHandle {
-  port: number;
-  pid: number;
-  caPem: string;
-  version: string;
-  /** Flows mitmproxy reported as failed (the addon's count, known once it has exited), and the first few. */
-  errors(): { count: number | undefined; first: string[] };
-  /** What it printed besides the addon's lines, bounded. */
-  output(): string;
-  close(): Promise<void>;
-}
+/** mitmproxy as a running child: its errors are the flows mitmproxy reported as failed (the addon's count). */
+export type MitmproxyHandle = PeerHandle;
 
 /** `mitmdump --version`'s version number, or undefined when there is no mitmdump. */
 export function mitmdumpVersion(): Promise<string | undefined> {

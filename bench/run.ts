@@ -40,6 +40,7 @@ import {
   BENCH_DOMAIN,
   childPids,
   cpuSeconds,
+  describeError,
   formatNumber,
   formatRatio,
   killAllChildren,
@@ -48,6 +49,7 @@ import {
   percentile,
   procStat,
   startChild,
+  timedRuns,
   trackChild,
   withTimeout,
   type ChildHandle,
@@ -298,37 +300,12 @@ async function get(target: Target, dispatcher: Dispatcher, host: string, path: s
   }
 }
 
-function describe(error: unknown): string {
-  const e = error as NodeJS.ErrnoException & { cause?: unknown };
-  const cause = e?.cause ? ` (cause: ${describe(e.cause)})` : "";
-  return `${e?.code ? `${e.code}: ` : ""}${e?.message ?? String(error)}${cause}`;
-}
-
 /** `total` GETs of /small spread over `concurrency` workers; per-request latencies in ms. */
 async function runGets(target: Target, dispatcher: Dispatcher, total: number, concurrency: number, reset: boolean, what: string) {
-  const latencies: number[] = [];
-  let next = 0;
-  let errors = 0;
-  let firstError = "";
-  const started = performance.now();
-  const worker = async () => {
-    while (next < total) {
-      next++;
-      const t0 = performance.now();
-      try {
-        await get(target, dispatcher, BENCH_DOMAIN, "/small", reset);
-        latencies.push(performance.now() - t0);
-      } catch (error) {
-        if (errors++ === 0) firstError = describe(error);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  const elapsedMs = performance.now() - started;
-  if (errors === total) throw new Error(`all ${total} requests failed (${what}); the first: ${firstError}`);
-  if (errors) anomaly(`${target.name}, ${what}: ${errors} of ${total} requests failed; the first: ${firstError}`);
-  latencies.sort((a, b) => a - b);
-  return { latencies, elapsedMs };
+  const run = await timedRuns(total, concurrency, () => get(target, dispatcher, BENCH_DOMAIN, "/small", reset).then(() => undefined));
+  if (run.errors === total) throw new Error(`all ${total} requests failed (${what}); the first: ${run.firstError}`);
+  if (run.errors) anomaly(`${target.name}, ${what}: ${run.errors} of ${total} requests failed; the first: ${run.firstError}`);
+  return run;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -809,7 +786,7 @@ function writePolicies(parsePolicy: ParsePolicy, work: string, upstreamCaFile: s
     parsePolicy(portcullisPolicy(work, upstreamCaFile, hosts, true, "none"), join(work, "probe.yaml"), work);
   } catch (error) {
     // This build's policy has no network section yet (or spells it differently): say so.
-    log(`policy with network rules rejected, running without them: ${describe(error).split("\n")[0]}`);
+    log(`policy with network rules rejected, running without them: ${describeError(error).split("\n")[0]}`);
     withNetwork = false;
   }
   const write = (name: string, extra: PolicyExtra) => {
@@ -952,13 +929,13 @@ async function main(): Promise<number> {
         targets[name] = { name, proxyUrl: `http://127.0.0.1:${cli.port}`, ca: cli.caPem };
       } catch (error) {
         failures++;
-        anomaly(`could not start ${COLUMN[name]}: ${describe(error)}`);
+        anomaly(`could not start ${COLUMN[name]}: ${describeError(error)}`);
       }
     }
     const mitmproxyStarted = await mitmproxyStarting;
     if (mitmproxyStarted instanceof Error) {
       failures++;
-      anomaly(`no mitmproxy column: ${describe(mitmproxyStarted)}`);
+      anomaly(`no mitmproxy column: ${describeError(mitmproxyStarted)}`);
     } else {
       mitmproxy = mitmproxyStarted;
       const pid = mitmproxy.pid;
@@ -967,7 +944,7 @@ async function main(): Promise<number> {
     const squidStarted = await squidStarting;
     if (squidStarted instanceof Error) {
       failures++;
-      anomaly(`no squid column: ${describe(squidStarted)}`);
+      anomaly(`no squid column: ${describeError(squidStarted)}`);
     } else {
       squid = squidStarted;
       const handle = squid;
@@ -976,7 +953,7 @@ async function main(): Promise<number> {
     const goStarted = await goStarting;
     if (goStarted instanceof Error) {
       failures++;
-      anomaly(`no Go ReverseProxy column: ${describe(goStarted)}`);
+      anomaly(`no Go ReverseProxy column: ${describeError(goStarted)}`);
     } else {
       goMitm = goStarted;
       const pid = goMitm.pid;
@@ -1045,7 +1022,7 @@ async function main(): Promise<number> {
             await withTimeout(scenario.run(targets[name]!, round), SCENARIO_TIMEOUT_MS, `${name} ${scenario.name}`);
           } catch (error) {
             failures++;
-            anomaly(`${COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describe(error)}`);
+            anomaly(`${COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describeError(error)}`);
           }
           const after = await upstreamConnections();
           log(
@@ -1064,7 +1041,7 @@ async function main(): Promise<number> {
             await withTimeout(scenario.run(h2Paths[name]!, name), SCENARIO_TIMEOUT_MS, `${name} ${scenario.name}`);
           } catch (error) {
             failures++;
-            anomaly(`${H2_COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describe(error)}`);
+            anomaly(`${H2_COLUMN[name]}, ${scenario.name} (round ${round + 1}) failed: ${describeError(error)}`);
           }
           const after = await upstreamConnections();
           log(
@@ -1076,11 +1053,11 @@ async function main(): Promise<number> {
     }
 
     // Correctness cross-checks, reported as anomalies when off.
-    if (targets.llm) await withTimeout(checkGuardActive(targets.llm), 10_000, "llm guard check").catch((error: unknown) => anomaly(`llm guard check failed: ${describe(error)}`));
+    if (targets.llm) await withTimeout(checkGuardActive(targets.llm), 10_000, "llm guard check").catch((error: unknown) => anomaly(`llm guard check failed: ${describeError(error)}`));
     if (targets.mcp) {
       await withTimeout(checkMcpRule(mcpPath(targets.mcp)), 10_000, "mcp rule check").then(
         (problems) => problems.forEach((problem) => anomaly(`${COLUMN.mcp}: ${problem}`)),
-        (error: unknown) => anomaly(`mcp rule check failed: ${describe(error)}`),
+        (error: unknown) => anomaly(`mcp rule check failed: ${describeError(error)}`),
       );
     }
     const upstreamStats = await upstream.ask<ChildMessage & { mcpToolCalls: number; mcpShellCalls: number }>({ type: "stats" });
@@ -1665,7 +1642,7 @@ main().then(
     setTimeout(() => process.exit(code), 1_000).unref();
   },
   (error: unknown) => {
-    log(`failed: ${describe(error)}`);
+    log(`failed: ${describeError(error)}`);
     killAllChildren();
     process.exit(1);
   },

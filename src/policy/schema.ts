@@ -303,7 +303,6 @@ export type { SecretSource } from "./secret-source-schema.js";
 export type ParentProxyPolicy = z.output<typeof parentProxySchema>;
 export type Rule = z.output<typeof ruleSchema>;
 export type Credential = z.output<typeof credentialSchema>;
-export type AwsSigv4Credential = z.output<typeof awsSigv4Schema>;
 export type Placeholder = z.output<typeof placeholderSchema>;
 export type LlmRule = z.output<typeof llmRuleSchema>;
 export type McpRule = z.output<typeof mcpRuleSchema>;
@@ -312,7 +311,6 @@ export type WebSocketRule = z.output<typeof webSocketRuleSchema>;
 export type BudgetRule = z.output<typeof budgetRuleSchema>;
 export type BudgetsSection = z.output<typeof budgetsSection>;
 export type ClientIdentity = z.output<typeof clientSchema>;
-export type AdminSection = z.output<typeof adminSection>;
 
 /** The policy as written in the file (durations as text). */
 export type PolicyInput = z.input<typeof policySchema>;

@@ -15,12 +15,18 @@ function base64url(data: string | Buffer): string {
   return Buffer.from(data).toString("base64url");
 }
 
-/** The app's JWT (RS256, RFC 7519), as GitHub's "Generating a JSON Web Token for a GitHub App" describes. */
-export function appJwt(appId: string, key: KeyObject, nowMs: number): string {
+/**
+ * The app's JWT (RS256, RFC 7519), as GitHub's "Generating a JSON Web Token for a GitHub App"
+ * describes. Signed on libuv's thread pool: an RSA signature would stall every tunnel for a
+ * millisecond or more on the event loop.
+ */
+export async function appJwt(appId: string, key: KeyObject, nowMs: number): Promise<string> {
   const now = Math.floor(nowMs / 1000);
   const header = base64url(JSON.stringify({ alg: "RS256", typ: "JWT" }));
   const payload = base64url(JSON.stringify({ iat: now - IAT_BACKDATE_S, exp: now + JWT_LIFETIME_S, iss: appId }));
-  const signature = sign("sha256", Buffer.from(`${header}.${payload}`), key);
+  const signature = await new Promise<Buffer>((resolve, reject) =>
+    sign("sha256", Buffer.from(`${header}.${payload}`), key, (error, result) => (error ? reject(error) : resolve(result))),
+  );
   return `${header}.${payload}.${base64url(signature)}`;
 }
 
@@ -48,7 +54,7 @@ export function githubAppSource(source: GithubAppSource): SecretSourceReader {
     async read(context: SourceContext): Promise<SourceValue> {
       const fetcher = requireFetcher(context, what);
       const key = loadKey(what, await readPart(what, "private_key", source.private_key, context));
-      const jwt = appJwt(source.app_id, key, context.now());
+      const jwt = await appJwt(source.app_id, key, context.now());
       context.conceal(jwt);
       const hasBody = Object.keys(body).length > 0;
       const response = await sendExpecting(
