@@ -1,0 +1,210 @@
+// Where a keep-alive request's CPU goes: portcullis (`dist/cli.js start`, the bench's main
+// policy shape) against the Go peer and the Node floor (bench/peers/node-floor.ts: Node's own
+// http.Server and https.request with nothing else), each its user and system time per request
+// from /proc, rounds interleaved. With BENCH_STRACE=1 also the system calls per request
+// (`strace -c -f` attached to the proxy for the measured requests; slower, counts only).
+// Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
+//        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 …
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { ProxyAgent } from "undici";
+import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
+import { benchFile, BENCH_DOMAIN, log, median, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
+
+const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
+const REQUESTS = Math.max(1000, Number(process.env.BENCH_REQUESTS ?? 20_000) || 20_000);
+const CONNECTIONS = 8;
+const STRACE = process.env.BENCH_STRACE === "1";
+
+interface Proxy {
+  name: string;
+  pid: number;
+  port: number;
+  caPem: string;
+  close(): Promise<void>;
+}
+
+interface Sample {
+  rate: number;
+  userUs: number;
+  sysUs: number;
+  syscalls?: Map<string, number>;
+}
+
+/** utime and stime in µs (from clock ticks of 10 ms). */
+function cpuTimes(pid: number): { user: number; sys: number } {
+  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return { user: Number(fields[11]) * 10_000, sys: Number(fields[12]) * 10_000 };
+}
+
+function waitForLine(child: ChildProcess, stream: "stdout" | "stderr", pattern: RegExp, what: string): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    let seen = "";
+    const timer = setTimeout(() => reject(new Error(`${what}: no ready line within 30 s: ${seen.slice(0, 400)}`)), 30_000);
+    child[stream]!.setEncoding("utf8");
+    child[stream]!.on("data", (text: string) => {
+      seen += text;
+      const match = pattern.exec(seen);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`${what} exited (${code}) before it was ready: ${seen.slice(0, 400)}`)));
+  });
+}
+
+function stopper(child: ChildProcess): () => Promise<void> {
+  return () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once("exit", () => resolve());
+      child.kill("SIGTERM");
+    });
+}
+
+async function startPortcullis(work: string, upstreamCaFile: string, port: number): Promise<Proxy> {
+  const dir = join(work, "portcullis");
+  const policy = join(work, "portcullis.yaml");
+  writeFileSync(
+    policy,
+    [
+      "version: 1",
+      `ca: { dir: ${JSON.stringify(dir)} }`,
+      `log: { audit: ${JSON.stringify(join(work, "audit.log"))}, level: warn }`,
+      `upstream: { trust: [${JSON.stringify(upstreamCaFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1 } }`,
+      "network:",
+      "  default: deny",
+      "  private_destinations: deny",
+      '  allow_ips: ["127.0.0.1/32"]',
+      `  rules: [{ name: bench, action: allow, hosts: [${JSON.stringify(BENCH_DOMAIN)}], ports: [${port}] }]`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(process.execPath, [benchFile("../dist/cli.js"), "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+  trackChild(child);
+  const [, listening] = await waitForLine(child, "stderr", /listening on [\d.]+:(\d+)/, "portcullis");
+  return { name: "portcullis", pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca.pem"), "utf8"), close: stopper(child) };
+}
+
+async function startNodeFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
+  const dir = join(work, "node-floor");
+  const child = spawn(process.execPath, ["--import", "tsx", benchFile("peers/node-floor.ts"), dir, upstreamCaFile], { stdio: ["ignore", "pipe", "inherit"] });
+  trackChild(child);
+  const [, listening] = await waitForLine(child, "stdout", /listening on [\d.]+:(\d+)/, "node-floor");
+  return { name: "Node floor", pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca.pem"), "utf8"), close: stopper(child) };
+}
+
+async function startGo(work: string, upstreamCaFile: string, initCa: (dir: string) => Promise<void>): Promise<Proxy | undefined> {
+  const version = await goVersion();
+  if (!version) {
+    log("no go on the PATH (apt-get install golang-go): no Go column");
+    return undefined;
+  }
+  const [binary] = await Promise.all([buildGoMitm(work), initCa(join(work, "go-ca"))]);
+  const peer = await startGoMitm(binary, join(work, "go-ca"), upstreamCaFile, version);
+  return { name: "Go ReverseProxy", pid: peer.pid, port: peer.port, caPem: peer.caPem, close: () => peer.close() };
+}
+
+/** strace -c over the measured requests: calls of each system call, by name. */
+async function traced(pid: number, work: string, run: () => Promise<void>): Promise<Map<string, number>> {
+  const out = join(work, `strace-${pid}.txt`);
+  const strace = spawn("strace", ["-c", "-f", "-p", String(pid), "-o", out], { stdio: ["ignore", "ignore", "pipe"] });
+  trackChild(strace);
+  await waitForLine(strace, "stderr", /attached/, "strace");
+  await run();
+  await new Promise<void>((resolve) => {
+    strace.once("exit", () => resolve());
+    strace.kill("SIGINT");
+  });
+  const calls = new Map<string, number>();
+  for (const line of readFileSync(out, "utf8").split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    // % time, seconds, usecs/call, calls, [errors,] syscall
+    if (fields.length >= 5 && /^[\d.]+$/.test(fields[0]!) && fields.at(-1) !== "total") calls.set(fields.at(-1)!, Number(fields[3]));
+  }
+  return calls;
+}
+
+async function measure(proxy: Proxy, origin: string, work: string): Promise<Sample> {
+  const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca: proxy.caPem }, connections: CONNECTIONS, keepAliveTimeout: 60_000 });
+  const run = async (count: number) => {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: CONNECTIONS }, async () => {
+        while (next++ < count) {
+          const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET" });
+          await body.arrayBuffer();
+          if (statusCode !== 200) throw new Error(`${proxy.name}: GET /small answered ${statusCode}`);
+        }
+      }),
+    );
+  };
+  try {
+    await run(2_000);
+    const before = cpuTimes(proxy.pid);
+    const started = performance.now();
+    let syscalls: Map<string, number> | undefined;
+    if (STRACE) syscalls = await traced(proxy.pid, work, () => run(REQUESTS));
+    else await run(REQUESTS);
+    const elapsed = performance.now() - started;
+    const after = cpuTimes(proxy.pid);
+    return { rate: (REQUESTS / elapsed) * 1000, userUs: (after.user - before.user) / REQUESTS, sysUs: (after.sys - before.sys) / REQUESTS, syscalls };
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+const work = mkdtempSync(join(tmpdir(), "portcullis-cpu-split-"));
+type Authority = typeof import("../src/ca/authority.js");
+const { initCa } = (await import(new URL("../dist/ca/authority.js", import.meta.url).href)) as Authority;
+const upstream = await startChild<ChildMessage & { port: number; caFile: string }>("upstream", "upstream-child.ts", [join(work, "upstream-ca"), BENCH_DOMAIN]);
+const proxies: Proxy[] = [];
+try {
+  const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
+  proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port), await startNodeFloor(work, upstream.ready.caFile));
+  const go = await startGo(work, upstream.ready.caFile, (dir) => initCa(dir));
+  if (go) proxies.push(go);
+  const samples = new Map<string, Sample[]>(proxies.map((proxy) => [proxy.name, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    // Rotated, so no proxy always runs first (or last) in a round.
+    for (let i = 0; i < proxies.length; i++) {
+      const proxy = proxies[(i + round) % proxies.length]!;
+      const sample = await measure(proxy, origin, work);
+      samples.get(proxy.name)!.push(sample);
+      log(`round ${round + 1} ${proxy.name}: ${Math.round(sample.rate)} req/s, ${Math.round(sample.userUs)} + ${Math.round(sample.sysUs)} µs CPU a request`);
+    }
+  }
+  const floor = median(samples.get("Node floor")!.map((s) => s.userUs + s.sysUs));
+  const lines = [
+    `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
+    "",
+    `| proxy | req/s | CPU µs a request (user + system) | user | system | ÷ Node floor |${STRACE ? " system calls a request |" : ""}`,
+    `| --- | ---: | ---: | ---: | ---: | ---: |${STRACE ? " --- |" : ""}`,
+  ];
+  for (const proxy of proxies) {
+    const list = samples.get(proxy.name)!;
+    const total = median(list.map((s) => s.userUs + s.sysUs));
+    let calls = "";
+    if (STRACE) {
+      const sums = new Map<string, number>();
+      for (const sample of list) for (const [name, count] of sample.syscalls ?? []) sums.set(name, (sums.get(name) ?? 0) + count);
+      const perRequest = [...sums].map(([name, count]) => [name, count / (REQUESTS * list.length)] as const).filter(([, n]) => n >= 0.05).sort((a, b) => b[1] - a[1]);
+      const all = [...sums.values()].reduce((a, b) => a + b, 0) / (REQUESTS * list.length);
+      calls = ` ${all.toFixed(2)}: ${perRequest.map(([name, n]) => `${name} ${n.toFixed(2)}`).join(", ")} |`;
+    }
+    lines.push(
+      `| ${proxy.name} | ${Math.round(median(list.map((s) => s.rate)))} | ${Math.round(total)} | ${Math.round(median(list.map((s) => s.userUs)))} | ${Math.round(median(list.map((s) => s.sysUs)))} | ${(total / floor).toFixed(2)}× |${calls}`,
+    );
+  }
+  process.stdout.write(`${lines.join("\n")}\n`);
+} finally {
+  await Promise.all(proxies.map((proxy) => proxy.close()));
+  await upstream.close();
+  killAllChildren();
+  rmSync(work, { recursive: true, force: true });
+}

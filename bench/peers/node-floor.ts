@@ -1,0 +1,54 @@
+// The floor under any Node.js MITM: CONNECT answered 200, the tunnel's TLS handed to one
+// http.Server, every request sent upstream with https.request on one keep-alive https.Agent and
+// the answer piped back. No policy, no audit line, no header hygiene: what Node's own HTTP and
+// TLS cost per request on this machine, for bench/cpu-split.ts to set portcullis against.
+// Usage: node --import tsx bench/peers/node-floor.ts CA_DIR UPSTREAM_CA_FILE   (after `npm run build`)
+import http from "node:http";
+import https from "node:https";
+import { readFileSync } from "node:fs";
+import type { LookupFunction } from "node:net";
+import { createSecureContext, TLSSocket, type SecureContext } from "node:tls";
+import type { Socket } from "node:net";
+
+type Authority = typeof import("../../src/ca/authority.js");
+type ForgeLeaf = typeof import("../../src/ca/forge-leaf.js");
+const { initCa, loadCa, caExists } = (await import(new URL("../../dist/ca/authority.js", import.meta.url).href)) as Authority;
+const { forgeLeafCertificate } = (await import(new URL("../../dist/ca/forge-leaf.js", import.meta.url).href)) as ForgeLeaf;
+
+const [caDir, upstreamCaFile] = process.argv.slice(2);
+if (!caDir || !upstreamCaFile) throw new Error("usage: node-floor.ts CA_DIR UPSTREAM_CA_FILE");
+if (!(await caExists(caDir))) await initCa(caDir, { commonName: "node-floor bench CA" });
+const ca = await loadCa(caDir);
+const contexts = new Map<string, Promise<SecureContext>>();
+const sni = (name: string, callback: (error: Error | null, context?: SecureContext) => void) => {
+  let context = contexts.get(name);
+  if (!context) contexts.set(name, (context = forgeLeafCertificate(ca, name).then((cert) => createSecureContext({ key: ca.leafKey.pem, cert }))));
+  context.then((ready) => callback(null, ready), (error: Error) => callback(error));
+};
+// Every bench name is 127.0.0.1, as the other columns resolve it.
+const lookup = ((_host: string, options: { all?: boolean }, callback: (...args: unknown[]) => void) =>
+  options.all ? callback(null, [{ address: "127.0.0.1", family: 4 }]) : callback(null, "127.0.0.1", 4)) as unknown as LookupFunction;
+const agent = new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 256, ca: readFileSync(upstreamCaFile, "utf8"), lookup });
+
+const inner = http.createServer((req, res) => {
+  const authority = req.headers.host ?? "";
+  const colon = authority.lastIndexOf(":");
+  const host = colon > 0 ? authority.slice(0, colon) : authority;
+  const port = colon > 0 ? Number(authority.slice(colon + 1)) : 443;
+  const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: req.rawHeaders, agent }, (answer) => {
+    res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.rawHeaders);
+    answer.pipe(res);
+  });
+  upstream.on("error", () => res.destroy());
+  req.pipe(upstream);
+});
+const outer = http.createServer();
+outer.on("connect", (_req: http.IncomingMessage, socket: Socket) => {
+  socket.write("HTTP/1.1 200 Connection established\r\n\r\n");
+  inner.emit("connection", new TLSSocket(socket, { isServer: true, SNICallback: sni, ALPNProtocols: ["http/1.1"] }));
+});
+outer.listen(0, "127.0.0.1", () => {
+  const address = outer.address();
+  if (address && typeof address === "object") process.stdout.write(`listening on 127.0.0.1:${address.port}\n`);
+});
+process.on("SIGTERM", () => process.exit(0));
