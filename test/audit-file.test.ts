@@ -1,8 +1,13 @@
-import { existsSync, readFileSync, renameSync } from "node:fs";
+import { execFile } from "node:child_process";
+import fs, { existsSync, readFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ProxyAgent, request } from "undici";
 import { createProxy, type Proxy } from "../src/index.js";
+import { AUDIT_FLUSH_MS, AuditLog } from "../src/log/loggers.js";
+import { Scrubber } from "../src/log/scrub.js";
+import { tunnelRecord } from "../src/transport/audit.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 
@@ -49,5 +54,55 @@ describe("audit log file", () => {
     await (await request(`https://localhost:${upstream.port}/after`, { dispatcher })).body.text();
     await expect.poll(() => (existsSync(auditFile) ? lines(auditFile).map((l) => l.path) : [])).toEqual(["/after"]);
     expect(lines(`${auditFile}.1`).map((l) => l.path)).toEqual(["/before"]);
+  });
+});
+
+const record = (i: number) => tunnelRecord({ host: `h${i}.example`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, { status: 200 });
+const hostsIn = (file: string) => (existsSync(file) ? readFileSync(file, "utf8").split("\n").filter(Boolean).map((line) => (JSON.parse(line) as { host: string }).host) : []);
+
+describe("audit log appends", () => {
+  it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {
+    const file = join(tempDir("audit-batch"), "audit.log");
+    const log = new AuditLog(file, new Scrubber());
+    const writes = vi.spyOn(fs, "writeSync");
+    try {
+      for (let i = 0; i < 40; i++) log.write(record(i));
+      // 40 lines of about 330 bytes: appends of 4 KiB and more, not one a line.
+      expect(writes.mock.calls.length).toBeGreaterThan(0);
+      expect(writes.mock.calls.length).toBeLessThanOrEqual(4);
+    } finally {
+      writes.mockRestore();
+    }
+    const started = Date.now();
+    await expect.poll(() => hostsIn(file).length, { timeout: 5_000, interval: 10 }).toBe(40);
+    expect(Date.now() - started).toBeLessThan(AUDIT_FLUSH_MS + 1_000);
+    expect(hostsIn(file)).toEqual(Array.from({ length: 40 }, (_, i) => `h${i}.example`));
+    log.write(record(40));
+    log.flush();
+    expect(hostsIn(file).at(-1)).toBe("h40.example");
+  });
+
+  it("writes what it holds to the old file before logrotate's reopen", () => {
+    const file = join(tempDir("audit-rotate"), "audit.log");
+    const log = new AuditLog(file, new Scrubber());
+    log.write(record(1));
+    log.write(record(2));
+    renameSync(file, `${file}.1`);
+    log.reopen();
+    log.write(record(3));
+    log.flush();
+    expect(hostsIn(`${file}.1`)).toEqual(["h1.example", "h2.example"]);
+    expect(hostsIn(file)).toEqual(["h3.example"]);
+  });
+
+  it.each(["exit", "throw"])("loses no line when the process ends without closing the log (%s)", async (how) => {
+    const file = join(tempDir("audit-exit"), "audit.log");
+    const fixture = join(import.meta.dirname, "fixtures", "audit-exit.ts");
+    const ended = await promisify(execFile)(process.execPath, ["--import", "tsx", fixture, file, "5", how]).then(
+      () => 0,
+      (error: { code?: number }) => error.code,
+    );
+    expect(ended).toBe(how === "exit" ? 0 : 1);
+    expect(hostsIn(file)).toEqual(["h0.example", "h1.example", "h2.example", "h3.example", "h4.example"]);
   });
 });
