@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
-import { benchFile, BENCH_DOMAIN, log, median, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, log, median, procStat, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const REQUESTS = Math.max(1000, Number(process.env.BENCH_REQUESTS ?? 20_000) || 20_000);
@@ -34,11 +34,11 @@ interface Sample {
   syscalls?: Map<string, number>;
 }
 
-/** utime and stime in µs (from clock ticks of 10 ms). */
+/** User and system CPU time in µs. */
 function cpuTimes(pid: number): { user: number; sys: number } {
-  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-  return { user: Number(fields[11]) * 10_000, sys: Number(fields[12]) * 10_000 };
+  const stat = procStat(pid);
+  if (!stat) throw new Error(`no /proc/${pid}/stat: this probe needs Linux`);
+  return { user: stat.user * 1e6, sys: stat.system * 1e6 };
 }
 
 function waitForLine(child: ChildProcess, stream: "stdout" | "stderr", pattern: RegExp, what: string): Promise<RegExpExecArray> {

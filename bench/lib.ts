@@ -176,13 +176,15 @@ export function serveParent(ready: ChildMessage, handlers: Record<string, () => 
   send(ready);
 }
 
-/** utime + stime of a process in seconds and its parent pid, from /proc (Linux; undefined elsewhere). */
-export function procStat(pid: number): { ppid: number; cpu: number } | undefined {
+/** utime + stime (cpu), and each alone, of a process in seconds, and its parent pid, from /proc (Linux; undefined elsewhere). */
+export function procStat(pid: number): { ppid: number; cpu: number; user: number; system: number } | undefined {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, "utf8");
     const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-    return { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / 100 };
+    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime (clock ticks of 10 ms)
+    const user = Number(fields[11]) / 100;
+    const system = Number(fields[12]) / 100;
+    return { ppid: Number(fields[1]), cpu: user + system, user, system };
   } catch {
     return undefined;
   }

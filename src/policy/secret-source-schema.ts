@@ -17,6 +17,13 @@ const numericId = z
 const PLAIN_KINDS = ["env", "file", "command"] as const;
 const PART_KINDS = [...PLAIN_KINDS, "secret"] as const;
 
+/** The plain kinds, read afresh each time: an environment variable, a file, a command's output. */
+const plainKindFields = {
+  env: z.string().min(1).optional(),
+  file: z.string().min(1).optional(),
+  command: z.string().min(1).optional(),
+};
+
 const secretName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, "expected the name of a secret under secrets");
 
 function exactlyOne(kinds: readonly string[]) {
@@ -34,12 +41,7 @@ function exactlyOne(kinds: readonly string[]) {
  * each time it mints, or `secret: NAME`, another named secret (a client secret kept in Vault).
  */
 export const plainSecretSource = z
-  .strictObject({
-    env: z.string().min(1).optional(),
-    file: z.string().min(1).optional(),
-    command: z.string().min(1).optional(),
-    secret: secretName.optional(),
-  })
+  .strictObject({ ...plainKindFields, secret: secretName.optional() })
   .superRefine(exactlyOne(PART_KINDS));
 
 /** A GitHub App installation token: an RS256 JWT exchanged at POST {api}/app/installations/{id}/access_tokens. */
@@ -94,9 +96,7 @@ const SOURCE_KINDS = [...PLAIN_KINDS, "github_app", "oauth2", "vault"] as const;
 /** Where a named secret's value comes from: exactly one of env, file, command, github_app, oauth2, vault. */
 export const secretSource = z
   .strictObject({
-    env: z.string().min(1).optional(),
-    file: z.string().min(1).optional(),
-    command: z.string().min(1).optional(),
+    ...plainKindFields,
     github_app: githubAppSource.optional(),
     oauth2: oauth2Source.optional(),
     vault: vaultSource.optional(),

@@ -1,23 +1,13 @@
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer, connect, type AddressInfo } from "node:net";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { tempDir } from "./pki.js";
+import { freePort } from "./ports.js";
 
 export const SQUID = "/usr/sbin/squid";
 const NCSA_AUTH = "/usr/lib/squid/basic_ncsa_auth";
 
-/** A free loopback port: listened on and closed, for a server that is not ours to start on it. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export interface AccessLine {
   method: string;
