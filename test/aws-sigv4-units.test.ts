@@ -1,8 +1,9 @@
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { ProxyError } from "../src/core/errors.js";
 import { ChunkResigner } from "../src/credentials/sigv4/chunks.js";
 import { resignRequest } from "../src/credentials/sigv4/sign.js";
+import { POOLED_HASH_BYTES, Sha256 } from "../src/credentials/sigv4/sha256.js";
 import { scopeFromCredential, scopeFromHost } from "../src/credentials/sigv4/scope.js";
 import { parsePolicy } from "../src/policy/load.js";
 import { explain } from "../src/proxy/explain.js";
@@ -147,5 +148,40 @@ credentials:
         "bad.yaml",
       ),
     ).toThrow(/expected exactly one of header, query or aws_sigv4/);
+  });
+});
+
+describe("the signer's SHA-256", () => {
+  const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
+
+  it("digests every size (either side of the thread-pool threshold), in pieces of every kind, as node:crypto does", async () => {
+    for (const size of [0, 1, 1000, POOLED_HASH_BYTES - 1, POOLED_HASH_BYTES, 3 * POOLED_HASH_BYTES + 7]) {
+      const data = Buffer.alloc(size, 0x5a);
+      for (let i = 0; i < size; i++) data[i] = (i * 31) & 0xff;
+      const whole = new Sha256();
+      whole.update(data);
+      const pieces = new Sha256();
+      const third = Math.floor(size / 3);
+      pieces.update(new Uint8Array(data.subarray(0, third)));
+      pieces.update(data.buffer.slice(data.byteOffset + third, data.byteOffset + 2 * third));
+      pieces.update(data.subarray(2 * third));
+      const expected = createHash("sha256").update(data).digest("hex");
+      expect(hex(await whole.digest())).toBe(expected);
+      expect(hex(await pieces.digest())).toBe(expected);
+    }
+    const text = new Sha256();
+    text.update("AWS4-HMAC-SHA256\nµ");
+    expect(hex(await text.digest())).toBe(createHash("sha256").update("AWS4-HMAC-SHA256\nµ", "utf8").digest("hex"));
+  });
+
+  it("is an HMAC when given a secret, and starts afresh after reset", async () => {
+    const hmac = new Sha256("AWS4secret");
+    hmac.update("20260101");
+    expect(hex(await hmac.digest())).toBe(createHmac("sha256", "AWS4secret").update("20260101").digest("hex"));
+    const plain = new Sha256();
+    plain.update("discarded");
+    plain.reset();
+    plain.update("kept");
+    expect(hex(await plain.digest())).toBe(createHash("sha256").update("kept").digest("hex"));
   });
 });

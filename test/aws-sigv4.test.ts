@@ -1,10 +1,10 @@
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type http from "node:http";
 import { request } from "undici";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
@@ -361,6 +361,28 @@ describe("aws_sigv4 re-signing, checked by botocore on the upstream side", () =>
     });
     await answer.body.text();
     expect(answer.statusCode).toBe(200);
+    const got = lastReceived("s3.us-east-1.amazonaws.com");
+    expect(got.verdict.problems).toEqual([]);
+    expect(header(got.headers, "x-amz-content-sha256")).toBe(createHash("sha256").update(body).digest("hex"));
+  });
+
+  it("hashes a large body on the thread pool (WebCrypto), not on the event loop, and the signature still holds", async () => {
+    const body = Buffer.alloc(2 * 1024 * 1024, 0x62);
+    const placeholderAuth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.access_key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=${"0".repeat(64)}`;
+    const digest = vi.spyOn(webcrypto.subtle, "digest");
+    try {
+      const answer = await request(`${endpoint("s3.us-east-1.amazonaws.com")}/bucket/large-hashed`, {
+        dispatcher: proxy.dispatcher,
+        method: "PUT",
+        headers: { authorization: placeholderAuth, "x-amz-date": "20260101T000000Z", "content-type": "application/octet-stream" },
+        body,
+      });
+      await answer.body.text();
+      expect(answer.statusCode).toBe(200);
+      expect(digest.mock.calls.some(([, data]) => (data as ArrayBufferView).byteLength === body.length)).toBe(true);
+    } finally {
+      digest.mockRestore();
+    }
     const got = lastReceived("s3.us-east-1.amazonaws.com");
     expect(got.verdict.problems).toEqual([]);
     expect(header(got.headers, "x-amz-content-sha256")).toBe(createHash("sha256").update(body).digest("hex"));

@@ -3,6 +3,7 @@ import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { ProxyError } from "../../core/errors.js";
 import { getHeader, getHeaderValues, removeHeaders, setHeader, type RawHeaders } from "../../core/headers.js";
+import { Sha256 } from "./sha256.js";
 import { awsEncode, parseQuery, signerQuery, splitTarget } from "./query.js";
 import { readSandboxSignature, scopeFromHost, type SandboxSignature, type SigningScope } from "./scope.js";
 
@@ -80,7 +81,7 @@ function signerFor(keys: AwsKeys, scope: SigningScope): SignatureV4 {
     credentials: keys,
     region: scope.region,
     service: scope.service,
-    sha256: Hash.bind(null, "sha256"),
+    sha256: Sha256,
     // S3 signs the path as sent; every other service signs it encoded once more (botocore and the SDKs alike).
     uriEscapePath: scope.service !== "s3",
     applyChecksum: false,
@@ -101,7 +102,7 @@ async function signHeaders(request: SignableRequest, sandbox: SandboxSignature, 
   const signing = headersToSign(wire, sandbox.signedHeaders);
   if (contentSha === undefined && isS3(scope)) {
     // S3 wants the payload hash as a header; it is computed from the body portcullis read.
-    const hash = new Hash("sha256");
+    const hash = new Sha256();
     hash.update(request.body ?? new Uint8Array(0));
     const hex = Buffer.from(await hash.digest()).toString("hex");
     wire = setHeader(wire, "X-Amz-Content-Sha256", hex);
