@@ -3,8 +3,9 @@
 // http.Server and https.request with nothing else), each its user and system time per request
 // from /proc, rounds interleaved. With BENCH_STRACE=1 also the system calls per request
 // (`strace -c -f` attached to the proxy for the measured requests; slower, counts only).
+// BENCH_SCENARIO=download measures a 100 MiB download on one connection instead: CPU per MiB.
 // Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
-//        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 …
+//        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 BENCH_SCENARIO=download …
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,6 +19,11 @@ const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const REQUESTS = Math.max(1000, Number(process.env.BENCH_REQUESTS ?? 20_000) || 20_000);
 const CONNECTIONS = 8;
 const STRACE = process.env.BENCH_STRACE === "1";
+const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
+const DOWNLOAD_MIB = 100;
+/** What one sample's CPU is divided by: requests, or MiB downloaded. */
+const UNITS = DOWNLOAD ? DOWNLOAD_MIB : REQUESTS;
+const UNIT = DOWNLOAD ? "MiB" : "request";
 
 interface Proxy {
   name: string;
@@ -132,7 +138,14 @@ async function traced(pid: number, work: string, run: () => Promise<void>): Prom
 
 async function measure(proxy: Proxy, origin: string, work: string): Promise<Sample> {
   const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca: proxy.caPem }, connections: CONNECTIONS, keepAliveTimeout: 60_000 });
+  const download = async () => {
+    const { statusCode, body } = await dispatcher.request({ origin, path: `/download?bytes=${DOWNLOAD_MIB * 1024 * 1024}`, method: "GET" });
+    let received = 0;
+    for await (const chunk of body) received += (chunk as Buffer).length;
+    if (statusCode !== 200 || received !== DOWNLOAD_MIB * 1024 * 1024) throw new Error(`${proxy.name}: download answered ${statusCode} with ${received} bytes`);
+  };
   const run = async (count: number) => {
+    if (DOWNLOAD) return download();
     let next = 0;
     await Promise.all(
       Array.from({ length: CONNECTIONS }, async () => {
@@ -153,7 +166,7 @@ async function measure(proxy: Proxy, origin: string, work: string): Promise<Samp
     else await run(REQUESTS);
     const elapsed = performance.now() - started;
     const after = cpuTimes(proxy.pid);
-    return { rate: (REQUESTS / elapsed) * 1000, userUs: (after.user - before.user) / REQUESTS, sysUs: (after.sys - before.sys) / REQUESTS, syscalls };
+    return { rate: (UNITS / elapsed) * 1000, userUs: (after.user - before.user) / UNITS, sysUs: (after.sys - before.sys) / UNITS, syscalls };
   } finally {
     await dispatcher.close();
   }
@@ -176,14 +189,14 @@ try {
       const proxy = proxies[(i + round) % proxies.length]!;
       const sample = await measure(proxy, origin, work);
       samples.get(proxy.name)!.push(sample);
-      log(`round ${round + 1} ${proxy.name}: ${Math.round(sample.rate)} req/s, ${Math.round(sample.userUs)} + ${Math.round(sample.sysUs)} µs CPU a request`);
+      log(`round ${round + 1} ${proxy.name}: ${Math.round(sample.rate)} ${UNIT}/s, ${Math.round(sample.userUs)} + ${Math.round(sample.sysUs)} µs CPU a ${UNIT}`);
     }
   }
   const floor = median(samples.get("Node floor")!.map((s) => s.userUs + s.sysUs));
   const lines = [
-    `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
+    `${DOWNLOAD ? `GET /download of ${DOWNLOAD_MIB} MiB on one connection, after one warm-up download` : `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up`}, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
     "",
-    `| proxy | req/s | CPU µs a request (user + system) | user | system | ÷ Node floor |${STRACE ? " system calls a request |" : ""}`,
+    `| proxy | ${UNIT}/s | CPU µs a ${UNIT} (user + system) | user | system | ÷ Node floor |${STRACE ? ` system calls a ${UNIT} |` : ""}`,
     `| --- | ---: | ---: | ---: | ---: | ---: |${STRACE ? " --- |" : ""}`,
   ];
   for (const proxy of proxies) {
@@ -193,8 +206,8 @@ try {
     if (STRACE) {
       const sums = new Map<string, number>();
       for (const sample of list) for (const [name, count] of sample.syscalls ?? []) sums.set(name, (sums.get(name) ?? 0) + count);
-      const perRequest = [...sums].map(([name, count]) => [name, count / (REQUESTS * list.length)] as const).filter(([, n]) => n >= 0.05).sort((a, b) => b[1] - a[1]);
-      const all = [...sums.values()].reduce((a, b) => a + b, 0) / (REQUESTS * list.length);
+      const perRequest = [...sums].map(([name, count]) => [name, count / (UNITS * list.length)] as const).filter(([, n]) => n >= 0.05).sort((a, b) => b[1] - a[1]);
+      const all = [...sums.values()].reduce((a, b) => a + b, 0) / (UNITS * list.length);
       calls = ` ${all.toFixed(2)}: ${perRequest.map(([name, n]) => `${name} ${n.toFixed(2)}`).join(", ")} |`;
     }
     lines.push(
