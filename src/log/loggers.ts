@@ -62,9 +62,9 @@ export class AuditLog {
   }
 
   write(record: AuditRecord): void {
-    const { msg, ...fields } = record;
-    const published: PublishedRecord = { level: LEVEL_NUMBERS[levelFor(record)], time: Date.now(), ...fields, msg };
-    const line = `${JSON.stringify(published)}\n`;
+    const level = LEVEL_NUMBERS[levelFor(record)];
+    const time = Date.now();
+    const line = auditLine(record, level, time);
     const scrubbed = this.scrubber.scrub(line);
     this.stream.write(scrubbed);
     if (!this.flushTimer && this.target !== "stream") {
@@ -73,7 +73,7 @@ export class AuditLog {
     }
     this.onRecord(record);
     // Watchers get what the line says: the record itself when scrubbing changed nothing, else the scrubbed line read back.
-    if (this.feed.active) this.feed.publish(scrubbed === line ? published : (JSON.parse(scrubbed) as PublishedRecord));
+    if (this.feed.active) this.feed.publish(scrubbed === line ? publishedRecord(record, level, time) : (JSON.parse(scrubbed) as PublishedRecord));
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
@@ -94,6 +94,26 @@ export class AuditLog {
       // Nothing buffered, or the destination is gone: nothing left to save.
     }
   }
+}
+
+/** The record as its line reads: pino's order, `level` and `time` first and `msg` last. */
+function publishedRecord(record: AuditRecord, level: number, time: number): PublishedRecord {
+  const { msg, ...fields } = record;
+  return { level, time, ...fields, msg };
+}
+
+/**
+ * The record's line, as JSON.stringify(publishedRecord(...)) would write it. Every producer puts
+ * `msg` first, so the record's own JSON is re-ordered as text (one serialisation, no copies of
+ * the record); one that does not is copied into order.
+ */
+export function auditLine(record: AuditRecord, level: number, time: number): string {
+  const json = JSON.stringify(record);
+  const msg = JSON.stringify(record.msg);
+  const lead = `{"msg":${msg}`;
+  if (!json.startsWith(lead)) return `${JSON.stringify(publishedRecord(record, level, time))}\n`;
+  // What follows msg: "" when it is the only field, else ",<the other fields>".
+  return `{"level":${level},"time":${time}${json.slice(lead.length, -1)},"msg":${msg}}\n`;
 }
 
 /** Lines are held until this many bytes are waiting (sonic-boom's minLength), then written in one append. */

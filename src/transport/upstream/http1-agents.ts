@@ -24,6 +24,16 @@ function markAdopted<T extends Duplex>(socket: T): T {
 type CreateCallback = (error: Error | null, socket: Duplex) => void;
 
 /**
+ * The key of a pool within one agent: host, port and TLS name are all that differ between its
+ * connections (every other TLS option is the agent's own, the same for each). Node's getName
+ * builds the key from two dozen options on every request and every release; this is that key
+ * for what can vary here.
+ */
+function poolKey(options: http.ClientRequestArgs & { servername?: string }): string {
+  return `${options.host ?? "localhost"}:${options.port ?? ""}:${options.servername ?? ""}`;
+}
+
+/**
  * A destination the parent proxy carries: the connection is the connector's (a CONNECT tunnel,
  * the handshake over it, guarded and timed there), handed to Node once it is up.
  */
@@ -45,6 +55,10 @@ class RoutingHttpAgent extends http.Agent {
     super(options);
   }
 
+  override getName(options: http.ClientRequestArgs = {}): string {
+    return poolKey(options);
+  }
+
   override createConnection(options: http.ClientRequestArgs, callback?: CreateCallback): Duplex | undefined {
     if (connectThroughParent(this.connector, options, false, callback)) return undefined;
     return (http.Agent.prototype as unknown as { createConnection: RoutingHttpAgent["createConnection"] }).createConnection.call(this, options, callback);
@@ -64,6 +78,10 @@ class AdoptingAgent extends https.Agent {
     private readonly connector: UpstreamConnector | undefined,
   ) {
     super(options);
+  }
+
+  override getName(options: https.RequestOptions = {}): string {
+    return poolKey(options);
   }
 
   adopt(host: string, port: number, socket: TLSSocket): void {

@@ -33,37 +33,44 @@ export function http1Response(res: IncomingMessage): UpstreamResponse {
   };
 }
 
+/** The timers of one request: connect (until TCP, and TLS, is up) and response (until the response headers arrive). */
+interface RequestTimers {
+  /** The request has its socket: a new one is timed until connected and checked against dialling portcullis itself. */
+  socket(socket: Socket): void;
+  clear(): void;
+}
+
 /**
  * The connect timer runs until TCP (and TLS) is up; the response timer until the response
  * headers arrive. A name that resolves to portcullis itself is refused on the address dialled.
  */
-function armTimers(request: ClientRequest, target: Target, settings: UpstreamSettings, dialled: string): void {
+function requestTimers(request: ClientRequest, target: Target, settings: UpstreamSettings, dialled: string): RequestTimers {
   const { connectMs, responseMs, guard } = settings;
   const responseTimer = setTimeout(
     () => request.destroy(new ProxyError("upstream_timeout", `${upstreamName(target)} sent no response headers within ${formatDuration(responseMs)}`)),
     responseMs,
   );
   let connectTimer: NodeJS.Timeout | undefined;
-  // 'socket', 'response', 'upgrade' and 'close' each come once: plain listeners spare once()'s wrappers.
-  request.on("socket", (socket) => {
-    if (request.reusedSocket || isAdopted(socket)) return;
-    // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
-    request.setTimeout(0);
-    connectTimer = setTimeout(
-      () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${dialled} timed out after ${formatDuration(connectMs)}`)),
-      connectMs,
-    );
-    socket.once(target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
-    socket.once("connect", () => {
-      const why = guard.checkSelf(socket.remoteAddress ?? "", socket.remotePort);
-      if (why) request.destroy(new DestinationDenied(`${target.host} resolves to ${why.replace(/^destination /, "")}`));
-    });
-  });
-  const clear = () => {
-    clearTimeout(responseTimer);
-    clearTimeout(connectTimer);
+  return {
+    socket(socket) {
+      if (request.reusedSocket || isAdopted(socket)) return;
+      // An in-flight request keeps its socket however long the body streams; idle pooled sockets still expire.
+      request.setTimeout(0);
+      connectTimer = setTimeout(
+        () => request.destroy(new ProxyError("upstream_unreachable", `connecting to ${dialled} timed out after ${formatDuration(connectMs)}`)),
+        connectMs,
+      );
+      socket.once(target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
+      socket.once("connect", () => {
+        const why = guard.checkSelf(socket.remoteAddress ?? "", socket.remotePort);
+        if (why) request.destroy(new DestinationDenied(`${target.host} resolves to ${why.replace(/^destination /, "")}`));
+      });
+    },
+    clear() {
+      clearTimeout(responseTimer);
+      clearTimeout(connectTimer);
+    },
   };
-  request.on("response", clear).on("upgrade", clear).on("close", clear);
 }
 
 const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -128,11 +135,19 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
     // Node refuses the head (a header value it cannot write): reported like any failure, never thrown at the caller.
     return failedCall(events, new ProxyError("internal_error", `cannot send the request to ${upstreamName(target)}: ${(error as Error).message}`));
   }
-  armTimers(upstreamReq, target, settings, dialled);
+  const timers = requestTimers(upstreamReq, target, settings, dialled);
   let upgraded = false;
-  upstreamReq.once("socket", () => events.sent("1.1"));
+  let answered = false;
+  // One listener per event ('socket', 'response', 'upgrade' and 'close' each come once): an
+  // emitter with a single listener calls it without copying its listener list.
+  upstreamReq.on("socket", (socket) => {
+    timers.socket(socket);
+    events.sent("1.1");
+  });
   upstreamReq.on("continue", () => events.continue());
   upstreamReq.on("response", (res) => {
+    timers.clear();
+    answered = true;
     // The parent asking for credentials is the parent's refusal, never the destination's answer to relay.
     if (via && res.statusCode === 407) {
       upstreamReq.destroy();
@@ -144,6 +159,7 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
   // Only a request that asked to switch protocols may: a 101 to anything else is a protocol
   // error (Node destroys the socket when nobody listens for 'upgrade').
   if (request.upgrade !== undefined) upstreamReq.on("upgrade", (res, socket: Socket, head: Buffer) => {
+    timers.clear();
     upgraded = true;
     if (bridged?.expectAccept !== undefined && getHeader(res.rawHeaders, "sec-websocket-accept") !== bridged.expectAccept) {
       socket.destroy();
@@ -155,14 +171,13 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
     socket.setKeepAlive(true, 30_000);
     events.upgraded(http1Response(res), socket, head);
   });
-  let answered = false;
-  upstreamReq.once("response", () => (answered = true));
   upstreamReq.on("error", (error) => {
     answered = true;
     if (!upgraded) events.error(classifyUpstreamError(error, dialled));
   });
   // Closed with neither an answer nor an error (Node drops a 101 nobody asked for this way).
-  upstreamReq.once("close", () => {
+  upstreamReq.on("close", () => {
+    timers.clear();
     if (!answered && !upgraded) events.error(new ProxyError("upstream_protocol_error", `${upstreamName(target)} closed the connection without a usable answer`));
   });
 
