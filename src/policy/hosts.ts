@@ -2,6 +2,11 @@ import { isIP } from "node:net";
 import { domainToASCII } from "node:url";
 import ipaddr from "ipaddr.js";
 
+/** isIP, skipped for what cannot be an IP literal (no ':' and not only digits and dots): most hosts are names. */
+export function isIpLiteral(host: string): boolean {
+  return (host.includes(":") || !/[^\d.]/.test(host)) && isIP(host) !== 0;
+}
+
 /**
  * The one form hosts are compared and cached in: lower-case, no trailing dot, IDN in
  * punycode, IPv6 without brackets, IPv4-mapped IPv6 as plain IPv4.

@@ -5,7 +5,7 @@ import { upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
 import { formatDuration } from "../../policy/duration.js";
 import { classifyUpstreamError } from "./classify.js";
-import { isIpLiteral } from "./http1.js";
+import { isIpLiteral } from "../../policy/hosts.js";
 import type { LookupFunction } from "./lookup.js";
 import type { UpstreamSettings } from "./settings.js";
 

@@ -11,7 +11,7 @@ import { formatDuration } from "../../policy/duration.js";
 import { classifyUpstreamError } from "./classify.js";
 import { connectTls } from "./connect-tls.js";
 import { openConnectTunnel } from "./connect-tunnel.js";
-import { isIpLiteral } from "./http1.js";
+import { isIpLiteral } from "../../policy/hosts.js";
 import type { LookupFunction } from "./lookup.js";
 import type { ParentProxy } from "./parent-proxy.js";
 import type { UpstreamSettings } from "./settings.js";

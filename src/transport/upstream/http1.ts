@@ -1,22 +1,18 @@
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
-import { isIP, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { createHash, randomBytes } from "node:crypto";
 import { getHeader, getHeaderValues, headerPairs, setHeader, type RawHeaders } from "../../core/headers.js";
 import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
 import { ProxyError } from "../../core/errors.js";
 import { formatAuthority, upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
+import { isIpLiteral } from "../../policy/hosts.js";
 import { formatDuration } from "../../policy/duration.js";
 import { classifyUpstreamError } from "./classify.js";
 import { isAdopted } from "./http1-agents.js";
 import type { ParentProxy } from "./parent-proxy.js";
 import type { UpstreamSettings } from "./settings.js";
-
-/** isIP, skipped for what cannot be an IP literal (no ':' and not only digits and dots): most hosts are names. */
-export function isIpLiteral(host: string): boolean {
-  return (host.includes(":") || !/[^\d.]/.test(host)) && isIP(host) !== 0;
-}
 
 export function http1Response(res: IncomingMessage): UpstreamResponse {
   return {
