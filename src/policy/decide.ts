@@ -1,5 +1,5 @@
-import { isIP } from "node:net";
 import type { DestinationGuard } from "./destinations.js";
+import { isIpLiteral } from "./hosts.js";
 import { decideConnect, decideEveryReading, type Decision } from "./rules.js";
 import type { Policy, Rule } from "./schema.js";
 
@@ -48,7 +48,7 @@ export interface RequestDecisionFacts {
 
 /** An IP literal is checked here; a name is checked on every address it resolves to, when it is dialled. */
 function literalDestination(view: PolicyView, host: string, port: number): Decision | undefined {
-  const why = view.guard.checkSelf(host, port) ?? (isIP(host) ? view.guard.check(host) : undefined);
+  const why = view.guard.checkSelf(host, port) ?? (isIpLiteral(host) ? view.guard.check(host) : undefined);
   return why ? { action: "deny", rule: PRIVATE_DESTINATION_RULE, reason: why } : undefined;
 }
 
