@@ -3,13 +3,15 @@
 // http.Server and https.request with nothing else), each its user and system time per request
 // from /proc, rounds interleaved. With BENCH_STRACE=1 also the system calls per request
 // (`strace -c -f` attached to the proxy for the measured requests; slower, counts only).
+// BENCH_BASELINE=DIR[,DIR...] adds a column for each other build's cli.js (DIR/cli.js, e.g. a copy
+// of dist/ from an earlier commit, kept under the repository so its packages resolve): an A/B in one run.
 // BENCH_SCENARIO=download measures a 100 MiB download on one connection instead: CPU per MiB.
 // Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
 //        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 BENCH_SCENARIO=download …
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
@@ -73,15 +75,16 @@ function stopper(child: ChildProcess): () => Promise<void> {
     });
 }
 
-async function startPortcullis(work: string, upstreamCaFile: string, port: number): Promise<Proxy> {
-  const dir = join(work, "portcullis");
-  const policy = join(work, "portcullis.yaml");
+async function startPortcullis(work: string, upstreamCaFile: string, port: number, name = "portcullis", cli = benchFile("../dist/cli.js")): Promise<Proxy> {
+  const dir = join(work, name.replace(/\W+/g, "-"));
+  const policy = join(dir, "policy.yaml");
+  mkdirSync(dir, { recursive: true });
   writeFileSync(
     policy,
     [
       "version: 1",
-      `ca: { dir: ${JSON.stringify(dir)} }`,
-      `log: { audit: ${JSON.stringify(join(work, "audit.log"))}, level: warn }`,
+      `ca: { dir: ${JSON.stringify(join(dir, "ca"))} }`,
+      `log: { audit: ${JSON.stringify(join(dir, "audit.log"))}, level: warn }`,
       `upstream: { trust: [${JSON.stringify(upstreamCaFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1 } }`,
       "network:",
       "  default: deny",
@@ -91,10 +94,10 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
       "",
     ].join("\n"),
   );
-  const child = spawn(process.execPath, [benchFile("../dist/cli.js"), "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [cli, "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
   trackChild(child);
-  const [, listening] = await waitForLine(child, "stderr", /listening on [\d.]+:(\d+)/, "portcullis");
-  return { name: "portcullis", pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca.pem"), "utf8"), close: stopper(child) };
+  const [, listening] = await waitForLine(child, "stderr", /listening on [\d.]+:(\d+)/, name);
+  return { name, pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca", "ca.pem"), "utf8"), close: stopper(child) };
 }
 
 async function startNodeFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
@@ -180,6 +183,9 @@ const proxies: Proxy[] = [];
 try {
   const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
   proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port), await startNodeFloor(work, upstream.ready.caFile));
+  for (const baseline of (process.env.BENCH_BASELINE ?? "").split(",").filter(Boolean)) {
+    proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port, `portcullis (${basename(resolve(baseline))})`, resolve(baseline, "cli.js")));
+  }
   const go = await startGo(work, upstream.ready.caFile, (dir) => initCa(dir));
   if (go) proxies.push(go);
   const samples = new Map<string, Sample[]>(proxies.map((proxy) => [proxy.name, []]));
