@@ -55,6 +55,31 @@ function resignedBody(flow: Flow, keys: AwsKeys, seed: NonNullable<Resigned["see
   return resigner;
 }
 
+/** The request signed again, as it will be forwarded, with the credential's real keys. */
+async function resignForUpstream(flow: Flow, credential: Credential): Promise<void> {
+  const { exchange, outgoing } = flow;
+  const keys = await resolveKeys(flow, credential);
+  exchange.credentials.push(credential.name);
+  // The access key id and session token travel, and AWS's error answers echo them.
+  exchange.injectedSecrets.push(keys.accessKeyId, ...(keys.sessionToken ? [keys.sessionToken] : []));
+  exchange.redactedHeaders.add("authorization");
+  exchange.redactedHeaders.add("x-amz-security-token");
+  outgoing.headers = restrictAcceptEncoding(outgoing.headers);
+  let resigned: Resigned;
+  try {
+    resigned = await resignRequest({ method: outgoing.method, target: outgoing.path, headers: outgoing.headers, body: outgoing.body }, keys);
+  } catch (error) {
+    if (error instanceof ProxyError) throw error;
+    throw new ProxyError("credential_unavailable", `credential "${credential.name}": the request could not be signed (${error instanceof Error ? error.message : String(error)})`);
+  }
+  outgoing.path = resigned.target;
+  outgoing.headers = resigned.headers;
+  const payload = getHeader(outgoing.headers, "x-amz-content-sha256");
+  if (resigned.seed && outgoing.hasBody && (payload === SIGNED_STREAMING || payload === SIGNED_STREAMING_TRAILER)) {
+    outgoing.bodyStream = resignedBody(flow, keys, resigned.seed);
+  }
+}
+
 /**
  * AWS Signature Version 4 re-signing (credential `aws_sigv4`): the sandbox signs with a
  * placeholder key, and the request is signed again, as forwarded, with the real one. It runs
@@ -68,29 +93,9 @@ export const awsSigv4: Stage = {
     // The payload hash is in the signature: without X-Amz-Content-Sha256 it is computed from the whole body.
     if (needsBodyHash(outgoing.headers, outgoing.path)) flow.readBody = true;
   },
-  async beforeForward(flow: Flow) {
+  // Synchronous when no aws_sigv4 credential applies (nearly every request): the runner then has nothing to await.
+  beforeForward(flow: Flow) {
     const credential = awsCredential(flow);
-    if (!credential) return;
-    const { exchange, outgoing } = flow;
-    const keys = await resolveKeys(flow, credential);
-    exchange.credentials.push(credential.name);
-    // The access key id and session token travel, and AWS's error answers echo them.
-    exchange.injectedSecrets.push(keys.accessKeyId, ...(keys.sessionToken ? [keys.sessionToken] : []));
-    exchange.redactedHeaders.add("authorization");
-    exchange.redactedHeaders.add("x-amz-security-token");
-    outgoing.headers = restrictAcceptEncoding(outgoing.headers);
-    let resigned: Resigned;
-    try {
-      resigned = await resignRequest({ method: outgoing.method, target: outgoing.path, headers: outgoing.headers, body: outgoing.body }, keys);
-    } catch (error) {
-      if (error instanceof ProxyError) throw error;
-      throw new ProxyError("credential_unavailable", `credential "${credential.name}": the request could not be signed (${error instanceof Error ? error.message : String(error)})`);
-    }
-    outgoing.path = resigned.target;
-    outgoing.headers = resigned.headers;
-    const payload = getHeader(outgoing.headers, "x-amz-content-sha256");
-    if (resigned.seed && outgoing.hasBody && (payload === SIGNED_STREAMING || payload === SIGNED_STREAMING_TRAILER)) {
-      outgoing.bodyStream = resignedBody(flow, keys, resigned.seed);
-    }
+    if (credential) return resignForUpstream(flow, credential);
   },
 };
