@@ -7,6 +7,7 @@ import { SecretStore } from "../src/credentials/secrets.js";
 import { Scrubber } from "../src/log/scrub.js";
 import type { PolicyState } from "../src/pipeline/context.js";
 import type { Flow } from "../src/pipeline/stage.js";
+import { activeStages } from "../src/pipeline/active-stages.js";
 import { STAGES } from "../src/pipeline/stages.js";
 import { DestinationGuard } from "../src/policy/destinations.js";
 import { parsePolicy } from "../src/policy/load.js";
@@ -77,7 +78,7 @@ function flowFor(policyText: string, host: string, path: string): Flow {
   };
   const exchange = new Exchange("sync-test", tunnel, { scheme: "https", host, port: 443 }, "GET", path, headers, "1.1");
   exchange.pathReadings = pathReadings(path);
-  return { exchange, request, outgoing: { method: "GET", path, headers, hasBody: false }, state, hooks: [], hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
+  return { exchange, request, outgoing: { method: "GET", path, headers, hasBody: false }, state, hooks: [], stages: STAGES, hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
 }
 
 describe("the request phases of a request no stage applies to", () => {
@@ -112,5 +113,20 @@ describe("the request phases of a request no stage applies to", () => {
     expect(signing).toBeInstanceOf(Promise);
     // The keys' environment variables are not set: the signing fails as credential_unavailable, not silently.
     return expect(signing).rejects.toMatchObject({ type: "credential_unavailable" });
+  });
+
+  it("leave out of every phase the stages a policy gives nothing to do, and keep those it does", () => {
+    const names = (policyText: string, hooks: Parameters<typeof activeStages>[1] = []) => activeStages(flowFor(policyText, "api.example.test", "/").state, hooks).map((stage) => stage.name);
+    const bare = "version: 1\nnetwork:\n  default: deny\n  rules: [{ name: api, action: allow, hosts: [api.example.test] }]\n";
+    // Header hygiene, the policy decision and echo scrubbing (fail closed: it never asks whether a secret could be on the request) always run.
+    expect(names(bare)).toEqual(["header-hygiene", "policy", "echo-scrub"]);
+    expect(names(bare, [{ onResponse: () => undefined }])).toEqual(["header-hygiene", "policy", "echo-scrub", "hooks"]);
+    expect(names(POLICY)).toEqual(["header-hygiene", "credentials", "policy", "llm", "mcp", "budgets", "echo-scrub", "aws-sigv4"]);
+    const extra = `${bare}placeholders:\n  - name: p\n    placeholder: PLACEHOLDER_VALUE_1\n    secret: s\n    hosts: [api.example.test]\nsecrets:\n  s: { env: PCX_SYNC_TEST_S }\nresponses:\n  - name: r\n    hosts: [api.example.test]\n    set_headers: { X-A: b }\nwebsocket:\n  - name: w\n    hosts: [api.example.test]\n    inspect: true\n`;
+    expect(names(extra)).toEqual(["header-hygiene", "placeholders", "policy", "response-rules", "echo-scrub", "websocket-rules"]);
+    // Built once per policy state: every exchange under it shares the list.
+    const { state } = flowFor(POLICY, "api.example.test", "/");
+    const hooks: Parameters<typeof activeStages>[1] = [];
+    expect(activeStages(state, hooks)).toBe(activeStages(state, hooks));
   });
 });

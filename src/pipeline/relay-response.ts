@@ -9,7 +9,6 @@ import type { Responder, UpstreamResponse } from "../core/messages.js";
 import { answerError } from "./answer-error.js";
 import { upstreamName } from "./target.js";
 import type { Answer, BodyObserver, BodyTap, Flow, WholeAnswer } from "./stage.js";
-import { STAGES } from "./stages.js";
 
 /** What the response body needs, from what the stages asked of it. */
 type BodyPlan =
@@ -28,7 +27,7 @@ function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observ
   // HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge or rewrite.
   if (upstream.headOnly || flow.exchange.method === "HEAD" || answer.status === 204 || answer.status === 304) return PLAIN;
   const taps: BodyTap[] = [];
-  for (const stage of STAGES) {
+  for (const stage of flow.stages) {
     const tap = stage.responseBody?.(flow, answer, upstream);
     if (tap?.observe) observers.push(tap.observe);
     if (tap && (tap.transform || tap.hold)) taps.push(tap);
@@ -52,7 +51,7 @@ function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observ
 /** The response phase (hooks): awaited only when some stage returns a promise. */
 function runResponsePhase(flow: Flow, answer: Answer): Promise<void> | undefined {
   let chain: Promise<void> | undefined;
-  for (const stage of STAGES) {
+  for (const stage of flow.stages) {
     if (!stage.response) continue;
     chain = chain ? chain.then(() => stage.response!(flow, answer)) : (stage.response(flow, answer) ?? undefined);
   }
@@ -61,7 +60,7 @@ function runResponsePhase(flow: Flow, answer: Answer): Promise<void> | undefined
 
 function trailersFor(flow: Flow, upstream: UpstreamResponse): RawHeaders {
   let trailers = upstream.trailers();
-  for (const stage of STAGES) if (stage.responseTrailers) trailers = stage.responseTrailers(flow, trailers);
+  for (const stage of flow.stages) if (stage.responseTrailers) trailers = stage.responseTrailers(flow, trailers);
   return trailers;
 }
 
@@ -80,7 +79,7 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
     return;
   }
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
-  for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
+  for (const stage of flow.stages) stage.responseHeaders?.(flow, answer, upstream);
   const observers: BodyObserver[] = [];
   const plan = planBody(flow, answer, upstream, observers);
   if (plan.kind === "replace") {

@@ -10,7 +10,7 @@ import type { PipelineRuntime, PolicyState } from "./context.js";
 import { bodySampler, forward } from "./forward.js";
 import { sendWhole } from "./relay-response.js";
 import type { Flow } from "./stage.js";
-import { STAGES } from "./stages.js";
+import { activeStages } from "./active-stages.js";
 import { parseAbsoluteForm, pathInTunnel } from "./target.js";
 
 interface Located {
@@ -156,8 +156,9 @@ async function readBodyFirst(flow: Flow, responder: Responder): Promise<void> {
  * A stage that answered the request itself (flow.answer) ends the phase.
  */
 function runPhase(flow: Flow, phase: "request" | "beforeForward", from = 0): Promise<void> | undefined {
-  for (let i = from; i < STAGES.length; i++) {
-    const pending = STAGES[i]![phase]?.(flow);
+  const { stages } = flow;
+  for (let i = from; i < stages.length; i++) {
+    const pending = stages[i]![phase]?.(flow);
     // The rest of the phase waits for a hook that is busy; none busy, none awaited.
     if (pending) return pending.then(() => (flow.answer ? undefined : runPhase(flow, phase, i + 1)));
     if (flow.answer) return undefined;
@@ -221,9 +222,9 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     return;
   }
   const outgoing: OutgoingRequest = { method: request.method, path: located.path, headers: request.headers, hasBody: request.hasBody, upgrade: request.upgrade };
-  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
+  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state, runtime.hooks), hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
   try {
-    for (const stage of STAGES) stage.requestHeaders?.(flow);
+    for (const stage of flow.stages) stage.requestHeaders?.(flow);
     if (flow.readBody || flow.readBodyStart) await readBodyFirst(flow, responder);
     const judging = runPhase(flow, "request");
     if (judging) await judging;

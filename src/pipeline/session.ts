@@ -4,7 +4,6 @@ import type { WebSocketSummary } from "../core/audit-record.js";
 import { getHeader } from "../core/headers.js";
 import type { Responder, UpstreamResponse } from "../core/messages.js";
 import type { Answer, Flow } from "./stage.js";
-import { STAGES } from "./stages.js";
 import { maxMessageBytes } from "./stages/websocket-rules.js";
 import { CloseFrameWatcher } from "./websocket-frames.js";
 import { needsInspection, relayMessages } from "./websocket/message-relay.js";
@@ -21,7 +20,7 @@ export function openSession(flow: Flow, upstream: UpstreamResponse, stream: Dupl
   const { exchange } = flow;
   exchange.upstreamVersion = upstream.httpVersion;
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
-  for (const stage of STAGES) stage.responseHeaders?.(flow, answer, upstream);
+  for (const stage of flow.stages) stage.responseHeaders?.(flow, answer, upstream);
   const webSocket = flow.request.upgrade?.toLowerCase() === "websocket";
   if (webSocket) {
     exchange.ws = {

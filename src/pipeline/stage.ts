@@ -30,6 +30,8 @@ export interface Flow {
   /** The policy this exchange started under; a reload mid-flight does not change it. */
   readonly state: PolicyState;
   readonly hooks: readonly Hooks[];
+  /** The stages with something to do under this policy (activeStages), in the list's order: the only ones the phases run. */
+  readonly stages: readonly Stage[];
   /** The Host the request is sent with when it is not the client's own (absolute form, h2 :authority). */
   readonly hostHeader: string | undefined;
   /** An upgrade handshake (a WebSocket, over HTTP/1.1 Upgrade or h2 extended CONNECT). */
@@ -117,6 +119,11 @@ export interface WsEnd {
  */
 export interface Stage {
   readonly name: string;
+  /**
+   * False when nothing in the policy state (or the programmatic hooks) gives this stage work:
+   * it is then left out of every phase of every exchange under that policy. Absent: always runs.
+   */
+  active?(state: PolicyState, hooks: readonly Hooks[]): boolean;
   /** The request head arrived: shape what goes out, say whether the body must be read first. */
   requestHeaders?(flow: Flow): void;
   /** The request is complete as far as judging goes (head, and the body if it was read): allow or refuse. */

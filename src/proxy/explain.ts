@@ -10,7 +10,7 @@ import { SecretStore } from "../credentials/secrets.js";
 import { Scrubber } from "../log/scrub.js";
 import type { PolicyState } from "../pipeline/context.js";
 import type { Flow } from "../pipeline/stage.js";
-import { STAGES } from "../pipeline/stages.js";
+import { activeStages } from "../pipeline/active-stages.js";
 import { parseAbsoluteForm } from "../pipeline/target.js";
 import { decideTunnel } from "../policy/decide.js";
 import { DestinationGuard, DestinationDenied } from "../policy/destinations.js";
@@ -97,7 +97,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
   };
   const exchange = new Exchange("explain", tunnel, target, upperMethod, absolute.path, request.headers, "1.1");
   exchange.pathReadings = readings;
-  const flow: Flow = { exchange, request, outgoing: { method: upperMethod, path: absolute.path, headers: request.headers, hasBody: false }, state, hooks: [], hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
+  const flow: Flow = { exchange, request, outgoing: { method: upperMethod, path: absolute.path, headers: request.headers, hasBody: false }, state, hooks: [], stages: activeStages(state, []), hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
 
   if (policy.clients.length > 0 && client === null) {
     // The proxy would answer 407 before any rule is consulted.
@@ -106,8 +106,8 @@ export async function explain(policy: Policy, method: string, url: string, clien
     deny(connectDecision.rule, connectDecision.reason);
   } else {
     try {
-      for (const stage of STAGES) stage.requestHeaders?.(flow);
-      for (const stage of STAGES) await stage.request?.(flow);
+      for (const stage of flow.stages) stage.requestHeaders?.(flow);
+      for (const stage of flow.stages) await stage.request?.(flow);
       Object.assign(verdict, { action: exchange.decision, rule: exchange.rule, reason: exchange.reason ?? "" });
     } catch (error) {
       if (!(error instanceof ProxyError)) throw error;

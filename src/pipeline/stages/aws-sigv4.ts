@@ -87,6 +87,7 @@ async function resignForUpstream(flow: Flow, credential: Credential): Promise<vo
  */
 export const awsSigv4: Stage = {
   name: "aws-sigv4",
+  active: (state) => state.policy.credentials.some((credential) => credential.aws_sigv4),
   requestHeaders(flow: Flow) {
     const { outgoing } = flow;
     if (flow.upgrade || !outgoing.hasBody || !awsCredential(flow)) return;

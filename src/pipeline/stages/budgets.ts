@@ -151,6 +151,8 @@ function checkNewResponse(flow: Flow, charged: NonNullable<UsageNotes["charged"]
  */
 export const budgets: Stage = {
   name: "budgets",
+  // Usage is read under a budget, and for the audit line of any host an llm rule covers.
+  active: (state) => state.budgets !== undefined || state.policy.llm.length > 0,
   request(flow: Flow) {
     const { state, exchange } = flow;
     const ledger = state.budgets;

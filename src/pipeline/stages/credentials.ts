@@ -17,6 +17,7 @@ export function enabledCredentials(flow: Flow): readonly Credential[] {
 
 export const credentials: Stage = {
   name: "credentials",
+  active: (state) => state.policy.credentials.length > 0,
   beforeForward(flow: Flow) {
     const { state, exchange, outgoing } = flow;
     if (state.policy.credentials.length === 0) return;

@@ -11,6 +11,7 @@ import type { Flow, Stage, WholeAnswer } from "../stage.js";
  */
 export const echoScrub: Stage = {
   name: "echo-scrub",
+  // Always runs (no `active`): whatever stage put a secret on the request, its echo is scrubbed; with none it checks one length.
   beforeForward(flow: Flow) {
     if (flow.exchange.injectedSecrets.length) flow.outgoing.headers = restrictAcceptEncoding(flow.outgoing.headers);
   },

@@ -69,6 +69,7 @@ function refuseUninspectableUpgrade(rules: readonly LlmRule[], exchange: Exchang
  */
 export const llmPolicy: Stage = {
   name: "llm",
+  active: (state) => state.policy.llm.length > 0,
   request(flow: Flow) {
     const { state, exchange } = flow;
     if (state.policy.llm.length === 0) return;

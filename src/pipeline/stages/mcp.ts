@@ -153,6 +153,7 @@ function sseAnswer(flow: Flow, rules: readonly McpRule[], errors: readonly strin
  */
 export const mcpPolicy: Stage = {
   name: "mcp",
+  active: (state) => state.policy.mcp.length > 0,
   requestHeaders(flow: Flow) {
     const { state, exchange, request } = flow;
     if (state.policy.mcp.length === 0) return;

@@ -44,6 +44,7 @@ async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<Ws
  */
 export const placeholders: Stage = {
   name: "placeholders",
+  active: (state) => state.policy.placeholders.length > 0,
   requestHeaders(flow: Flow) {
     // An upgrade's stream is not a body: its messages are read by webSocketMessage.
     if (flow.upgrade) return;

@@ -63,6 +63,7 @@ export class LineReplacer extends Transform {
 /** `responses` rules: response headers set or removed, text bodies rewritten line by line as they stream. */
 export const responseRules: Stage = {
   name: "response-rules",
+  active: (state) => state.policy.responses.length > 0,
   responseHeaders(flow: Flow, answer) {
     const { policy } = flow.state;
     if (policy.responses.length === 0) return;

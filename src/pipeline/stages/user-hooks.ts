@@ -9,6 +9,7 @@ import type { Answer, Flow, Stage } from "../stage.js";
  */
 export const userHooks: Stage = {
   name: "hooks",
+  active: (_state, hooks) => hooks.length > 0,
   // Not async: without hooks nothing is awaited, and the request goes on in the same turn.
   request: (flow: Flow) => (flow.hooks.some((set) => (flow.upgrade ? set.onWebSocket : set.onRequest)) ? runRequestHooks(flow) : undefined),
   response: (flow: Flow, answer: Answer) => (flow.hooks.some((set) => set.onResponse) ? runResponseHooks(flow, answer) : undefined),

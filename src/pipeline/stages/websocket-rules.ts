@@ -21,5 +21,6 @@ export function maxMessageBytes(flow: Flow): number {
 /** `websocket:` rules: `inspect: true` parses a session into messages even when no other stage needs to. */
 export const webSocketRules: Stage = {
   name: "websocket-rules",
+  active: (state) => state.policy.websocket.length > 0,
   webSocketSession: (flow) => flow.state.policy.websocket.length > 0 && rulesFor(flow).some((rule) => rule.inspect),
 };

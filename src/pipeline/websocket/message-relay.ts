@@ -1,7 +1,6 @@
 import type { Duplex } from "node:stream";
 import type { WebSocketSummary } from "../../core/audit-record.js";
 import type { Flow, WsEnd, WsMessage } from "../stage.js";
-import { STAGES } from "../stages.js";
 import { closeCodeOf, createReceiver, createSender, negotiatedExtensions, type WsReceiver, type WsSender } from "./ws-codec.js";
 
 /** After both close frames (or a failure), a side that does not close gets this long. */
@@ -79,7 +78,7 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
     queues[from] = queues[from].then(async () => {
       if (ending) return;
       let messages: WsMessage[] = [{ from, binary, data }];
-      for (const stage of STAGES) {
+      for (const stage of flow.stages) {
         if (!stage.webSocketMessage) continue;
         const next: WsMessage[] = [];
         for (const message of messages) {
@@ -158,5 +157,5 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
 
 /** Whether any stage must read this session's messages (SPEC section 8); otherwise it stays a byte copy. */
 export function needsInspection(flow: Flow): boolean {
-  return STAGES.some((stage) => stage.webSocketSession?.(flow) === true);
+  return flow.stages.some((stage) => stage.webSocketSession?.(flow) === true);
 }
