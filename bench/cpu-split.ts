@@ -15,7 +15,7 @@ import { basename, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
-import { benchFile, BENCH_DOMAIN, log, median, procStat, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const REQUESTS = Math.max(1000, Number(process.env.BENCH_REQUESTS ?? 20_000) || 20_000);
@@ -79,21 +79,7 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
   const dir = join(work, name.replace(/\W+/g, "-"));
   const policy = join(dir, "policy.yaml");
   mkdirSync(dir, { recursive: true });
-  writeFileSync(
-    policy,
-    [
-      "version: 1",
-      `ca: { dir: ${JSON.stringify(join(dir, "ca"))} }`,
-      `log: { audit: ${JSON.stringify(join(dir, "audit.log"))}, level: warn }`,
-      `upstream: { trust: [${JSON.stringify(upstreamCaFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1 } }`,
-      "network:",
-      "  default: deny",
-      "  private_destinations: deny",
-      '  allow_ips: ["127.0.0.1/32"]',
-      `  rules: [{ name: bench, action: allow, hosts: [${JSON.stringify(BENCH_DOMAIN)}], ports: [${port}] }]`,
-      "",
-    ].join("\n"),
-  );
+  writeFileSync(policy, probePolicy(dir, upstreamCaFile, port));
   const child = spawn(process.execPath, [cli, "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
   trackChild(child);
   const [, listening] = await waitForLine(child, "stderr", /listening on [\d.]+:(\d+)/, name);
@@ -149,16 +135,7 @@ async function measure(proxy: Proxy, origin: string, work: string): Promise<Samp
   };
   const run = async (count: number) => {
     if (DOWNLOAD) return download();
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: CONNECTIONS }, async () => {
-        while (next++ < count) {
-          const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET" });
-          await body.arrayBuffer();
-          if (statusCode !== 200) throw new Error(`${proxy.name}: GET /small answered ${statusCode}`);
-        }
-      }),
-    );
+    await smallGets(dispatcher, origin, CONNECTIONS, count, proxy.name);
   };
   try {
     await run(2_000);

@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { ProxyAgent } from "undici";
-import { benchFile, BENCH_DOMAIN, killAllChildren, log, startChild, trackChild, type ChildMessage } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, killAllChildren, log, probePolicy, smallGets, startChild, trackChild, type ChildMessage } from "./lib.js";
 
 const WARMUP = Math.max(100, Number(process.env.BENCH_WARMUP ?? 3000) || 3000);
 const REQUESTS = Math.max(100, Number(process.env.BENCH_REQUESTS ?? 3000) || 3000);
@@ -23,21 +23,7 @@ const upstream = await startChild<ChildMessage & { port: number; caFile: string 
 const dir = join(work, "portcullis");
 mkdirSync(dir);
 const policy = join(dir, "policy.yaml");
-writeFileSync(
-  policy,
-  [
-    "version: 1",
-    `ca: { dir: ${JSON.stringify(join(dir, "ca"))} }`,
-    `log: { audit: ${JSON.stringify(join(dir, "audit.log"))}, level: warn }`,
-    `upstream: { trust: [${JSON.stringify(upstream.ready.caFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1 } }`,
-    "network:",
-    "  default: deny",
-    "  private_destinations: deny",
-    '  allow_ips: ["127.0.0.1/32"]',
-    `  rules: [{ name: bench, action: allow, hosts: [${JSON.stringify(BENCH_DOMAIN)}], ports: [${upstream.ready.port}] }]`,
-    "",
-  ].join("\n"),
-);
+writeFileSync(policy, probePolicy(dir, upstream.ready.caFile, upstream.ready.port));
 const proxy = spawn("valgrind", ["--tool=callgrind", "--instr-atstart=no", `--callgrind-out-file=${join(work, "callgrind.%p")}`, process.execPath, CLI, "start", "--policy", policy, "--listen", "127.0.0.1:0"], {
   stdio: ["ignore", "ignore", "pipe"],
 });
@@ -62,18 +48,7 @@ try {
     bodyTimeout: 120_000,
   });
   const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
-  const run = async (count: number) => {
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: CONNECTIONS }, async () => {
-        while (next++ < count) {
-          const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET" });
-          await body.arrayBuffer();
-          if (statusCode !== 200) throw new Error(`GET /small answered ${statusCode}`);
-        }
-      }),
-    );
-  };
+  const run = (count: number) => smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis");
   const control = (...args: string[]) => execFileSync("callgrind_control", [...args, String(proxy.pid)], { stdio: "ignore" });
   log(`warming up: ${WARMUP} requests`);
   await run(WARMUP);

@@ -3,7 +3,9 @@ import { fork, type ChildProcess } from "node:child_process";
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { Dispatcher } from "undici";
 
 /** Every host name the benchmark uses ends in this suffix and resolves to 127.0.0.1. */
 export const BENCH_DOMAIN = "bench.test";
@@ -320,4 +322,34 @@ export interface PeerHandle {
   /** What it printed besides its own report lines, bounded. */
   output(): string;
   close(): Promise<void>;
+}
+
+/** The policy the CPU probes (cpu-split, instructions) run portcullis on: the main bench's shape, one allow rule for the upstream's port. */
+export function probePolicy(dir: string, upstreamCaFile: string, port: number): string {
+  return [
+    "version: 1",
+    `ca: { dir: ${JSON.stringify(join(dir, "ca"))} }`,
+    `log: { audit: ${JSON.stringify(join(dir, "audit.log"))}, level: warn }`,
+    `upstream: { trust: [${JSON.stringify(upstreamCaFile)}], resolve: { ${JSON.stringify(BENCH_DOMAIN)}: 127.0.0.1 } }`,
+    "network:",
+    "  default: deny",
+    "  private_destinations: deny",
+    '  allow_ips: ["127.0.0.1/32"]',
+    `  rules: [{ name: bench, action: allow, hosts: [${JSON.stringify(BENCH_DOMAIN)}], ports: [${port}] }]`,
+    "",
+  ].join("\n");
+}
+
+/** `count` keep-alive GETs of /small spread over `connections` workers; anything but a 200 throws, naming `who`. */
+export async function smallGets(dispatcher: Dispatcher, origin: string, connections: number, count: number, who: string): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      while (next++ < count) {
+        const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET" });
+        await body.arrayBuffer();
+        if (statusCode !== 200) throw new Error(`${who}: GET /small answered ${statusCode}`);
+      }
+    }),
+  );
 }
