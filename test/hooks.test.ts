@@ -71,6 +71,28 @@ afterAll(async () => {
 const target = (path: string) => `https://localhost:${upstream.port}${path}`;
 
 describe("programmatic API and hooks", () => {
+  it("a hook added while the proxy runs, after traffic has flowed, judges the next request", async () => {
+    const late = await createProxy({
+      policy: { version: 1, ca: { dir: tempDir("late-hooks-ca") }, upstream: { trust: [pki.caFile] }, network: { default: "allow", allow_ips: ["127.0.0.1/32"] } },
+      auditStream: new AuditCapture(),
+      adminListen: null,
+      listen: "127.0.0.1:0",
+    });
+    const lateDispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${(await late.listen()).port}`, requestTls: { ca: late.caCertPem } });
+    try {
+      const before = await request(target("/before"), { dispatcher: lateDispatcher });
+      await before.body.text();
+      expect(before.statusCode).toBe(200);
+      late.onRequest((ctx) => ctx.deny("added later"));
+      const after = await request(target("/after"), { dispatcher: lateDispatcher });
+      expect(after.statusCode).toBe(403);
+      expect(((await after.body.json()) as { error: { message: string } }).error.message).toBe("added later");
+    } finally {
+      await lateDispatcher.close();
+      await late.close();
+    }
+  });
+
   it("onRequest changes headers and path before forwarding; onResponse changes the answer", async () => {
     const res = await request(target("/old/thing"), { dispatcher });
     const body = (await res.body.json()) as { url: string; rawHeaders: string[] };

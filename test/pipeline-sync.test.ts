@@ -118,12 +118,12 @@ describe("the request phases of a request no stage applies to", () => {
   it("leave out of every phase the stages a policy gives nothing to do, and keep those it does", () => {
     const names = (policyText: string, hooks: Parameters<typeof activeStages>[1] = []) => activeStages(flowFor(policyText, "api.example.test", "/").state, hooks).map((stage) => stage.name);
     const bare = "version: 1\nnetwork:\n  default: deny\n  rules: [{ name: api, action: allow, hosts: [api.example.test] }]\n";
-    // Header hygiene, the policy decision and echo scrubbing (fail closed: it never asks whether a secret could be on the request) always run.
-    expect(names(bare)).toEqual(["header-hygiene", "policy", "echo-scrub"]);
-    expect(names(bare, [{ onResponse: () => undefined }])).toEqual(["header-hygiene", "policy", "echo-scrub", "hooks"]);
-    expect(names(POLICY)).toEqual(["header-hygiene", "credentials", "policy", "llm", "mcp", "budgets", "echo-scrub", "aws-sigv4"]);
+    // Header hygiene, the policy decision, echo scrubbing (fail closed: it never asks whether a secret could be on the request)
+    // and the programmatic hooks (they may be added while the proxy runs) always run.
+    expect(names(bare)).toEqual(["header-hygiene", "policy", "echo-scrub", "hooks"]);
+    expect(names(POLICY)).toEqual(["header-hygiene", "credentials", "policy", "llm", "mcp", "budgets", "echo-scrub", "hooks", "aws-sigv4"]);
     const extra = `${bare}placeholders:\n  - name: p\n    placeholder: PLACEHOLDER_VALUE_1\n    secret: s\n    hosts: [api.example.test]\nsecrets:\n  s: { env: PCX_SYNC_TEST_S }\nresponses:\n  - name: r\n    hosts: [api.example.test]\n    set_headers: { X-A: b }\nwebsocket:\n  - name: w\n    hosts: [api.example.test]\n    inspect: true\n`;
-    expect(names(extra)).toEqual(["header-hygiene", "placeholders", "policy", "response-rules", "echo-scrub", "websocket-rules"]);
+    expect(names(extra)).toEqual(["header-hygiene", "placeholders", "policy", "response-rules", "echo-scrub", "websocket-rules", "hooks"]);
     // Built once per policy state: every exchange under it shares the list.
     const { state } = flowFor(POLICY, "api.example.test", "/");
     const hooks: Parameters<typeof activeStages>[1] = [];

@@ -122,6 +122,7 @@ export interface Stage {
   /**
    * False when nothing in the policy state (or the programmatic hooks) gives this stage work:
    * it is then left out of every phase of every exchange under that policy. Absent: always runs.
+   * It may read only what the state fixes for its lifetime: the list is built once per state.
    */
   active?(state: PolicyState, hooks: readonly Hooks[]): boolean;
   /** The request head arrived: shape what goes out, say whether the body must be read first. */

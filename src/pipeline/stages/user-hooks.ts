@@ -9,7 +9,7 @@ import type { Answer, Flow, Stage } from "../stage.js";
  */
 export const userHooks: Stage = {
   name: "hooks",
-  active: (_state, hooks) => hooks.length > 0,
+  // Always runs (no `active`): hooks may be added at any time (proxy.onRequest), and without any its phases ask one array.
   // Not async: without hooks nothing is awaited, and the request goes on in the same turn.
   request: (flow: Flow) => (flow.hooks.some((set) => (flow.upgrade ? set.onWebSocket : set.onRequest)) ? runRequestHooks(flow) : undefined),
   response: (flow: Flow, answer: Answer) => (flow.hooks.some((set) => set.onResponse) ? runResponseHooks(flow, answer) : undefined),
