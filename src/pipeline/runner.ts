@@ -222,7 +222,7 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     return;
   }
   const outgoing: OutgoingRequest = { method: request.method, path: located.path, headers: request.headers, hasBody: request.hasBody, upgrade: request.upgrade };
-  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state, runtime.hooks), hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
+  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state), hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
   try {
     for (const stage of flow.stages) stage.requestHeaders?.(flow);
     if (flow.readBody || flow.readBodyStart) await readBodyFirst(flow, responder);

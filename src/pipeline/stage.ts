@@ -120,11 +120,12 @@ export interface WsEnd {
 export interface Stage {
   readonly name: string;
   /**
-   * False when nothing in the policy state (or the programmatic hooks) gives this stage work:
-   * it is then left out of every phase of every exchange under that policy. Absent: always runs.
-   * It may read only what the state fixes for its lifetime: the list is built once per state.
+   * False when nothing in the policy state gives this stage work: it is then left out of every
+   * phase of every exchange under that policy. Absent: always runs. It may read only what the
+   * state fixes for its lifetime (the list is built once per state): never the programmatic
+   * hooks, which may be added while the proxy runs.
    */
-  active?(state: PolicyState, hooks: readonly Hooks[]): boolean;
+  active?(state: PolicyState): boolean;
   /** The request head arrived: shape what goes out, say whether the body must be read first. */
   requestHeaders?(flow: Flow): void;
   /** The request is complete as far as judging goes (head, and the body if it was read): allow or refuse. */

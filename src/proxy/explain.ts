@@ -97,7 +97,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
   };
   const exchange = new Exchange("explain", tunnel, target, upperMethod, absolute.path, request.headers, "1.1");
   exchange.pathReadings = readings;
-  const flow: Flow = { exchange, request, outgoing: { method: upperMethod, path: absolute.path, headers: request.headers, hasBody: false }, state, hooks: [], stages: activeStages(state, []), hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
+  const flow: Flow = { exchange, request, outgoing: { method: upperMethod, path: absolute.path, headers: request.headers, hasBody: false }, state, hooks: [], stages: activeStages(state), hostHeader: undefined, upgrade: false, readBody: false, notes: {} };
 
   if (policy.clients.length > 0 && client === null) {
     // The proxy would answer 407 before any rule is consulted.
