@@ -444,6 +444,8 @@ describe("errors portcullis answers", () => {
 
   it.each([
     ["a second Host header", (port: number) => `GET /echo HTTP/1.1\r\nHost: localhost:${port}\r\nHost: evil.example\r\n\r\n`, "more than one Host"],
+    // Node's req.headers and headersDistinct keep only the first 1,000 headers; the raw list the request is forwarded with keeps them all.
+    ["a second Host header after 1,000 others", (port: number) => `GET /echo HTTP/1.1\r\nHost: localhost:${port}\r\n${"X-Pad: 1\r\n".repeat(1000)}Host: evil.example\r\n\r\n`, "more than one Host"],
     ["OPTIONS * with another Host", () => "OPTIONS * HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
     ["an absolute URL for another host", () => "GET https://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", "evil.example"],
   ])("refuses %s inside a tunnel (400)", async (_name, raw, reason) => {

@@ -14,6 +14,9 @@ let rawPort: number;
 let limited: H2Upstream;
 let proxy: TestProxy;
 const sockets = new Set<TLSSocket>();
+/** The upstream connections that answered /switch with a 101 nobody asked for. */
+const switched: TLSSocket[] = [];
+const closed = (socket: TLSSocket) => new Promise<void>((resolve) => (socket.destroyed ? resolve() : socket.once("close", () => resolve())));
 
 /** A TLS server that answers every request with whatever bytes its path asks for. */
 const ANSWERS: Record<string, string> = {
@@ -36,6 +39,7 @@ beforeAll(async () => {
       if (end < 0) return;
       const path = head.split(" ")[1] ?? "/";
       head = head.slice(end + 4);
+      if (path === "/switch") switched.push(socket);
       socket.write(ANSWERS[path] ?? "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine.");
     });
   });
@@ -78,6 +82,9 @@ describe("upstream faults", () => {
     expect(h2.status).toBe(502);
     expect(h2.body.toString()).not.toContain("you sent");
     session.close();
+    // Neither connection is left open behind the refusal (nor kept in the pool for the next request).
+    expect(switched.length).toBe(2);
+    await Promise.all(switched.map(closed));
     await stillServing();
   });
 
