@@ -5,6 +5,7 @@
 // (`strace -c -f` attached to the proxy for the measured requests; slower, counts only).
 // BENCH_BASELINE=DIR[,DIR...] adds a column for each other build's cli.js (DIR/cli.js, e.g. a copy
 // of dist/ from an earlier commit, kept under the repository so its packages resolve): an A/B in one run.
+// BENCH_NODE_FLAGS="--flag ...;--other" adds a column for this build started with those node flags.
 // BENCH_SCENARIO=download measures a 100 MiB download on one connection instead: CPU per MiB.
 // Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
 //        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 BENCH_SCENARIO=download …
@@ -75,12 +76,12 @@ function stopper(child: ChildProcess): () => Promise<void> {
     });
 }
 
-async function startPortcullis(work: string, upstreamCaFile: string, port: number, name = "portcullis", cli = benchFile("../dist/cli.js")): Promise<Proxy> {
+async function startPortcullis(work: string, upstreamCaFile: string, port: number, name = "portcullis", cli = benchFile("../dist/cli.js"), nodeFlags: string[] = []): Promise<Proxy> {
   const dir = join(work, name.replace(/\W+/g, "-"));
   const policy = join(dir, "policy.yaml");
   mkdirSync(dir, { recursive: true });
   writeFileSync(policy, probePolicy(dir, upstreamCaFile, port));
-  const child = spawn(process.execPath, [cli, "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [...nodeFlags, cli, "start", "--policy", policy, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
   trackChild(child);
   const [, listening] = await waitForLine(child, "stderr", /listening on [\d.]+:(\d+)/, name);
   return { name, pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca", "ca.pem"), "utf8"), close: stopper(child) };
@@ -162,6 +163,9 @@ try {
   proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port), await startNodeFloor(work, upstream.ready.caFile));
   for (const baseline of (process.env.BENCH_BASELINE ?? "").split(",").filter(Boolean)) {
     proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port, `portcullis (${basename(resolve(baseline))})`, resolve(baseline, "cli.js")));
+  }
+  for (const flags of (process.env.BENCH_NODE_FLAGS ?? "").split(";").filter(Boolean)) {
+    proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port, `portcullis (node ${flags})`, undefined, flags.split(" ").filter(Boolean)));
   }
   const go = await startGo(work, upstream.ready.caFile, (dir) => initCa(dir));
   if (go) proxies.push(go);

@@ -5,9 +5,9 @@
 // compare builds over several runs each. Only the measured requests are counted
 // (instrumentation switched on and off around them with callgrind_control).
 // Usage: node --import tsx bench/instructions.ts   (after `npm run build`; needs valgrind)
-//        BENCH_CLI=scratch/dist-old/cli.js BENCH_WARMUP=3000 BENCH_REQUESTS=3000 …
+//        BENCH_CLI=scratch/dist-old/cli.js BENCH_WARMUP=3000 BENCH_REQUESTS=3000 BENCH_NODE_FLAGS="--single-threaded" …
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { ProxyAgent } from "undici";
@@ -16,7 +16,13 @@ import { benchFile, BENCH_DOMAIN, killAllChildren, log, probePolicy, smallGets, 
 const WARMUP = Math.max(100, Number(process.env.BENCH_WARMUP ?? 3000) || 3000);
 const REQUESTS = Math.max(100, Number(process.env.BENCH_REQUESTS ?? 3000) || 3000);
 const CLI = process.env.BENCH_CLI ? resolve(process.env.BENCH_CLI) : benchFile("../dist/cli.js");
+/** BENCH_TARGET=floor counts bench/peers/node-floor.ts instead: the least a Node MITM costs. */
+const FLOOR = process.env.BENCH_TARGET === "floor";
+/** BENCH_KEEP=DIR keeps the callgrind files there, for callgrind_annotate. */
+const KEEP = process.env.BENCH_KEEP ? resolve(process.env.BENCH_KEEP) : undefined;
 const CONNECTIONS = 8;
+/** Node flags for the counted process, e.g. "--single-threaded" (no compiler or GC threads: a steadier count). */
+const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
 
 const work = mkdtempSync(join(tmpdir(), "portcullis-instructions-"));
 const upstream = await startChild<ChildMessage & { port: number; caFile: string }>("upstream", "upstream-child.ts", [join(work, "upstream-ca"), BENCH_DOMAIN]);
@@ -24,24 +30,28 @@ const dir = join(work, "portcullis");
 mkdirSync(dir);
 const policy = join(dir, "policy.yaml");
 writeFileSync(policy, probePolicy(dir, upstream.ready.caFile, upstream.ready.port));
-const proxy = spawn("valgrind", ["--tool=callgrind", "--instr-atstart=no", `--callgrind-out-file=${join(work, "callgrind.%p")}`, process.execPath, CLI, "start", "--policy", policy, "--listen", "127.0.0.1:0"], {
-  stdio: ["ignore", "ignore", "pipe"],
+const counted = FLOOR ? ["--import", "tsx", benchFile("peers/node-floor.ts"), join(dir, "floor-ca"), upstream.ready.caFile] : [CLI, "start", "--policy", policy, "--listen", "127.0.0.1:0"];
+const what = FLOOR ? "the Node floor" : CLI;
+const proxy = spawn("valgrind", ["--tool=callgrind", "--instr-atstart=no", `--callgrind-out-file=${join(work, "callgrind.%p")}`, process.execPath, ...NODE_FLAGS, ...counted], {
+  // The floor says it listens on stdout, portcullis on stderr.
+  stdio: ["ignore", FLOOR ? "pipe" : "ignore", "pipe"],
 });
 trackChild(proxy);
 try {
   const port = await new Promise<number>((resolvePort, reject) => {
     let seen = "";
-    proxy.stderr!.setEncoding("utf8");
-    proxy.stderr!.on("data", (text: string) => {
+    const said = FLOOR ? proxy.stdout! : proxy.stderr!;
+    said.setEncoding("utf8");
+    said.on("data", (text: string) => {
       seen += text;
       const match = /listening on [\d.]+:(\d+)/.exec(seen);
       if (match) resolvePort(Number(match[1]));
     });
-    proxy.once("exit", (code) => reject(new Error(`portcullis under valgrind exited (${code}) before it was ready: ${seen.slice(-400)}`)));
+    proxy.once("exit", (code) => reject(new Error(`${what} under valgrind exited (${code}) before it was ready: ${seen.slice(-400)}`)));
   });
   const dispatcher = new ProxyAgent({
     uri: `http://127.0.0.1:${port}`,
-    requestTls: { ca: readFileSync(join(dir, "ca", "ca.pem"), "utf8") },
+    requestTls: { ca: readFileSync(FLOOR ? join(dir, "floor-ca", "ca.pem") : join(dir, "ca", "ca.pem"), "utf8") },
     connections: CONNECTIONS,
     // Under valgrind the proxy is some 50 times slower.
     headersTimeout: 120_000,
@@ -50,7 +60,7 @@ try {
   const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
   const run = (count: number) => smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis");
   const control = (...args: string[]) => execFileSync("callgrind_control", [...args, String(proxy.pid)], { stdio: "ignore" });
-  log(`warming up: ${WARMUP} requests`);
+  log(`${what}: warming up, ${WARMUP} requests`);
   await run(WARMUP);
   control("-i", "on");
   log(`counting: ${REQUESTS} requests`);
@@ -62,9 +72,13 @@ try {
   for (const file of readdirSync(work).filter((name) => name.startsWith("callgrind."))) {
     const totals = /^totals: (\d+)/m.exec(readFileSync(join(work, file), "utf8"));
     if (totals) total += Number(totals[1]);
+    if (KEEP) {
+      mkdirSync(KEEP, { recursive: true });
+      copyFileSync(join(work, file), join(KEEP, file));
+    }
   }
   if (total === 0) throw new Error("callgrind counted nothing (is callgrind_control on the PATH?)");
-  process.stdout.write(`${CLI}: ${(total / REQUESTS / 1000).toFixed(1)}k instructions a keep-alive request (${REQUESTS} counted after ${WARMUP} warm-up)\n`);
+  process.stdout.write(`${what}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}: ${(total / REQUESTS / 1000).toFixed(1)}k instructions a keep-alive request (${REQUESTS} counted after ${WARMUP} warm-up)\n`);
 } finally {
   await new Promise<void>((done) => {
     if (proxy.exitCode !== null || proxy.signalCode !== null) return done();
