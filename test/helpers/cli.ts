@@ -24,8 +24,8 @@ export interface RunningProxy {
 }
 
 /** Starts `portcullis start` as a child process and resolves once it printed where it listens. */
-export async function startCli(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunningProxy> {
-  const child = spawn(process.execPath, [CLI, "start", ...args], { cwd: options.cwd, env: { ...process.env, ...options.env } });
+export async function startCli(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv; nodeFlags?: string[] } = {}): Promise<RunningProxy> {
+  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), CLI, "start", ...args], { cwd: options.cwd, env: { ...process.env, ...options.env } });
   let stdout = "";
   let stderr = "";
   const waiters: { pattern: RegExp; stream: "stdout" | "stderr"; resolve: (text: string) => void }[] = [];

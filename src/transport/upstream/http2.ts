@@ -79,19 +79,38 @@ export function openHttp2Connection(target: Target, socket: TLSSocket, onGone: (
   return new Http2Connection(session, onGone);
 }
 
-function h2Response(stream: ClientHttp2Stream, headers: IncomingHttpHeaders, rawHeaders: readonly string[], flags: number, state: { ended: boolean; trailers: RawHeaders }): UpstreamResponse {
-  return {
-    httpVersion: "2",
-    status: Number(headers[":status"] ?? 502),
-    headOnly: (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0,
-    reason: undefined,
-    headers: withoutPseudoHeaders(rawHeaders),
-    body: stream,
-    get complete() {
-      return state.ended;
-    },
-    trailers: () => state.trailers,
-  };
+interface StreamState {
+  ended: boolean;
+  trailers: RawHeaders;
+}
+
+/** A class for the reason Http1UpstreamResponse is one (upstream/http1.ts): no per-object accessor. */
+class H2UpstreamResponse implements UpstreamResponse {
+  readonly httpVersion = "2" as const;
+  readonly reason = undefined;
+  readonly status: number;
+  readonly headOnly: boolean;
+  readonly headers: RawHeaders;
+
+  constructor(
+    readonly body: ClientHttp2Stream,
+    headers: IncomingHttpHeaders,
+    rawHeaders: readonly string[],
+    flags: number,
+    private readonly state: StreamState,
+  ) {
+    this.status = Number(headers[":status"] ?? 502);
+    this.headOnly = (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+    this.headers = withoutPseudoHeaders(rawHeaders);
+  }
+
+  get complete(): boolean {
+    return this.state.ended;
+  }
+
+  trailers(): RawHeaders {
+    return this.state.trailers;
+  }
 }
 
 /**
@@ -122,7 +141,7 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
   stream.once("response", (responseHeaders: IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
     clearTimeout(responseTimer);
     state.responded = true;
-    events.response(h2Response(stream, responseHeaders, rawHeaders, flags, state));
+    events.response(new H2UpstreamResponse(stream, responseHeaders, rawHeaders, flags, state));
   });
   stream.once("trailers", (_headers: IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => (state.trailers = withoutPseudoHeaders(rawHeaders)));
   stream.once("end", () => (state.ended = true));
