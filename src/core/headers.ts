@@ -16,26 +16,43 @@ const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
+/**
+ * Lower-casing changes a string's length in one way only: İ (U+0130) becomes i and a combining
+ * dot (U+0307). So when the name asked for has no such dot, a header whose name is of another
+ * length cannot be it, and is passed over without being lower-cased: most of a request's
+ * headers, on every lookup (test/headers.test.ts checks this against plain lower-casing).
+ */
+function anyLength(lower: string): boolean {
+  return lower.includes("\u0307");
+}
+
+function isNamed(name: string, lower: string, anyNameLength: boolean): boolean {
+  return (anyNameLength || name.length === lower.length) && name.toLowerCase() === lower;
+}
+
 export function getHeader(raw: RawHeaders, name: string): string | undefined {
   const lower = name.toLowerCase();
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === lower) return raw[i + 1];
+  const any = anyLength(lower);
+  for (let i = 0; i < raw.length; i += 2) if (isNamed(raw[i]!, lower, any)) return raw[i + 1];
   return undefined;
 }
 
 export function getHeaderValues(raw: RawHeaders, name: string): string[] {
   const lower = name.toLowerCase();
+  const any = anyLength(lower);
   const values: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === lower) values.push(raw[i + 1]!);
+  for (let i = 0; i < raw.length; i += 2) if (isNamed(raw[i]!, lower, any)) values.push(raw[i + 1]!);
   return values;
 }
 
 /** Replaces every header called name with one value, keeping the position of the first. */
 export function setHeader(raw: RawHeaders, name: string, value: string): RawHeaders {
   const lower = name.toLowerCase();
+  const any = anyLength(lower);
   const out: RawHeaders = [];
   let placed = false;
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() !== lower) out.push(raw[i]!, raw[i + 1]!);
+    if (!isNamed(raw[i]!, lower, any)) out.push(raw[i]!, raw[i + 1]!);
     else if (!placed) {
       out.push(raw[i]!, value);
       placed = true;
