@@ -6,6 +6,7 @@
 // (instrumentation switched on and off around them with callgrind_control).
 // Usage: node --import tsx bench/instructions.ts   (after `npm run build`; needs valgrind)
 //        BENCH_CLI=scratch/dist-old/cli.js BENCH_WARMUP=3000 BENCH_REQUESTS=3000 BENCH_NODE_FLAGS="--single-threaded" …
+//        BENCH_SCENARIO=download …   (instructions a MiB of one connection's downloads)
 import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +16,11 @@ import { benchFile, BENCH_DOMAIN, killAllChildren, log, probePolicy, smallGets, 
 
 const WARMUP = Math.max(100, Number(process.env.BENCH_WARMUP ?? 3000) || 3000);
 const REQUESTS = Math.max(100, Number(process.env.BENCH_REQUESTS ?? 3000) || 3000);
+/** BENCH_SCENARIO=download: one connection's downloads instead, BENCH_WARMUP and BENCH_REQUESTS in MiB (default 8 and 32). */
+const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
+const WARMUP_UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_WARMUP ?? 8) || 8) : WARMUP;
+const UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_REQUESTS ?? 32) || 32) : REQUESTS;
+const UNIT = DOWNLOAD ? "MiB downloaded" : "keep-alive request";
 const CLI = process.env.BENCH_CLI ? resolve(process.env.BENCH_CLI) : benchFile("../dist/cli.js");
 /** BENCH_TARGET=floor counts bench/peers/node-floor.ts instead: the least a Node MITM costs. */
 const FLOOR = process.env.BENCH_TARGET === "floor";
@@ -58,13 +64,19 @@ try {
     bodyTimeout: 120_000,
   });
   const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
-  const run = (count: number) => smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis");
+  const download = async (mib: number) => {
+    const { statusCode, body } = await dispatcher.request({ origin, path: `/download?bytes=${mib * 1024 * 1024}`, method: "GET" });
+    let received = 0;
+    for await (const chunk of body) received += (chunk as Buffer).length;
+    if (statusCode !== 200 || received !== mib * 1024 * 1024) throw new Error(`download answered ${statusCode} with ${received} bytes`);
+  };
+  const run = (count: number) => (DOWNLOAD ? download(count) : smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis"));
   const control = (...args: string[]) => execFileSync("callgrind_control", [...args, String(proxy.pid)], { stdio: "ignore" });
-  log(`${what}: warming up, ${WARMUP} requests`);
-  await run(WARMUP);
+  log(`${what}: warming up, ${WARMUP_UNITS} ${DOWNLOAD ? "MiB" : "requests"}`);
+  await run(WARMUP_UNITS);
   control("-i", "on");
-  log(`counting: ${REQUESTS} requests`);
-  await run(REQUESTS);
+  log(`counting: ${UNITS} ${DOWNLOAD ? "MiB" : "requests"}`);
+  await run(UNITS);
   control("-i", "off");
   control("-d");
   await dispatcher.close();
@@ -78,7 +90,7 @@ try {
     }
   }
   if (total === 0) throw new Error("callgrind counted nothing (is callgrind_control on the PATH?)");
-  process.stdout.write(`${what}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}: ${(total / REQUESTS / 1000).toFixed(1)}k instructions a keep-alive request (${REQUESTS} counted after ${WARMUP} warm-up)\n`);
+  process.stdout.write(`${what}${NODE_FLAGS.length ? ` (node ${NODE_FLAGS.join(" ")})` : ""}: ${(total / UNITS / 1000).toFixed(1)}k instructions a ${UNIT} (${UNITS} counted after ${WARMUP_UNITS} warm-up)\n`);
 } finally {
   await new Promise<void>((done) => {
     if (proxy.exitCode !== null || proxy.signalCode !== null) return done();
