@@ -161,6 +161,7 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
     if (!state.responded && stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
       events.error(new ProxyError("upstream_protocol_error", `${upstreamName(target)} reset the h2 stream (code ${stream.rstCode})`));
     }
+    setImmediate(forgetListeners, stream);
   });
   return {
     // As towards clients: pause the source at 256 KiB buffered, not at the stream's 16 KiB mark.
@@ -174,6 +175,22 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
     abort: () => resetStream(stream, constants.NGHTTP2_CANCEL),
   };
 }
+
+/**
+ * A closed stream lets go of every listener, and so of the exchange they close over. Node keeps
+ * a finished stream reachable from the old generation until the next full collection (through
+ * the accessors ClientHttp2Session.request's AsyncResource.bind defines on a function, DEP0172),
+ * so every young collection would otherwise copy and promote the whole exchange with it. Run
+ * after every 'close' listener. Defined out here: a closure made inside sendHttp2 would hold
+ * sendHttp2's scope, and the exchange with it. The error listener left keeps a late error from
+ * crashing the process.
+ */
+function forgetListeners(stream: ClientHttp2Stream): void {
+  stream.removeAllListeners();
+  stream.on("error", ignoreError);
+}
+
+function ignoreError(): void {}
 
 function classifyH2Error(error: NodeJS.ErrnoException, target: Target): ProxyError {
   if (error.code === "ERR_HTTP2_STREAM_ERROR" || error.code === "ERR_HTTP2_SESSION_ERROR" || error.code === "ERR_HTTP2_GOAWAY_SESSION") {
