@@ -1,4 +1,6 @@
 import { execFile } from "node:child_process";
+import http2, { type Http2SecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -7,7 +9,7 @@ import { HttpsProxyAgent } from "https-proxy-agent";
 import { createProxy, type Proxy } from "../src/index.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { AuditCapture } from "./helpers/proxy.js";
-import { startWsUpstream, type TestWsUpstream } from "./helpers/upstream.js";
+import { startUpstream, startWsUpstream, type TestUpstream, type TestWsUpstream } from "./helpers/upstream.js";
 import { assertBuilt } from "./helpers/cli.js";
 
 let pki: ServerPki;
@@ -148,5 +150,72 @@ describe("programmatic API and hooks", () => {
       cwd: `${import.meta.dirname}/..`,
     });
     expect(stdout.trim()).toBe("function function");
+  });
+});
+
+describe("an onResponse hook that awaits, and a body that is empty", () => {
+  let h2Upstream: Http2SecureServer;
+  let h1Upstream: TestUpstream;
+  let slowProxy: Proxy;
+  let slowDispatcher: ProxyAgent;
+  const slowAudit = new AuditCapture();
+  const contextKeys: string[][] = [];
+
+  beforeAll(async () => {
+    // `respond()` then `end()`: END_STREAM comes on an empty DATA frame after the HEADERS, and
+    // Node reads it (and ends the stream) even while the relay holds the body for the hook.
+    h2Upstream = http2.createSecureServer({ key: pki.key, cert: pki.ipCert, SNICallback: pki.sniCallback, allowHTTP1: false });
+    h2Upstream.on("stream", (stream) => {
+      stream.respond({ ":status": 200, "content-type": "text/plain" });
+      stream.end();
+    });
+    await new Promise<void>((resolve) => h2Upstream.listen(0, "127.0.0.1", resolve));
+    h1Upstream = await startUpstream((req, res) => (req.resume(), res.writeHead(200, { "Content-Length": "0" }).end()), pki);
+    slowProxy = await createProxy({
+      policy: { version: 1, ca: { dir: tempDir("hooks-slow-ca") }, upstream: { trust: [pki.caFile] }, network: { default: "allow", allow_ips: ["127.0.0.1/32"] } },
+      auditStream: slowAudit,
+      adminListen: null,
+      listen: "127.0.0.1:0",
+      hooks: {
+        onRequest(ctx) {
+          contextKeys.push(Object.keys(ctx).sort());
+        },
+        async onResponse(ctx) {
+          await new Promise((resolve) => setTimeout(resolve, 30));
+          ctx.headers.set("X-Hook-Waited", "30ms");
+        },
+      },
+    });
+    const address = await slowProxy.listen();
+    slowDispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${address.port}`, requestTls: { ca: slowProxy.caCertPem }, headersTimeout: 5_000, bodyTimeout: 5_000 });
+  });
+
+  afterAll(async () => {
+    await slowDispatcher?.close();
+    await slowProxy?.close();
+    await new Promise<void>((resolve) => (h2Upstream ? h2Upstream.close(() => resolve()) : resolve()));
+    await h1Upstream?.close();
+  });
+
+  for (const upstreamKind of ["h2", "HTTP/1.1"] as const) {
+    it(`still gets its answer from an ${upstreamKind} upstream, and one audit line`, async () => {
+      const port = upstreamKind === "h2" ? (h2Upstream.address() as AddressInfo).port : h1Upstream.port;
+      for (let i = 0; i < 3; i++) {
+        const answer = await request(`https://localhost:${port}/empty-${i}`, { dispatcher: slowDispatcher });
+        expect(answer.statusCode).toBe(200);
+        expect(answer.headers["x-hook-waited"]).toBe("30ms");
+        expect(await answer.body.text()).toBe("");
+        const requestId = answer.headers["x-request-id"];
+        const line = await slowAudit.waitFor((l) => l.path === `/empty-${i}` && l.port === port);
+        expect(line).toMatchObject({ msg: "http", status: 200, resp_bytes: 0, upstream_version: upstreamKind === "h2" ? "2" : "1.1" });
+        expect(line.error).toBeUndefined();
+        if (requestId !== undefined) expect(line.req_id).toBe(requestId);
+      }
+    });
+  }
+
+  it("gives onRequest hooks the context's fields as its own properties", () => {
+    expect(contextKeys.length).toBeGreaterThan(0);
+    for (const keys of contextKeys) expect(keys).toEqual(["client", "deny", "headers", "host", "method", "path", "port", "requestId", "scheme", "webSocket"]);
   });
 });

@@ -178,6 +178,9 @@ function streamBody(flow: Flow, upstream: UpstreamResponse, responder: Responder
  * and destination, without its eight listeners added and removed per response.
  */
 function pump(exchange: Exchange, source: Readable, responder: Responder, end: () => void): void {
+  // An empty body can end while it is held for the hooks (an h2 END_STREAM on an empty DATA
+  // frame is read, and 'end' emitted, even from a paused stream): nothing is left to relay.
+  if (source.readableEnded) return end();
   source.on("data", (chunk: Buffer) => {
     exchange.respBytes += chunk.length;
     if (!responder.write(chunk)) source.pause();
