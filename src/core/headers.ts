@@ -19,9 +19,10 @@ const HOP_BY_HOP = new Set([
 /**
  * Lower-casing (String.prototype.toLowerCase, the root locale's rules: final sigma keeps the
  * length, and Turkish or Lithuanian rules apply only to toLocaleLowerCase) changes a string's
- * length in one way only: İ (U+0130) becomes i and a combining dot (U+0307). So when the name asked for has no such dot, a header whose name is of another
- * length cannot be it, and is passed over without being lower-cased: most of a request's
- * headers, on every lookup (test/headers.test.ts checks this against plain lower-casing).
+ * length in one way only: İ (U+0130) becomes i and a combining dot (U+0307). So when the name
+ * asked for has no such dot, a header whose name is of another length cannot be it, and is
+ * passed over without being lower-cased: most of a request's headers, on every lookup
+ * (test/headers.test.ts checks this against plain lower-casing).
  */
 function anyLength(lower: string): boolean {
   return lower.includes("\u0307");

@@ -42,10 +42,6 @@ class Http1UpstreamResponse implements UpstreamResponse {
   }
 }
 
-export function http1Response(res: IncomingMessage): UpstreamResponse {
-  return new Http1UpstreamResponse(res);
-}
-
 /** The timers of one request: connect (until TCP, and TLS, is up) and response (until the response headers arrive). */
 interface RequestTimers {
   /** The request has its socket: a new one is timed until connected and checked against dialling portcullis itself. */
@@ -167,7 +163,7 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
       events.error(new ProxyError("upstream_unreachable", `the ${via.parent.name} refused the request for ${upstreamName(target)}: 407 ${res.statusMessage ?? ""}`.trimEnd()));
       return;
     }
-    events.response(http1Response(res));
+    events.response(new Http1UpstreamResponse(res));
   });
   // Only a request that asked to switch protocols may: a 101 to anything else is a protocol
   // error (Node destroys the socket when nobody listens for 'upgrade').
@@ -182,7 +178,7 @@ export function sendHttp1(agent: http.Agent, settings: UpstreamSettings, target:
     socket.setTimeout(0);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    events.upgraded(http1Response(res), socket, head);
+    events.upgraded(new Http1UpstreamResponse(res), socket, head);
   });
   upstreamReq.on("error", (error) => {
     answered = true;
