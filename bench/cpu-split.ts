@@ -7,6 +7,8 @@
 // of dist/ from an earlier commit, kept under the repository so its packages resolve): an A/B in one run.
 // BENCH_NODE_FLAGS="--flag ...;--other" adds a column for this build started with those node flags.
 // BENCH_SCENARIO=download measures a 100 MiB download on one connection instead: CPU per MiB.
+// BENCH_SCENARIO=tunnel: one GET per new tunnel (CONNECT, a full TLS handshake, no session
+// resumption), 8 at once, BENCH_REQUESTS tunnels a round (default 2,000): CPU per tunnel.
 // Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
 //        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 BENCH_SCENARIO=download …
 import { spawn, type ChildProcess } from "node:child_process";
@@ -19,14 +21,15 @@ import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
 import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
-const REQUESTS = Math.max(1000, Number(process.env.BENCH_REQUESTS ?? 20_000) || 20_000);
+const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
+const TUNNEL = process.env.BENCH_SCENARIO === "tunnel";
+const REQUESTS = Math.max(TUNNEL ? 100 : 1000, Number(process.env.BENCH_REQUESTS ?? (TUNNEL ? 2_000 : 20_000)) || 20_000);
 const CONNECTIONS = 8;
 const STRACE = process.env.BENCH_STRACE === "1";
-const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
 const DOWNLOAD_MIB = 100;
 /** What one sample's CPU is divided by: requests, or MiB downloaded. */
 const UNITS = DOWNLOAD ? DOWNLOAD_MIB : REQUESTS;
-const UNIT = DOWNLOAD ? "MiB" : "request";
+const UNIT = DOWNLOAD ? "MiB" : TUNNEL ? "tunnel" : "request";
 
 interface Proxy {
   name: string;
@@ -127,7 +130,8 @@ async function traced(pid: number, work: string, run: () => Promise<void>): Prom
 }
 
 async function measure(proxy: Proxy, origin: string, work: string): Promise<Sample> {
-  const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca: proxy.caPem }, connections: CONNECTIONS, keepAliveTimeout: 60_000 });
+  const requestTls = { ca: proxy.caPem, ...(TUNNEL ? { maxCachedSessions: 0 } : {}) };
+  const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls, connections: CONNECTIONS, keepAliveTimeout: 60_000 });
   const download = async () => {
     const { statusCode, body } = await dispatcher.request({ origin, path: `/download?bytes=${DOWNLOAD_MIB * 1024 * 1024}`, method: "GET" });
     let received = 0;
@@ -136,10 +140,10 @@ async function measure(proxy: Proxy, origin: string, work: string): Promise<Samp
   };
   const run = async (count: number) => {
     if (DOWNLOAD) return download();
-    await smallGets(dispatcher, origin, CONNECTIONS, count, proxy.name);
+    await smallGets(dispatcher, origin, CONNECTIONS, count, proxy.name, TUNNEL);
   };
   try {
-    await run(2_000);
+    await run(TUNNEL ? 200 : 2_000);
     const before = cpuTimes(proxy.pid);
     const started = performance.now();
     let syscalls: Map<string, number> | undefined;
@@ -181,7 +185,7 @@ try {
   }
   const floor = median(samples.get("Node floor")!.map((s) => s.userUs + s.sysUs));
   const lines = [
-    `${DOWNLOAD ? `GET /download of ${DOWNLOAD_MIB} MiB on one connection, after one warm-up download` : `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up`}, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
+    `${DOWNLOAD ? `GET /download of ${DOWNLOAD_MIB} MiB on one connection, after one warm-up download` : TUNNEL ? `One GET /small per new tunnel (CONNECT + full TLS handshake), ${CONNECTIONS} at once, ${REQUESTS} tunnels a round after 200 warm-up` : `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up`}, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
     "",
     `| proxy | ${UNIT}/s | CPU µs a ${UNIT} (user + system) | user | system | ÷ Node floor |${STRACE ? ` system calls a ${UNIT} |` : ""}`,
     `| --- | ---: | ---: | ---: | ---: | ---: |${STRACE ? " --- |" : ""}`,

@@ -7,6 +7,7 @@
 // Usage: node --import tsx bench/instructions.ts   (after `npm run build`; needs valgrind)
 //        BENCH_CLI=scratch/dist-old/cli.js BENCH_WARMUP=3000 BENCH_REQUESTS=3000 BENCH_NODE_FLAGS="--single-threaded" …
 //        BENCH_SCENARIO=download …   (instructions a MiB of one connection's downloads)
+//        BENCH_SCENARIO=tunnel …     (instructions a new tunnel: CONNECT, a full TLS handshake, one GET)
 import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,9 +19,11 @@ const WARMUP = Math.max(100, Number(process.env.BENCH_WARMUP ?? 3000) || 3000);
 const REQUESTS = Math.max(100, Number(process.env.BENCH_REQUESTS ?? 3000) || 3000);
 /** BENCH_SCENARIO=download: one connection's downloads instead, BENCH_WARMUP and BENCH_REQUESTS in MiB (default 8 and 32). */
 const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
-const WARMUP_UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_WARMUP ?? 8) || 8) : WARMUP;
-const UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_REQUESTS ?? 32) || 32) : REQUESTS;
-const UNIT = DOWNLOAD ? "MiB downloaded" : "keep-alive request";
+/** BENCH_SCENARIO=tunnel: one GET per new tunnel, no TLS session resumption (default 200 warm-up, 500 counted). */
+const TUNNEL = process.env.BENCH_SCENARIO === "tunnel";
+const WARMUP_UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_WARMUP ?? 8) || 8) : TUNNEL ? Math.max(10, Number(process.env.BENCH_WARMUP ?? 200) || 200) : WARMUP;
+const UNITS = DOWNLOAD ? Math.max(1, Number(process.env.BENCH_REQUESTS ?? 32) || 32) : TUNNEL ? Math.max(10, Number(process.env.BENCH_REQUESTS ?? 500) || 500) : REQUESTS;
+const UNIT = DOWNLOAD ? "MiB downloaded" : TUNNEL ? "new tunnel" : "keep-alive request";
 const CLI = process.env.BENCH_CLI ? resolve(process.env.BENCH_CLI) : benchFile("../dist/cli.js");
 /** BENCH_TARGET=floor counts bench/peers/node-floor.ts instead: the least a Node MITM costs. */
 const FLOOR = process.env.BENCH_TARGET === "floor";
@@ -57,7 +60,7 @@ try {
   });
   const dispatcher = new ProxyAgent({
     uri: `http://127.0.0.1:${port}`,
-    requestTls: { ca: readFileSync(FLOOR ? join(dir, "floor-ca", "ca.pem") : join(dir, "ca", "ca.pem"), "utf8") },
+    requestTls: { ca: readFileSync(FLOOR ? join(dir, "floor-ca", "ca.pem") : join(dir, "ca", "ca.pem"), "utf8"), ...(TUNNEL ? { maxCachedSessions: 0 } : {}) },
     connections: CONNECTIONS,
     // Under valgrind the proxy is some 50 times slower.
     headersTimeout: 120_000,
@@ -70,12 +73,13 @@ try {
     for await (const chunk of body) received += (chunk as Buffer).length;
     if (statusCode !== 200 || received !== mib * 1024 * 1024) throw new Error(`download answered ${statusCode} with ${received} bytes`);
   };
-  const run = (count: number) => (DOWNLOAD ? download(count) : smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis"));
+  const run = (count: number) => (DOWNLOAD ? download(count) : smallGets(dispatcher, origin, CONNECTIONS, count, "portcullis", TUNNEL));
   const control = (...args: string[]) => execFileSync("callgrind_control", [...args, String(proxy.pid)], { stdio: "ignore" });
-  log(`${what}: warming up, ${WARMUP_UNITS} ${DOWNLOAD ? "MiB" : "requests"}`);
+  const units = DOWNLOAD ? "MiB" : TUNNEL ? "tunnels" : "requests";
+  log(`${what}: warming up, ${WARMUP_UNITS} ${units}`);
   await run(WARMUP_UNITS);
   control("-i", "on");
-  log(`counting: ${UNITS} ${DOWNLOAD ? "MiB" : "requests"}`);
+  log(`counting: ${UNITS} ${units}`);
   await run(UNITS);
   control("-i", "off");
   control("-d");

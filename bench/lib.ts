@@ -340,13 +340,16 @@ export function probePolicy(dir: string, upstreamCaFile: string, port: number): 
   ].join("\n");
 }
 
-/** `count` keep-alive GETs of /small spread over `connections` workers; anything but a 200 throws, naming `who`. */
-export async function smallGets(dispatcher: Dispatcher, origin: string, connections: number, count: number, who: string): Promise<void> {
+/**
+ * `count` keep-alive GETs of /small spread over `connections` workers; anything but a 200 throws,
+ * naming `who`. With `reset`, each request on a connection of its own (a new tunnel through a proxy).
+ */
+export async function smallGets(dispatcher: Dispatcher, origin: string, connections: number, count: number, who: string, reset = false): Promise<void> {
   let next = 0;
   await Promise.all(
     Array.from({ length: connections }, async () => {
       while (next++ < count) {
-        const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET" });
+        const { statusCode, body } = await dispatcher.request({ origin, path: "/small", method: "GET", reset });
         await body.arrayBuffer();
         if (statusCode !== 200) throw new Error(`${who}: GET /small answered ${statusCode}`);
       }
