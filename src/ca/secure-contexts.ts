@@ -1,9 +1,10 @@
-import { createHash, createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
+import { constants, createHash, createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
 import { LRUCache } from "lru-cache";
+import { preferredCiphers } from "../core/tls-ciphers.js";
 import type { CertificateAuthority } from "./authority.js";
 import { normaliseHost } from "../policy/hosts.js";
 import { forgeLeafCertificate } from "./forge-leaf.js";
@@ -63,7 +64,16 @@ export class SecureContextStore {
 
   private async create(name: string): Promise<SecureContext> {
     const leafPem = (await this.readFromDisk(name)) ?? (await this.forgeAndStore(name));
-    const context = createSecureContext({ key: this.ca.leafKey.pem, cert: leafPem + this.ca.certPem, minVersion: "TLSv1.2" });
+    const context = createSecureContext({
+      key: this.ca.leafKey.pem,
+      cert: leafPem + this.ca.certPem,
+      minVersion: "TLSv1.2",
+      // portcullis' order, not the client's (most put AES-256 first), except that a client
+      // that lists ChaCha20 first (no AES hardware) gets it.
+      ciphers: preferredCiphers(),
+      honorCipherOrder: true,
+      secureOptions: constants.SSL_OP_PRIORITIZE_CHACHA,
+    });
     this.contexts.set(name, context);
     return context;
   }

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { createSecureContext, rootCertificates, type SecureContext } from "node:tls";
+import { preferredCiphers } from "../../core/tls-ciphers.js";
 
 /** Debian/Ubuntu, Fedora/RHEL, Alpine and macOS (Homebrew OpenSSL) locations of the system trust bundle. */
 const SYSTEM_BUNDLES = [
@@ -16,6 +17,7 @@ export function buildUpstreamTrust(trustFiles: string[]): SecureContext {
   const extra = process.env.NODE_EXTRA_CA_CERTS;
   if (extra && existsSync(extra)) ca.push(readFileSync(extra, "utf8"));
   for (const file of trustFiles) ca.push(readFileSync(file, "utf8"));
-  return createSecureContext({ ca, minVersion: "TLSv1.2" });
+  // Offered in portcullis' order; most servers pick by the client's.
+  return createSecureContext({ ca, minVersion: "TLSv1.2", ciphers: preferredCiphers() });
 }
 
