@@ -28,7 +28,8 @@ export function parseConnectAuthority(text: string): { host: string; port: numbe
 }
 
 export function formatAuthority(host: string, port: number, scheme?: Scheme): string {
-  const name = isIP(host) === 6 ? `[${host}]` : host;
+  // Every IPv6 address has a colon and no name does: most hosts skip isIP's two expressions (run for every request).
+  const name = host.includes(":") && isIP(host) === 6 ? `[${host}]` : host;
   return scheme && DEFAULT_PORT[scheme] === port ? name : `${name}:${port}`;
 }
 
