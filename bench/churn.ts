@@ -1,7 +1,8 @@
 // Memory under churn: portcullis (dist/, as `portcullis start` runs it) for DURATION seconds under a steady mix of
 // new tunnels, keep-alive requests, WebSocket sessions and denials, its resident memory sampled
 // every SAMPLE seconds. Prints the curve as a markdown table and the slope of its second half.
-// Usage: node --import tsx bench/churn.ts   (after `npm run build`; CHURN_SECONDS=600 CHURN_SAMPLE_S=30)
+// Usage: node --import tsx bench/churn.ts   (after `npm run build`; CHURN_SECONDS=600 CHURN_SAMPLE_S=30;
+//        CHURN_NODE_FLAGS="--initial-old-space-size=64" adds node flags to portcullis' process)
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -39,7 +40,10 @@ writeFileSync(
 );
 // portcullis-child.ts runs createProxy from dist/, as `portcullis start` does; --expose-gc lets
 // the idle-tunnel figure count memory held rather than garbage not yet collected.
-const portcullis = await startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policyFile], { env: { NODE_OPTIONS: "--expose-gc" } });
+const portcullis = await startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policyFile], {
+  env: { NODE_OPTIONS: "--expose-gc" },
+  nodeFlags: (process.env.CHURN_NODE_FLAGS ?? "").split(" ").filter(Boolean),
+});
 const proxy = portcullis.process;
 const proxyPort = portcullis.ready.port;
 type Retained = ChildMessage & { rss: number; heapUsed: number; external: number };

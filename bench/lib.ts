@@ -87,10 +87,10 @@ export function startChild<Ready extends ChildMessage>(
   name: string,
   script: string,
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeFlags?: string[] } = {},
 ): Promise<ChildHandle<Ready>> {
   const child = fork(benchFile(script), args, {
-    execArgv: ["--import", "tsx"],
+    execArgv: ["--import", "tsx", ...(options.nodeFlags ?? [])],
     stdio: ["ignore", "inherit", "inherit", "ipc"],
     env: { ...process.env, ...options.env },
   });
