@@ -8,7 +8,8 @@
 // BENCH_NODE_FLAGS="--flag ...;--other" adds a column for this build started with those node flags.
 // BENCH_SCENARIO=download measures a 100 MiB download on one connection instead: CPU per MiB.
 // BENCH_SCENARIO=tunnel: one GET per new tunnel (CONNECT, a full TLS handshake, no session
-// resumption), 8 at once, BENCH_REQUESTS tunnels a round (default 2,000): CPU per tunnel.
+// resumption), 8 at once, BENCH_REQUESTS tunnels a round (default 2,000) after 1,000 warm-up (a
+// process' CPU a tunnel still falls for its first few thousand: V8's compiler): CPU per tunnel.
 // Usage: node --import tsx bench/cpu-split.ts   (after `npm run build`; the Go peer needs golang-go)
 //        BENCH_ROUNDS=3 BENCH_REQUESTS=20000 BENCH_STRACE=1 BENCH_SCENARIO=download …
 import { spawn, type ChildProcess } from "node:child_process";
@@ -23,7 +24,7 @@ import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets,
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
 const TUNNEL = process.env.BENCH_SCENARIO === "tunnel";
-const REQUESTS = Math.max(TUNNEL ? 100 : 1000, Number(process.env.BENCH_REQUESTS ?? (TUNNEL ? 2_000 : 20_000)) || 20_000);
+const REQUESTS = Math.max(TUNNEL ? 100 : 1000, Number(process.env.BENCH_REQUESTS ?? (TUNNEL ? 2_000 : 20_000)) || (TUNNEL ? 2_000 : 20_000));
 const CONNECTIONS = 8;
 const STRACE = process.env.BENCH_STRACE === "1";
 const DOWNLOAD_MIB = 100;
@@ -143,7 +144,7 @@ async function measure(proxy: Proxy, origin: string, work: string): Promise<Samp
     await smallGets(dispatcher, origin, CONNECTIONS, count, proxy.name, TUNNEL);
   };
   try {
-    await run(TUNNEL ? 200 : 2_000);
+    await run(TUNNEL ? 1_000 : 2_000);
     const before = cpuTimes(proxy.pid);
     const started = performance.now();
     let syscalls: Map<string, number> | undefined;
@@ -185,7 +186,7 @@ try {
   }
   const floor = median(samples.get("Node floor")!.map((s) => s.userUs + s.sysUs));
   const lines = [
-    `${DOWNLOAD ? `GET /download of ${DOWNLOAD_MIB} MiB on one connection, after one warm-up download` : TUNNEL ? `One GET /small per new tunnel (CONNECT + full TLS handshake), ${CONNECTIONS} at once, ${REQUESTS} tunnels a round after 200 warm-up` : `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up`}, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
+    `${DOWNLOAD ? `GET /download of ${DOWNLOAD_MIB} MiB on one connection, after one warm-up download` : TUNNEL ? `One GET /small per new tunnel (CONNECT + full TLS handshake), ${CONNECTIONS} at once, ${REQUESTS} tunnels a round after 1,000 warm-up` : `Keep-alive GET /small, ${CONNECTIONS} connections, ${REQUESTS} requests a round after 2,000 warm-up`}, median of ${ROUNDS} rounds${STRACE ? " (under strace: rates and times are strace's, not comparable)" : ""}:`,
     "",
     `| proxy | ${UNIT}/s | CPU µs a ${UNIT} (user + system) | user | system | ÷ Node floor |${STRACE ? ` system calls a ${UNIT} |` : ""}`,
     `| --- | ---: | ---: | ---: | ---: | ---: |${STRACE ? " --- |" : ""}`,

@@ -1,4 +1,4 @@
-import { DEFAULT_CIPHERS } from "node:tls";
+import tls from "node:tls";
 
 /**
  * TLS 1.3 suites, most preferred first: the order of Go's crypto/tls, BoringSSL and Mozilla's
@@ -10,10 +10,11 @@ import { DEFAULT_CIPHERS } from "node:tls";
 const TLS13_PREFERENCE = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
 
 /**
- * Node's cipher list (`--tls-cipher-list` if the operator set one) with its TLS 1.3 suites in
+ * Node's cipher list (`--tls-cipher-list`, or `tls.DEFAULT_CIPHERS` as a program embedding
+ * portcullis set it: read on every call, as Node does) with its TLS 1.3 suites in
  * TLS13_PREFERENCE's order: the same suites, so nothing is enabled that Node's list leaves out.
  */
-export function preferredCiphers(defaults = DEFAULT_CIPHERS): string {
+export function preferredCiphers(defaults = tls.DEFAULT_CIPHERS): string {
   const entries = defaults.split(":");
   const rank = (suite: string) => {
     const index = TLS13_PREFERENCE.indexOf(suite);
