@@ -63,6 +63,12 @@ import { mitmdumpVersion, startMitmproxy, type MitmproxyHandle } from "./mitmpro
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DIST_INDEX = join(ROOT, "dist", "index.js");
 const CLI = join(ROOT, "dist", "cli.js");
+/**
+ * BENCH_PORTCULLIS_NODE_FLAGS="--flag ..." starts every portcullis process (the children and the
+ * CLI columns) with these node flags: what a setting would buy, in the whole table. The report's
+ * first line names them; without them it measures portcullis as it ships.
+ */
+const PORTCULLIS_NODE_FLAGS = (process.env.BENCH_PORTCULLIS_NODE_FLAGS ?? "").split(" ").filter(Boolean);
 
 /** The newest .ts file under src/ when it is newer than dist/index.js (a build that may not have every edit). */
 function staleSource(): string | undefined {
@@ -624,7 +630,7 @@ interface CliHandle {
 }
 
 async function startCli(name: string, policyFile: string, caDir: string, workers: number): Promise<CliHandle> {
-  const child = spawn(process.execPath, [CLI, "start", "--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", String(workers)], {
+  const child = spawn(process.execPath, [...PORTCULLIS_NODE_FLAGS, CLI, "start", "--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", String(workers)], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   trackChild(child);
@@ -888,10 +894,10 @@ async function main(): Promise<number> {
     const goStarting = setUpGoMitm(work, upstream.ready.caFile).catch((error: unknown) => error as Error);
     type Ready = ChildMessage & { port: number; caPem: string };
     const [portcullis, llm, inspect, mcp, mitm] = await Promise.all([
-      startChild<Ready>("portcullis", "portcullis-child.ts", [policy.files.main]),
-      startChild<Ready>("portcullis+llm", "portcullis-child.ts", [policy.files.llm]),
-      startChild<Ready>("portcullis+ws-inspect", "portcullis-child.ts", [policy.files.inspect]),
-      startChild<Ready>("portcullis+mcp", "portcullis-child.ts", [policy.files.mcp]),
+      startChild<Ready>("portcullis", "portcullis-child.ts", [policy.files.main], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<Ready>("portcullis+llm", "portcullis-child.ts", [policy.files.llm], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<Ready>("portcullis+ws-inspect", "portcullis-child.ts", [policy.files.inspect], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<Ready>("portcullis+mcp", "portcullis-child.ts", [policy.files.mcp], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
       startChild<Ready>("http-mitm-proxy", "mitm-child.ts", [join(work, "mitm-ca")], {
         env: { NODE_EXTRA_CA_CERTS: upstream.ready.caFile },
       }),
@@ -1278,7 +1284,7 @@ function printReport(
   lines.push(
     `Node ${process.version}, ${process.platform}/${process.arch}, ${cpuList.length} × ${cpuList[0]?.model.trim() ?? "unknown CPU"}; ` +
       `median of ${ROUNDS} round${ROUNDS > 1 ? "s" : ""}${QUICK ? " (BENCH_QUICK: reduced counts)" : ""}; ` +
-      `portcullis as built in dist/, policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file; ` +
+      `portcullis as built in dist/${PORTCULLIS_NODE_FLAGS.length ? `, **started with node ${PORTCULLIS_NODE_FLAGS.join(" ")}** (BENCH_PORTCULLIS_NODE_FLAGS)` : ""}, policy ${withNetwork ? "with a network allow rule" : "without network rules (this build has none)"}, audit log to a file; ` +
       `peers: http-mitm-proxy, squid ${extra.squidVersion ?? "(not run)"} (ssl-bump, no cache, 1 worker), Go ReverseProxy MITM (${extra.goVersion ? `${extra.goVersion}, GOMAXPROCS=${GO_MAXPROCS}` : "not run"}); ` +
       `the run took ${Math.round((Date.now() - startedAt.getTime()) / 1000)} s.` +
       (stale ? ` **dist/ is older than ${stale}**: the build measured may lack the latest source edits.` : ""),
