@@ -24,7 +24,8 @@ import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets,
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
 const TUNNEL = process.env.BENCH_SCENARIO === "tunnel";
-const REQUESTS = Math.max(TUNNEL ? 100 : 1000, Number(process.env.BENCH_REQUESTS ?? (TUNNEL ? 2_000 : 20_000)) || (TUNNEL ? 2_000 : 20_000));
+const DEFAULT_REQUESTS = TUNNEL ? 2_000 : 20_000;
+const REQUESTS = Math.max(TUNNEL ? 100 : 1000, Number(process.env.BENCH_REQUESTS ?? DEFAULT_REQUESTS) || DEFAULT_REQUESTS);
 const CONNECTIONS = 8;
 const STRACE = process.env.BENCH_STRACE === "1";
 const DOWNLOAD_MIB = 100;

@@ -1,9 +1,9 @@
 // The floor under any Node.js MITM: CONNECT answered 200, the tunnel's TLS handed to one
 // http.Server, every request sent upstream with https.request on one keep-alive https.Agent and
 // the answer piped back. No policy, no audit line, no header hygiene beyond dropping the client's
-// Connection and Keep-Alive (hop-by-hop: a client's `Connection: close` must not close the pooled
-// upstream connection): what Node's own HTTP and TLS cost per request on this machine, for
-// bench/cpu-split.ts to set portcullis against.
+// hop-by-hop headers with portcullis' own stripHopByHop (a client's `Connection: close` must not
+// close the pooled upstream connection): what Node's own HTTP and TLS cost per request on this
+// machine, for bench/cpu-split.ts to set portcullis against.
 // Usage: node --import tsx bench/peers/node-floor.ts CA_DIR UPSTREAM_CA_FILE   (after `npm run build`)
 import http from "node:http";
 import https from "node:https";
@@ -14,8 +14,10 @@ import type { Socket } from "node:net";
 
 type Authority = typeof import("../../src/ca/authority.js");
 type ForgeLeaf = typeof import("../../src/ca/forge-leaf.js");
+type Headers = typeof import("../../src/core/headers.js");
 const { initCa, loadCa, caExists } = (await import(new URL("../../dist/ca/authority.js", import.meta.url).href)) as Authority;
 const { forgeLeafCertificate } = (await import(new URL("../../dist/ca/forge-leaf.js", import.meta.url).href)) as ForgeLeaf;
+const { stripHopByHop } = (await import(new URL("../../dist/core/headers.js", import.meta.url).href)) as Headers;
 
 const [caDir, upstreamCaFile] = process.argv.slice(2);
 if (!caDir || !upstreamCaFile) throw new Error("usage: node-floor.ts CA_DIR UPSTREAM_CA_FILE");
@@ -32,20 +34,12 @@ const lookup = ((_host: string, options: { all?: boolean }, callback: (...args: 
   options.all ? callback(null, [{ address: "127.0.0.1", family: 4 }]) : callback(null, "127.0.0.1", 4)) as unknown as LookupFunction;
 const agent = new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 256, ca: readFileSync(upstreamCaFile, "utf8"), lookup });
 
-const HOP_BY_HOP = new Set(["connection", "keep-alive"]);
-/** The client's raw headers without the two that speak for its own connection only. */
-function endToEnd(raw: string[]): string[] {
-  const kept: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) kept.push(raw[i]!, raw[i + 1]!);
-  return kept;
-}
-
 const inner = http.createServer((req, res) => {
   const authority = req.headers.host ?? "";
   const colon = authority.lastIndexOf(":");
   const host = colon > 0 ? authority.slice(0, colon) : authority;
   const port = colon > 0 ? Number(authority.slice(colon + 1)) : 443;
-  const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: endToEnd(req.rawHeaders), agent }, (answer) => {
+  const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: stripHopByHop(req.rawHeaders), agent }, (answer) => {
     res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.rawHeaders);
     answer.pipe(res);
   });
