@@ -1,5 +1,5 @@
 // portcullis in a process of its own, as in production: the BUILT code (dist/, what `npm run
-// build` emits and `portcullis start` runs), same createProxy the CLI's `start` uses, the audit
+// build` emits and `portcullis start` runs), same createProxy and V8 heap setting the CLI's `start` uses, the audit
 // log written to the file the policy names. Prints nothing; reports over IPC.
 // Usage: node --import tsx bench/portcullis-child.ts POLICY_FILE   (after `npm run build`)
 // (tsx only compiles this small wrapper; everything measured is plain JavaScript from dist/.)
@@ -9,13 +9,14 @@ import { serveParent } from "./lib.js";
 
 // Imported at run time from dist/; typed from src/, so type-checking bench/ needs no build.
 type Portcullis = typeof import("../src/index.js");
-const { createProxy, parsePolicy } = (await import(new URL("../dist/index.js", import.meta.url).href)) as Portcullis;
+const { createProxy, keepHeapHeadroom, parsePolicy } = (await import(new URL("../dist/index.js", import.meta.url).href)) as Portcullis;
 
 const [policyFile] = process.argv.slice(2);
 if (!policyFile) throw new Error("usage: portcullis-child.ts POLICY_FILE");
 const file = resolve(policyFile);
 const loaded = parsePolicy(await readFile(file, "utf8"), file, dirname(file));
 const proxy = await createProxy({ policy: loaded, listen: "127.0.0.1:0" });
+keepHeapHeadroom();
 const address = await proxy.listen();
 
 serveParent(

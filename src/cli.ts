@@ -15,6 +15,7 @@ import { watchFile } from "./policy/watch.js";
 import { parse, UsageError } from "./cli/args.js";
 import { COMMANDS, commandUsage, unknownCommand, usage, version } from "./cli/help.js";
 import { commandTrust } from "./cli/trust.js";
+import { keepHeapHeadroom } from "./proxy/heap-headroom.js";
 import { parseListen } from "./proxy/create-proxy.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
@@ -186,6 +187,7 @@ async function commandStart(args: string[]): Promise<number> {
     return runPrimary(workers, withAdmin);
   }
   const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : admin !== undefined ? { adminListen: admin } : {}) });
+  const stopHeapHeadroom = keepHeapHeadroom();
   const address = await proxy.listen();
   if (isWorker) {
     reportToPrimary(address, proxy.metrics.registry);
@@ -210,6 +212,7 @@ async function commandStart(args: string[]): Promise<number> {
   watching.stop();
   proxy.diagnostics.info("draining");
   await proxy.close();
+  stopHeapHeadroom();
   return 0;
 }
 
