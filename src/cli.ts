@@ -15,7 +15,7 @@ import { watchFile } from "./policy/watch.js";
 import { parse, UsageError } from "./cli/args.js";
 import { COMMANDS, commandUsage, unknownCommand, usage, version } from "./cli/help.js";
 import { commandTrust } from "./cli/trust.js";
-import { keepHeapHeadroom } from "./proxy/heap-headroom.js";
+import { headroomFromEnv, keepHeapHeadroom } from "./proxy/heap-headroom.js";
 import { parseListen } from "./proxy/create-proxy.js";
 
 const DEFAULT_POLICY = "policies/default.yaml";
@@ -175,6 +175,12 @@ async function commandStart(args: string[]): Promise<number> {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  let headroomBytes: number;
+  try {
+    headroomBytes = headroomFromEnv(process.env.PORTCULLIS_HEAP_HEADROOM_MIB);
+  } catch (error) {
+    throw new UsageError((error as Error).message, "start");
+  }
   const policyFile = values.policy as string;
   const admin = adminOverride(values.admin as string | undefined);
   const loaded = await loadOrReport(policyFile);
@@ -187,7 +193,7 @@ async function commandStart(args: string[]): Promise<number> {
     return runPrimary(workers, withAdmin);
   }
   const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : admin !== undefined ? { adminListen: admin } : {}) });
-  const stopHeapHeadroom = keepHeapHeadroom();
+  const stopHeapHeadroom = keepHeapHeadroom({ headroomBytes });
   const address = await proxy.listen();
   if (isWorker) {
     reportToPrimary(address, proxy.metrics.registry);

@@ -56,6 +56,9 @@ describe("portcullis init-ca", () => {
     expect(runCli(["init-ca", "--bogus"]).status).toBe(2);
     expect(runCli([]).status).toBe(2);
     expect(runCli(["frobnicate"]).status).toBe(2);
+    const headroom = runCli(["start", "--policy", "policies/default.yaml"], { cwd: join(import.meta.dirname, ".."), env: { PORTCULLIS_HEAP_HEADROOM_MIB: "lots" } });
+    expect(headroom.status).toBe(2);
+    expect(headroom.stderr).toContain('PORTCULLIS_HEAP_HEADROOM_MIB must be a whole number of MiB (0 turns the headroom off), not "lots"');
   });
 });
 
