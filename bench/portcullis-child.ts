@@ -9,14 +9,14 @@ import { serveParent } from "./lib.js";
 
 // Imported at run time from dist/; typed from src/, so type-checking bench/ needs no build.
 type Portcullis = typeof import("../src/index.js");
-const { createProxy, keepHeapHeadroom, parsePolicy } = (await import(new URL("../dist/index.js", import.meta.url).href)) as Portcullis;
+const { createProxy, headroomFromEnv, keepHeapHeadroom, parsePolicy } = (await import(new URL("../dist/index.js", import.meta.url).href)) as Portcullis;
 
 const [policyFile] = process.argv.slice(2);
 if (!policyFile) throw new Error("usage: portcullis-child.ts POLICY_FILE");
 const file = resolve(policyFile);
 const loaded = parsePolicy(await readFile(file, "utf8"), file, dirname(file));
 const proxy = await createProxy({ policy: loaded, listen: "127.0.0.1:0" });
-keepHeapHeadroom();
+keepHeapHeadroom({ headroomBytes: headroomFromEnv(process.env.PORTCULLIS_HEAP_HEADROOM_MIB) });
 const address = await proxy.listen();
 
 serveParent(

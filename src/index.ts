@@ -1,5 +1,5 @@
 export { createProxy, type Proxy, type ProxyOptions } from "./proxy/create-proxy.js";
-export { keepHeapHeadroom } from "./proxy/heap-headroom.js";
+export { headroomFromEnv, keepHeapHeadroom } from "./proxy/heap-headroom.js";
 export { loadPolicyFile, parsePolicy, PolicyInvalidError, type LoadedPolicy } from "./policy/load.js";
 export type { Policy, PolicyInput } from "./policy/schema.js";
 export { initCa } from "./ca/authority.js";

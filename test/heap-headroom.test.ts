@@ -2,6 +2,7 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { growingPercent, growthChosenBy, HEADROOM_BYTES, headroomFor, headroomFromEnv } from "../src/proxy/heap-headroom.js";
+import { envWithoutHeadroom, heapLimitsByIsolate, type HeapLimit } from "./helpers/v8-trace.js";
 
 // Why: src/proxy/heap-headroom.ts. A bulk download with V8's own limit ran a full collection every
 // scavenge (test/gc-retention.test.ts has the download; bench/RESULTS.md the CPU it cost).
@@ -53,34 +54,14 @@ describe("the growing factor for a live heap", () => {
   });
 });
 
-interface Limit {
-  /** The factor V8 computed for itself ("[HeapController] factor X based on …"). */
-  own: number;
-  oldKiB: number;
-  limitKiB: number;
-  /** The factor the limit was computed with. */
-  used: number;
-}
-
-/** The old-generation limits the fixture's main thread computed (V8's --trace-gc-verbose; other isolates, such as tsx's, print too). */
-function limitsOf(nodeFlags: string[], env: NodeJS.ProcessEnv = {}): Limit[] {
+/** The old-generation limits the fixture's main thread computed: the isolate that held ~110 MB. */
+function limitsOf(nodeFlags: string[], env: NodeJS.ProcessEnv = {}): HeapLimit[] {
   const fixture = join(import.meta.dirname, "fixtures", "heap-limits.ts");
-  const run = spawnSync(process.execPath, ["--import", "tsx", "--expose-gc", "--trace-gc-verbose", ...nodeFlags, fixture], { encoding: "utf8", timeout: 50_000, env: { ...process.env, ...env } });
+  // A fixed heap limit: the headroom is capped at an eighth of it, and V8 sizes it from the machine's memory.
+  const flags = ["--import", "tsx", "--expose-gc", "--trace-gc-verbose", "--max-old-space-size=4096", ...nodeFlags];
+  const run = spawnSync(process.execPath, [...flags, fixture], { encoding: "utf8", timeout: 50_000, env: envWithoutHeadroom(env) });
   expect(run.status, run.stderr).toBe(0);
-  const byIsolate = new Map<string, Limit[]>();
-  const own = new Map<string, number>();
-  for (const line of run.stdout.split("\n")) {
-    const isolate = /^\[\d+:(0x[0-9a-f]+)\]/.exec(line)?.[1];
-    if (!isolate) continue;
-    const factor = /\[HeapController\] factor ([\d.]+) based on/.exec(line);
-    if (factor) own.set(isolate, Number(factor[1]));
-    const limit = /\[HeapController\] Limit: old size: (\d+) KB, new limit: (\d+) KB \(([\d.]+)\)/.exec(line);
-    if (limit) {
-      const list = byIsolate.get(isolate) ?? byIsolate.set(isolate, []).get(isolate)!;
-      list.push({ own: own.get(isolate) ?? NaN, oldKiB: Number(limit[1]), limitKiB: Number(limit[2]), used: Number(limit[3]) });
-    }
-  }
-  const main = [...byIsolate.values()].find((limits) => limits.some((limit) => limit.oldKiB > 90 * 1024));
+  const main = [...heapLimitsByIsolate(run.stdout).values()].find((limits) => limits.some((limit) => limit.oldKiB > 90 * 1024));
   expect(main, run.stdout.slice(0, 2000)).toBeDefined();
   expect(main!.length).toBeGreaterThanOrEqual(4);
   return main!;
@@ -96,11 +77,23 @@ describe("V8's limits while the headroom is kept", () => {
     }
     // The last two: about 110 MB live, the second limit computed from the first's size: 64 MiB
     // of room is a factor of about 1.6 (V8 prints one decimal).
-    const [before, last] = limits.slice(-2) as [Limit, Limit];
+    const [before, last] = limits.slice(-2) as [HeapLimit, HeapLimit];
     expect(before.oldKiB).toBeGreaterThan(90 * 1024);
     expect(last.used).toBeGreaterThanOrEqual(1.5);
     expect(last.used).toBeLessThanOrEqual(1.7);
+    // V8's limit adds one young generation on top; the factor alone leaves the 64 MiB (to V8's
+    // one printed decimal).
+    expect(before.oldKiB * (last.used - 1)).toBeGreaterThanOrEqual(0.95 * 64 * 1024);
     expect(last.limitKiB - last.oldKiB).toBeGreaterThanOrEqual(64 * 1024);
+  });
+
+  it("are V8's own again once it is stopped", { timeout: 60_000 }, () => {
+    const limits = limitsOf([], { HEAP_LIMITS_STOP: "1" });
+    const last = limits.at(-1)!;
+    expect(last.oldKiB).toBeGreaterThan(90 * 1024);
+    expect(last.used, JSON.stringify(limits)).toBe(last.own);
+    // Before the stop, the headroom's factor, not V8's own, was in force.
+    expect(limits.slice(1, -1).some((limit) => limit.used !== limit.own), JSON.stringify(limits)).toBe(true);
   });
 
   it("are V8's own with PORTCULLIS_HEAP_HEADROOM_MIB=0", { timeout: 60_000 }, () => {

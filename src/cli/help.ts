@@ -25,7 +25,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ["--listen HOST:PORT", "overrides proxy.listen; port 0 picks a free one"],
       ["--admin HOST:PORT|off", "overrides admin.listen (/healthz /readyz /metrics); off: no admin listener"],
       ["--workers N|auto", "N processes sharing the port (auto: one per core)"],
-      ["env PORTCULLIS_HEAP_HEADROOM_MIB=N", "V8 heap room kept above the live heap for relayed bodies (default 64; 0: V8's own growth)"],
+      ["env PORTCULLIS_HEAP_HEADROOM_MIB=N", "V8 heap room kept above the live heap for relayed bodies (default 64, at most 1/8 of the heap limit; 0: V8's own growth)"],
     ],
   },
   check: {

@@ -8,8 +8,9 @@
 // scavenge of a bulk download: a full collection every ~100 ms, about twice the CPU a MiB.
 //
 // So `portcullis start` sets V8's growing factor after every full collection so that the next
-// limit is HEADROOM_BYTES above the live old generation, within V8's largest factor (4×), and
-// hands the factor back to V8 once its own smallest one (1.1×) gives that room anyway.
+// limit is HEADROOM_BYTES above the live old generation, within V8's largest factor (4×). It
+// hands the factor back to V8 once V8's own smallest one (1.1×) gives that room anyway, and once
+// the live heap is half of V8's heap limit, where V8's memory-saving growth should decide.
 // V8 computes a limit at the end of a full collection, before the observer runs, so the factor
 // set from one collection's live size applies at the next one.
 // V8 flags belong to the whole process, so createProxy leaves them alone: `portcullis start` calls
@@ -25,6 +26,8 @@ const HEAP_LIMIT_SHARE = 1 / 8;
 const MAX_PERCENT = 300;
 /** V8's smallest growing factor (1.1×): at or below it, V8's own factor gives the room already. */
 const V8_MIN_PERCENT = 10;
+/** From this share of the heap limit on, V8's own (memory-saving) growth decides. */
+const NEAR_HEAP_LIMIT = 1 / 2;
 
 /**
  * V8's --heap-growing-percent that leaves `headroomBytes` above an old generation of `liveBytes`,
@@ -70,23 +73,30 @@ function oldGenerationBytes(): number {
 /**
  * Keeps the growing factor in step with the live heap for as long as the process runs: set now,
  * and again after each full collection. `headroomBytes` 0 leaves V8's own factor. Returns a
- * function that stops the observer.
+ * function that stops the observer and gives V8 its own factor back.
  */
 export function keepHeapHeadroom(options: { headroomBytes?: number; execArgv?: readonly string[] } = {}): () => void {
   const wanted = options.headroomBytes ?? HEADROOM_BYTES;
   if (wanted <= 0 || growthChosenBy(options.execArgv ?? process.execArgv)) return () => {};
-  const headroom = headroomFor(getHeapStatistics().heap_size_limit, wanted);
+  const heapLimit = getHeapStatistics().heap_size_limit;
+  const headroom = headroomFor(heapLimit, wanted);
   let current = 0;
-  const update = () => {
-    const percent = growingPercent(oldGenerationBytes(), headroom);
+  const set = (percent: number) => {
     if (percent === current) return;
     setFlagsFromString(`--heap-growing-percent=${percent}`);
     current = percent;
+  };
+  const update = () => {
+    const live = oldGenerationBytes();
+    set(live >= heapLimit * NEAR_HEAP_LIMIT ? 0 : growingPercent(live, headroom));
   };
   update();
   const observer = new PerformanceObserver((list) => {
     if (list.getEntries().some(isFullCollection)) update();
   });
   observer.observe({ entryTypes: ["gc"] });
-  return () => observer.disconnect();
+  return () => {
+    observer.disconnect();
+    set(0);
+  };
 }
