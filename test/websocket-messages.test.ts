@@ -153,6 +153,25 @@ describe("inspected WebSocket sessions", () => {
     expect(await proxy.audit.waitFor((l) => l.msg === "websocket" && l.path === "/chat")).toMatchObject({ placeholders: ["chat-key"] });
   });
 
+  it("keeps a direction's order when some messages wait for a secret and the others are judged at once", async () => {
+    // No compression: deflating and inflating are asynchronous and would space the messages out.
+    const ws = await open("chat.test", "/order", { perMessageDeflate: false });
+    // Every third message holds the placeholder: resolving its secret is asynchronous, a message
+    // without one is judged synchronously, so each later message must wait for the ones before it.
+    const sent = Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? `{"n":${i},"api_key":"${PLACEHOLDER}"}` : `{"n":${i}}`));
+    const echoes: string[] = [];
+    const all = new Promise<void>((resolve) => ws.on("message", (data) => echoes.push(String(data)) === sent.length && resolve()));
+    // Corked, so that the 60 frames reach portcullis in one TLS record and are parsed in one go.
+    const socket = (ws as unknown as { _socket: import("node:net").Socket })._socket;
+    socket.cork();
+    for (const message of sent) ws.send(message);
+    socket.uncork();
+    await all;
+    expect(received.get("/order")).toEqual(sent.map((message) => message.replace(PLACEHOLDER, CHAT_SECRET)));
+    expect(echoes).toEqual(sent.map((message) => message.replace(PLACEHOLDER, "[REDACTED]")));
+    ws.close();
+  });
+
   it("ends the session with 1008 and a denied line when a placeholder is headed to a host not listed for it", async () => {
     const ws = await open("inspect.test", "/exfil");
     const end = closed(ws);

@@ -3,10 +3,19 @@ import { bodyStartToRead, checkPlaceholderHosts, findPlaceholders, holdsPlacehol
 import { anyHostMatches } from "../../policy/hosts.js";
 import type { Flow, Stage, WsEnd, WsMessage } from "../stage.js";
 
-/** A placeholder in a client's message: swapped where it may go, the session ended where it may not. */
-async function placeholdersInMessage(flow: Flow, message: WsMessage): Promise<WsMessage[] | WsEnd> {
-  const { exchange, state } = flow;
+/**
+ * A placeholder in a client's message: swapped where it may go, the session ended where it may
+ * not. A message without one is answered synchronously (most are; resolving a secret is not).
+ */
+function placeholdersInMessage(flow: Flow, message: WsMessage): WsMessage[] | WsEnd | Promise<WsMessage[] | WsEnd> {
   if (message.from !== "client") return [message];
+  const text = message.data.toString("latin1");
+  if (!flow.state.policy.placeholders.some((placeholder) => holdsPlaceholder(text, placeholder.placeholder))) return [message];
+  return substituteInMessage(flow, message);
+}
+
+async function substituteInMessage(flow: Flow, message: WsMessage): Promise<WsMessage[] | WsEnd> {
+  const { exchange, state } = flow;
   // The bytes as latin1, so every spelling of a placeholder is found in text and binary alike.
   let text = message.data.toString("latin1");
   let changed = false;
