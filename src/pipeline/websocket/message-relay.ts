@@ -14,6 +14,7 @@ function isEnd(result: Judged): result is WsEnd {
   return !Array.isArray(result);
 }
 
+/** A hook's answer that is to be awaited (any thenable, as `await` treats it). */
 function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
   return typeof (value as Promise<T> | undefined)?.then === "function";
 }
@@ -59,7 +60,8 @@ async function judgeRest(flow: Flow, index: number, pending: Promise<Judged>, ne
  * An inspected session: each side's frames parsed (masking, fragments, permessage-deflate
  * with the parameters the two ends negotiated), every whole message taken through the
  * stages' webSocketMessage hooks in order, and what they let through framed again for the
- * other side. Control frames pass in the order they came; close codes are kept.
+ * other side. Control frames pass at once (ahead of a message a hook is still judging); close
+ * frames wait for the messages before them; close codes are kept.
  */
 export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upstreamHead: Buffer, maxMessageBytes: number, done: () => void): void {
   const { exchange } = flow;
@@ -133,12 +135,18 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
     if (judging[from] === 0) {
       if (ending) return;
       let result: Judged | Promise<Judged>;
+      // A hook or the framing that throws ends this session, as a rejected promise does; it must
+      // not escape into the socket's 'data' handler, where it would take the process down.
       try {
         result = judge(flow, [message]);
+        if (!isPromise(result)) {
+          send(result);
+          return;
+        }
       } catch {
-        return failed();
+        failed();
+        return;
       }
-      if (!isPromise(result)) return send(result);
       judged = result.then(send);
     } else {
       judged = queues[from].then(async () => {
