@@ -170,10 +170,14 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
       closedBy ??= side;
       ws.close_code ??= code;
       // The close goes on after the messages still being judged in that direction.
-      void queues[side].then(() => {
-        sendClose(to, code, reason);
-        if (closeReceived[to] || closeSent[side]) finish();
-      });
+      // A failed queue has ended both sides already (`failed`): nothing to close, nothing to report.
+      queues[side].then(
+        () => {
+          sendClose(to, code, reason);
+          if (closeReceived[to] || closeSent[side]) finish();
+        },
+        () => {},
+      );
     });
     receiver.on("error", (error) => {
       exchange.error ??= { type: "websocket_protocol_error", message: `${side} sent a frame portcullis cannot relay: ${error.message}` };
