@@ -1,11 +1,10 @@
 import { readFileSync, writeFileSync } from "node:fs";
-import type { ServerResponse } from "node:http";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ProxyAgent } from "undici";
 import { assertBuilt, startCli, type RunningProxy } from "./helpers/cli.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
-import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { sendBytes, startUpstream, type TestUpstream } from "./helpers/upstream.js";
 import { envWithoutHeadroom, heapLimitsByIsolate } from "./helpers/v8-trace.js";
 
 // An exchange's objects must die young. When something old points at them (once: a per-object
@@ -17,7 +16,6 @@ import { envWithoutHeadroom, heapLimitsByIsolate } from "./helpers/v8-trace.js";
 const CONNECTIONS = 8;
 let pki: ServerPki;
 let upstream: TestUpstream;
-const DOWNLOAD_CHUNK = Buffer.alloc(64 * 1024, 7);
 let proxy: RunningProxy | undefined;
 let dispatcher: ProxyAgent | undefined;
 const started: RunningProxy[] = [];
@@ -40,21 +38,6 @@ afterAll(async () => {
   await Promise.all([proxy, ...started].map((running) => running?.exited));
   await upstream?.close();
 });
-
-/** Writes `total` bytes as a Content-Length body, waiting for 'drain' as a server should. */
-function sendBytes(res: ServerResponse, total: number): void {
-  res.setHeader("content-length", total);
-  let left = total;
-  const more = () => {
-    while (left > 0) {
-      const chunk = left >= DOWNLOAD_CHUNK.length ? DOWNLOAD_CHUNK : DOWNLOAD_CHUNK.subarray(0, left);
-      left -= chunk.length;
-      if (!res.write(chunk)) return void res.once("drain", more);
-    }
-    res.end();
-  };
-  more();
-}
 
 function writePolicy(name: string): string {
   const dir = tempDir(name);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request } from "undici";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
-import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { sendBytes, startUpstream, type TestUpstream } from "./helpers/upstream.js";
 
 let pki: ServerPki;
 let upstream: TestUpstream;
@@ -39,18 +39,7 @@ beforeAll(async () => {
           return;
         }
         case "/big": {
-          const total = Number(url.searchParams.get("mib")) * MiB;
-          res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(total) });
-          const chunk = Buffer.alloc(64 * 1024, 7);
-          let sent = 0;
-          const pump = () => {
-            while (sent < total) {
-              sent += chunk.length;
-              if (!res.write(chunk)) return res.once("drain", pump);
-            }
-            res.end();
-          };
-          pump();
+          sendBytes(res, Number(url.searchParams.get("mib")) * MiB);
           return;
         }
         case "/flood": {

@@ -30,6 +30,25 @@ function track(server: Server): Set<Socket> {
   return sockets;
 }
 
+/**
+ * Answers with `total` bytes of `fill` as a Content-Length body, 64 KiB a write, waiting for
+ * 'drain' as a server should: a body larger than anything the test process keeps in memory.
+ */
+export function sendBytes(res: ServerResponse, total: number, fill = 7): void {
+  const block = Buffer.alloc(64 * 1024, fill);
+  res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(total) });
+  let left = total;
+  const more = () => {
+    while (left > 0) {
+      const chunk = left >= block.length ? block : block.subarray(0, left);
+      left -= chunk.length;
+      if (!res.write(chunk)) return void res.once("drain", more);
+    }
+    res.end();
+  };
+  more();
+}
+
 /** A real HTTPS (or HTTP) server on 127.0.0.1:0. */
 export async function startUpstream(handler: RequestListener, pki?: ServerPki): Promise<TestUpstream> {
   const seen: TestUpstream["seen"] = [];

@@ -11,13 +11,13 @@ function placeholdersInMessage(flow: Flow, message: WsMessage): WsMessage[] | Ws
   if (message.from !== "client") return [message];
   const text = message.data.toString("latin1");
   if (!flow.state.policy.placeholders.some((placeholder) => holdsPlaceholder(text, placeholder.placeholder))) return [message];
-  return substituteInMessage(flow, message);
+  return substituteInMessage(flow, message, text);
 }
 
-async function substituteInMessage(flow: Flow, message: WsMessage): Promise<WsMessage[] | WsEnd> {
+/** `latin1` is the message's bytes as latin1, so every spelling of a placeholder is found in text and binary alike. */
+async function substituteInMessage(flow: Flow, message: WsMessage, latin1: string): Promise<WsMessage[] | WsEnd> {
   const { exchange, state } = flow;
-  // The bytes as latin1, so every spelling of a placeholder is found in text and binary alike.
-  let text = message.data.toString("latin1");
+  let text = latin1;
   let changed = false;
   for (const placeholder of state.policy.placeholders) {
     if (!holdsPlaceholder(text, placeholder.placeholder)) continue;

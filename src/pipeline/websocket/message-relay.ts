@@ -121,7 +121,7 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
   const send = (result: Judged) => {
     if (isEnd(result)) return endBoth(result, "error");
     for (const message of result) {
-      const to = message.from === "client" ? "upstream" : "client";
+      const to = other(message.from);
       if (!closeSent[to]) senders[to].send(message.data, { binary: message.binary, compress: compress[to], fin: true, mask: masked(to) });
     }
   };
