@@ -19,6 +19,7 @@ import { basename, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
+import { startNodeFloor } from "./node-floor.js";
 import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
@@ -92,12 +93,9 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
   return { name, pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca", "ca.pem"), "utf8"), close: stopper(child) };
 }
 
-async function startNodeFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
-  const dir = join(work, "node-floor");
-  const child = spawn(process.execPath, ["--import", "tsx", benchFile("peers/node-floor.ts"), dir, upstreamCaFile], { stdio: ["ignore", "pipe", "inherit"] });
-  trackChild(child);
-  const [, listening] = await waitForLine(child, "stdout", /listening on [\d.]+:(\d+)/, "node-floor");
-  return { name: "Node floor", pid: child.pid!, port: Number(listening), caPem: readFileSync(join(dir, "ca.pem"), "utf8"), close: stopper(child) };
+async function startFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
+  const floor = await startNodeFloor(join(work, "node-floor"), upstreamCaFile);
+  return { name: "Node floor", pid: floor.pid, port: floor.port, caPem: floor.caPem, close: () => floor.close() };
 }
 
 async function startGo(work: string, upstreamCaFile: string, initCa: (dir: string) => Promise<void>): Promise<Proxy | undefined> {
@@ -166,7 +164,7 @@ const upstream = await startChild<ChildMessage & { port: number; caFile: string 
 const proxies: Proxy[] = [];
 try {
   const origin = `https://${BENCH_DOMAIN}:${upstream.ready.port}`;
-  proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port), await startNodeFloor(work, upstream.ready.caFile));
+  proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port), await startFloor(work, upstream.ready.caFile));
   for (const baseline of (process.env.BENCH_BASELINE ?? "").split(",").filter(Boolean)) {
     proxies.push(await startPortcullis(work, upstream.ready.caFile, upstream.ready.port, `portcullis (${basename(resolve(baseline))})`, resolve(baseline, "cli.js")));
   }

@@ -12,7 +12,8 @@
 // `websocket: inspect` rule (WebSocket sessions parsed into messages) and one with an `mcp:`
 // rule (MCP tools/call round trips with the SDK's client and server). squid (bench/squid.ts)
 // and the Go peer (bench/go-mitm.ts, built from bench/peers/go-mitm at the start) are peers in
-// the main table; the Go peer also in the h2 table. The HTTP/2 and
+// the main table; the Go peer also in the h2 table. The Node floor (bench/node-floor.ts: Node's
+// own HTTP and TLS, nothing else) runs the main rows as a reference table. The HTTP/2 and
 // gRPC scenarios (bench/h2.ts) compare direct, portcullis (h2 to an h2 upstream, and h2 to an
 // HTTP/1.1-only one) and mitmproxy (mitmdump, bench/mitmproxy.ts) in the same rounds. Every loop is
 // bounded, every scenario has a deadline, and every server and child is closed at the end.
@@ -33,6 +34,7 @@ import WebSocket from "ws";
 import { buildGoMitm, GO_MAXPROCS, goVersion, startGoMitm, type GoMitmHandle } from "./go-mitm.js";
 import { grpcStream, grpcUnary, h2Download, h2Gets, type H2Path } from "./h2.js";
 import { checkMcpRule, mcpCalls, type McpPath } from "./mcp.js";
+import { startNodeFloor } from "./node-floor.js";
 import { runBudgetBench } from "./budgets.js";
 import { squidVersion, startSquid, type SquidHandle } from "./squid.js";
 import {
@@ -54,6 +56,7 @@ import {
   withTimeout,
   type ChildHandle,
   type ChildMessage,
+  type PeerHandle,
 } from "./lib.js";
 import { mitmdumpVersion, startMitmproxy, type MitmproxyHandle } from "./mitmproxy.js";
 
@@ -138,19 +141,21 @@ const LLM_REQUEST = JSON.stringify({
  * direct, portcullis (portcullis-child.ts) and its peers mitm (http-mitm-proxy), squid and go
  * (the Go ReverseProxy MITM): the main table. workers1 / workers2: the CLI, `portcullis start
  * --workers 1|2`. llm: portcullis with an `llm:` rule (the SSE guard). inspect: portcullis with
- * a `websocket: inspect` rule. mcp: portcullis with an `mcp:` rule.
+ * a `websocket: inspect` rule. mcp: portcullis with an `mcp:` rule. floor: bench/peers/node-floor.ts,
+ * Node's own HTTP and TLS with nothing else, a reference (never a peer) for what Node allows.
  */
-type TargetName = "direct" | "portcullis" | "mitm" | "squid" | "go" | "workers1" | "workers2" | "llm" | "inspect" | "mcp";
+type TargetName = "direct" | "portcullis" | "mitm" | "squid" | "go" | "floor" | "workers1" | "workers2" | "llm" | "inspect" | "mcp";
 const PEERS = ["mitm", "squid", "go"] as const satisfies readonly TargetName[];
 const TARGETS: TargetName[] = ["direct", "portcullis", ...PEERS];
 const PORTCULLIS_INSTANCES = ["portcullis", "workers1", "workers2", "llm", "inspect", "mcp"] as const satisfies readonly TargetName[];
-const ALL_TARGETS: TargetName[] = [...TARGETS, "workers1", "workers2", "llm", "inspect", "mcp"];
+const ALL_TARGETS: TargetName[] = [...TARGETS, "floor", "workers1", "workers2", "llm", "inspect", "mcp"];
 const COLUMN: Record<TargetName, string> = {
   direct: "direct",
   portcullis: "portcullis",
   mitm: "http-mitm-proxy",
   squid: "squid",
   go: "Go ReverseProxy",
+  floor: "Node floor",
   workers1: "CLI --workers 1",
   workers2: "CLI --workers 2",
   llm: "portcullis+llm",
@@ -240,6 +245,9 @@ const ROWS: { metric: Metric; label: string; ratios: boolean; lower?: boolean; c
   { metric: "fs_repeat", label: "  ″ same host again (new tunnel, cached cert) — ms ↓", ratios: true, lower: true },
   { metric: "fs_added", label: "first-seen host: added cost — ms ↓", ratios: false, lower: true },
 ];
+
+/** The rows the Node floor runs: what portcullis' own code adds, and what Node itself allows. */
+const FLOOR_ROWS: { metric: Metric; label: string; lower?: boolean; cpu?: string }[] = ROWS.filter((row) => ["ka_rps", "ka_p99", "tun_rps", "dl_mbps", "ws_mps"].includes(row.metric));
 
 const WORKER_ROWS: { metric: Metric; label: string }[] = [
   { metric: "ka_rps", label: `small GET, keep-alive, ${P.keepAlive.concurrency} conns, ${P.keepAlive.requests} req — req/s ↑` },
@@ -862,6 +870,7 @@ async function main(): Promise<number> {
   let mitmproxy: MitmproxyHandle | undefined;
   let squid: SquidHandle | undefined;
   let goMitm: GoMitmHandle | undefined;
+  let nodeFloor: PeerHandle | undefined;
   try {
     const hosts = [BENCH_DOMAIN, LLM_HOST, WS_HOST, MCP_HOST];
     for (let round = 0; round < ROUNDS; round++) for (let i = 0; i < P.firstSeen.hosts; i++) hosts.push(firstSeenHost(round, i));
@@ -892,6 +901,7 @@ async function main(): Promise<number> {
       : Promise.resolve(new Error("mitmdump is not installed (apt-get install mitmproxy)"));
     const squidStarting = setUpSquid(work, upstream.ready.caFile, hosts).catch((error: unknown) => error as Error);
     const goStarting = setUpGoMitm(work, upstream.ready.caFile).catch((error: unknown) => error as Error);
+    const floorStarting = startNodeFloor(join(work, "node-floor"), upstream.ready.caFile).catch((error: unknown) => error as Error);
     type Ready = ChildMessage & { port: number; caPem: string };
     const [portcullis, llm, inspect, mcp, mitm] = await Promise.all([
       startChild<Ready>("portcullis", "portcullis-child.ts", [policy.files.main], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
@@ -966,14 +976,23 @@ async function main(): Promise<number> {
       targets.go = { name: "go", proxyUrl: `http://127.0.0.1:${goMitm.port}`, ca: goMitm.caPem, cpu: () => cpuSeconds(pid) };
       h2Paths.go = { ...targets.go, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("go") };
     }
+    const floorStarted = await floorStarting;
+    if (floorStarted instanceof Error) {
+      failures++;
+      anomaly(`no Node floor column: ${describeError(floorStarted)}`);
+    } else {
+      nodeFloor = floorStarted;
+      const pid = nodeFloor.pid;
+      targets.floor = { name: "floor", proxyUrl: `http://127.0.0.1:${nodeFloor.port}`, ca: nodeFloor.caPem, cpu: () => cpuSeconds(pid) };
+    }
 
     const scenarios: { name: string; targets: TargetName[]; run: (target: Target, round: number) => Promise<void> }[] = [
-      { name: "keep-alive GETs", targets: TARGETS, run: keepAliveGets },
+      { name: "keep-alive GETs", targets: [...TARGETS, "floor"], run: keepAliveGets },
       { name: "keep-alive GETs", targets: ["workers1", "workers2"], run: keepAliveGets },
-      { name: "new tunnel per request", targets: TARGETS, run: newTunnelPerRequest },
+      { name: "new tunnel per request", targets: [...TARGETS, "floor"], run: newTunnelPerRequest },
       { name: "new tunnel per request", targets: ["workers1", "workers2"], run: newTunnelPerRequest },
-      { name: "download", targets: TARGETS, run: download },
-      { name: "WebSocket echo", targets: [...TARGETS, "inspect"], run: (target) => webSocketEcho(target, false) },
+      { name: "download", targets: [...TARGETS, "floor"], run: download },
+      { name: "WebSocket echo", targets: [...TARGETS, "floor", "inspect"], run: (target) => webSocketEcho(target, false) },
       { name: "WebSocket deflate", targets: ["direct", "portcullis", "inspect"], run: (target) => webSocketEcho(target, true) },
       { name: "first-seen host", targets: TARGETS, run: (target, round) => firstSeen(target, round, target.name === "portcullis" ? portcullis : undefined) },
       { name: "first text token", targets: ["direct", "llm"], run: firstTextToken },
@@ -1076,7 +1095,7 @@ async function main(): Promise<number> {
     const cliCpu = clis.map((cli) => ({ name: cli.name, cpu: cli.cpu() }));
 
     log("closing");
-    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close()), mitmproxy?.close(), squid?.close(), goMitm?.close()]);
+    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close()), mitmproxy?.close(), squid?.close(), goMitm?.close(), nodeFloor?.close()]);
     children.length = 0;
     for (const cli of clis) {
       const output = cli.output();
@@ -1205,6 +1224,7 @@ async function main(): Promise<number> {
       mitmproxy?.close().catch(() => null),
       squid?.close().catch(() => null),
       goMitm?.close().catch(() => null),
+      nodeFloor?.close().catch(() => null),
     ]);
     killAllChildren();
     if (process.env.BENCH_KEEP_WORK === "1") log(`BENCH_KEEP_WORK=1: left ${work} (policies, audit logs, CAs) in place`);
@@ -1324,6 +1344,8 @@ function printReport(
         `${row.cpu ? `${range(cpuPer.portcullis[row.metric] ?? [])} ${row.cpu}` : ""} |`,
     );
   }
+
+  printFloorReport(lines);
 
   lines.push("");
   lines.push(`### \`portcullis start --workers N\` (the CLI, dist/cli.js), same rounds, same direct column`);
@@ -1453,6 +1475,10 @@ function printReport(
     perRoundLog(row.metric, TARGETS);
     if (row.cpu) log(`per round: ${`${row.metric} CPU`.padEnd(15)} ${row.cpu}: ${(["portcullis", ...PEERS] as TargetName[]).map((name) => `${COLUMN[name]} ${rounds(cpuPer[name][row.metric])}`).join(" | ")}`);
   }
+  for (const row of FLOOR_ROWS) {
+    perRoundLog(row.metric, ["floor"]);
+    if (row.cpu) log(`per round: ${`${row.metric} CPU`.padEnd(15)} ${row.cpu}: ${COLUMN.floor} ${rounds(cpuPer.floor[row.metric])}`);
+  }
   for (const row of WORKER_ROWS) perRoundLog(row.metric, ["workers1", "workers2"]);
   perRoundLog("ws_mps", ["inspect"]);
   log(`per round: ws_mps CPU inspected µs/msg: ${rounds(cpuPer.inspect.ws_mps)}`);
@@ -1470,6 +1496,31 @@ function printReport(
   log(`per round: 2 workers / 1 worker keep-alive ${w2.map((v, i) => formatRatio(v / w1[i]!)).join(" / ")} | new tunnel ${t2.map((v, i) => formatRatio(v / t1[i]!)).join(" / ")}`);
   const d50 = results.direct.ttft_p50 ?? [];
   log(`per round: first text token added (p50) ${(results.llm.ttft_p50 ?? []).map((v, i) => `${formatNumber(v - d50[i]!)} ms`).join(" / ")}`);
+}
+
+/**
+ * portcullis against Node's own floor in the same rounds: how much of each row's gap to direct is
+ * portcullis' code, and how much any Node.js proxy on this machine would have.
+ */
+function printFloorReport(lines: string[]): void {
+  if (!results.floor.ka_rps?.length) return;
+  lines.push("");
+  lines.push("### Against Node's own floor (bench/peers/node-floor.ts), same rounds, same direct column");
+  lines.push("");
+  lines.push(
+    "The Node floor is Node's http.Server behind a CONNECT and a forged certificate, https.request on one keep-alive agent and pipe() back, " +
+      "and for a WebSocket two TLS sockets piped to each other: no policy, no audit line, no header hygiene. It is a reference, not a peer.",
+  );
+  lines.push("");
+  lines.push("| scenario | direct | portcullis | Node floor | portcullis/direct | Node floor/direct | portcullis/Node floor (per round) | proxy CPU: portcullis / Node floor |");
+  lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const row of FLOOR_ROWS) {
+    const [d, p, f] = (["direct", "portcullis", "floor"] as const).map((name) => value(name, row.metric)) as [number, number, number];
+    const cpu = row.cpu ? `${formatNumber(cpuValue("portcullis", row.metric))} / ${formatNumber(cpuValue("floor", row.metric))} ${row.cpu}` : "";
+    lines.push(
+      `| ${row.label} | ${formatNumber(d)} | ${formatNumber(p)} | ${formatNumber(f)} | ${formatRatio(p / d)} | ${formatRatio(f / d)} | ${ratioRange(perRound("portcullis", "floor", row.metric))} | ${cpu} |`,
+    );
+  }
 }
 
 /** WebSocket sessions through an inspected session (portcullis+ws-inspect) against the raw relay (portcullis). */

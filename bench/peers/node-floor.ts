@@ -2,8 +2,10 @@
 // http.Server, every request sent upstream with https.request on one keep-alive https.Agent and
 // the answer piped back. No policy, no audit line, no header hygiene beyond dropping the client's
 // hop-by-hop headers with portcullis' own stripHopByHop (a client's `Connection: close` must not
-// close the pooled upstream connection): what Node's own HTTP and TLS cost per request on this
-// machine, for bench/cpu-split.ts to set portcullis against.
+// close the pooled upstream connection). An upgrade (WebSocket) goes upstream with its headers as
+// they came, and once the upstream switched, the two TLS sockets are piped to each other. What
+// Node's own HTTP and TLS cost per request, tunnel, MB and message on this machine, for
+// bench/cpu-split.ts and bench/run.ts (its "Node floor" table) to set portcullis against.
 // Usage: node --import tsx bench/peers/node-floor.ts CA_DIR UPSTREAM_CA_FILE   (after `npm run build`)
 import http from "node:http";
 import https from "node:https";
@@ -11,6 +13,7 @@ import { readFileSync } from "node:fs";
 import type { LookupFunction } from "node:net";
 import { createSecureContext, TLSSocket, type SecureContext } from "node:tls";
 import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 
 type Authority = typeof import("../../src/ca/authority.js");
 type ForgeLeaf = typeof import("../../src/ca/forge-leaf.js");
@@ -34,17 +37,40 @@ const lookup = ((_host: string, options: { all?: boolean }, callback: (...args: 
   options.all ? callback(null, [{ address: "127.0.0.1", family: 4 }]) : callback(null, "127.0.0.1", 4)) as unknown as LookupFunction;
 const agent = new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 256, ca: readFileSync(upstreamCaFile, "utf8"), lookup });
 
-const inner = http.createServer((req, res) => {
+function destination(req: http.IncomingMessage): { host: string; port: number } {
   const authority = req.headers.host ?? "";
   const colon = authority.lastIndexOf(":");
-  const host = colon > 0 ? authority.slice(0, colon) : authority;
-  const port = colon > 0 ? Number(authority.slice(colon + 1)) : 443;
+  return colon > 0 ? { host: authority.slice(0, colon), port: Number(authority.slice(colon + 1)) } : { host: authority, port: 443 };
+}
+
+const inner = http.createServer((req, res) => {
+  const { host, port } = destination(req);
   const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: stripHopByHop(req.rawHeaders), agent }, (answer) => {
     res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.rawHeaders);
     answer.pipe(res);
   });
   upstream.on("error", () => res.destroy());
   req.pipe(upstream);
+});
+inner.on("upgrade", (req: http.IncomingMessage, client: Duplex, head: Buffer) => {
+  const { host, port } = destination(req);
+  client.on("error", () => client.destroy());
+  const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: req.rawHeaders, agent });
+  upstream.on("upgrade", (answer: http.IncomingMessage, socket: Duplex, upstreamHead: Buffer) => {
+    let text = `HTTP/1.1 ${answer.statusCode} ${answer.statusMessage}\r\n`;
+    for (let i = 0; i < answer.rawHeaders.length; i += 2) text += `${answer.rawHeaders[i]}: ${answer.rawHeaders[i + 1]}\r\n`;
+    client.write(`${text}\r\n`);
+    if (upstreamHead.length) client.write(upstreamHead);
+    if (head.length) socket.write(head);
+    socket.on("error", () => client.destroy());
+    client.on("close", () => socket.destroy());
+    socket.on("close", () => client.destroy());
+    client.pipe(socket);
+    socket.pipe(client);
+  });
+  upstream.on("response", () => client.destroy());
+  upstream.on("error", () => client.destroy());
+  upstream.end();
 });
 const outer = http.createServer();
 outer.on("connect", (_req: http.IncomingMessage, socket: Socket) => {
