@@ -11,7 +11,9 @@ export class CloseFrameWatcher {
   private headerLength = 0;
   private remaining = 0;
   private opcode = 0;
-  private mask: Buffer | undefined;
+  /** The close frame's masking key (a client's frames are masked); only a close frame's payload is ever read. */
+  private readonly maskKey = Buffer.alloc(4);
+  private masked = false;
   private payloadOffset = 0;
   private readonly codeBytes: number[] = [];
   private inPayload = false;
@@ -24,7 +26,7 @@ export class CloseFrameWatcher {
         if (this.opcode === OPCODE_CLOSE) {
           for (let k = 0; k < take && this.codeBytes.length < 2; k++) {
             const byte = chunk[i + k]!;
-            this.codeBytes.push(this.mask ? byte ^ this.mask[(this.payloadOffset + k) % 4]! : byte);
+            this.codeBytes.push(this.masked ? byte ^ this.maskKey[(this.payloadOffset + k) % 4]! : byte);
           }
         }
         this.payloadOffset += take;
@@ -61,7 +63,9 @@ export class CloseFrameWatcher {
     } else {
       this.remaining = length7;
     }
-    this.mask = masked ? Buffer.from(this.header.subarray(offset, offset + 4)) : undefined;
+    // Kept only for a close frame: every frame a client sends is masked, and a copy of each key cost an allocation a message.
+    this.masked = masked && this.opcode === OPCODE_CLOSE;
+    if (this.masked) this.header.copy(this.maskKey, 0, offset, offset + 4);
     this.headerLength = 0;
     this.payloadOffset = 0;
     this.codeBytes.length = 0;
