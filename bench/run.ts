@@ -275,6 +275,14 @@ function record(target: TargetName, metric: Metric, value: number, cpuPerUnit?: 
 /** CPU seconds the target's proxy has used so far; NaN for direct and the CLI. */
 const cpuNow = (target: Target) => target.cpu?.() ?? NaN;
 
+/** A peer that could not start loses its column: a failure (exit code 1), named as an anomaly. */
+function startedOrMissing<T>(started: T | Error, column: string): T | undefined {
+  if (!(started instanceof Error)) return started;
+  failures++;
+  anomaly(`no ${column} column: ${describeError(started)}`);
+  return undefined;
+}
+
 function anomaly(message: string): void {
   const text = message.length > 400 ? `${message.slice(0, 400)}…` : message;
   if (anomalies.length < 30 && !anomalies.includes(text)) anomalies.push(text);
@@ -948,40 +956,24 @@ async function main(): Promise<number> {
         anomaly(`could not start ${COLUMN[name]}: ${describeError(error)}`);
       }
     }
-    const mitmproxyStarted = await mitmproxyStarting;
-    if (mitmproxyStarted instanceof Error) {
-      failures++;
-      anomaly(`no mitmproxy column: ${describeError(mitmproxyStarted)}`);
-    } else {
-      mitmproxy = mitmproxyStarted;
+    mitmproxy = startedOrMissing(await mitmproxyStarting, "mitmproxy");
+    if (mitmproxy) {
       const pid = mitmproxy.pid;
       h2Paths.mitmproxy = { proxyUrl: `http://127.0.0.1:${mitmproxy.port}`, ca: mitmproxy.caPem, cpu: () => cpuSeconds(pid), httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("mitmproxy") };
     }
-    const squidStarted = await squidStarting;
-    if (squidStarted instanceof Error) {
-      failures++;
-      anomaly(`no squid column: ${describeError(squidStarted)}`);
-    } else {
-      squid = squidStarted;
+    squid = startedOrMissing(await squidStarting, "squid");
+    if (squid) {
       const handle = squid;
       targets.squid = { name: "squid", proxyUrl: `http://127.0.0.1:${squid.port}`, ca: squid.caPem, cpu: () => handle.cpu() };
     }
-    const goStarted = await goStarting;
-    if (goStarted instanceof Error) {
-      failures++;
-      anomaly(`no Go ReverseProxy column: ${describeError(goStarted)}`);
-    } else {
-      goMitm = goStarted;
+    goMitm = startedOrMissing(await goStarting, COLUMN.go);
+    if (goMitm) {
       const pid = goMitm.pid;
       targets.go = { name: "go", proxyUrl: `http://127.0.0.1:${goMitm.port}`, ca: goMitm.caPem, cpu: () => cpuSeconds(pid) };
       h2Paths.go = { ...targets.go, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("go") };
     }
-    const floorStarted = await floorStarting;
-    if (floorStarted instanceof Error) {
-      failures++;
-      anomaly(`no Node floor column: ${describeError(floorStarted)}`);
-    } else {
-      nodeFloor = floorStarted;
+    nodeFloor = startedOrMissing(await floorStarting, COLUMN.floor);
+    if (nodeFloor) {
       const pid = nodeFloor.pid;
       targets.floor = { name: "floor", proxyUrl: `http://127.0.0.1:${nodeFloor.port}`, ca: nodeFloor.caPem, cpu: () => cpuSeconds(pid) };
     }
