@@ -95,7 +95,16 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
 
 async function startFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
   const floor = await startNodeFloor(join(work, "node-floor"), upstreamCaFile);
-  return { name: "Node floor", pid: floor.pid, port: floor.port, caPem: floor.caPem, close: () => floor.close() };
+  return {
+    name: "Node floor",
+    pid: floor.pid,
+    port: floor.port,
+    caPem: floor.caPem,
+    async close() {
+      await floor.close();
+      if (floor.output()) log(`the Node floor printed: ${floor.output()}`);
+    },
+  };
 }
 
 async function startGo(work: string, upstreamCaFile: string, initCa: (dir: string) => Promise<void>): Promise<Proxy | undefined> {

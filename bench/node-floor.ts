@@ -37,13 +37,16 @@ export function startNodeFloor(dir: string, upstreamCaFile: string): Promise<Pee
         pid: child.pid!,
         caPem: readFileSync(join(dir, "ca.pem"), "utf8"),
         version: `Node ${process.version}`,
-        // It counts nothing itself: the scenarios' own checks see what failed.
+        // It counts nothing itself: the scenarios' own checks see what failed. It prints nothing
+        // either, so anything on its stderr (a crash, a warning) is for the caller to show.
         errors: () => ({ count: undefined, first: [] }),
         output: () => output.trim(),
         async close() {
           if (child.exitCode !== null || child.signalCode !== null) return;
           child.kill("SIGTERM");
+          const timer = setTimeout(() => child.kill("SIGKILL"), 8_000);
           await exited;
+          clearTimeout(timer);
         },
       });
     });

@@ -1119,6 +1119,8 @@ async function main(): Promise<number> {
       if (goErrors?.count === undefined) anomaly("the Go peer did not report its error count on exit");
       else if (goErrors.count) anomaly(`the Go peer answered ${goErrors.count} requests with 502 (the first: ${goErrors.first.join("; ")})`);
     }
+    const floorOutput = nodeFloor?.output();
+    if (floorOutput) anomaly(`the Node floor printed: ${floorOutput.slice(0, 2000)}`);
 
     const auditLines: Partial<Record<TargetName, number>> = {};
     for (const name of PORTCULLIS_INSTANCES) {
@@ -1495,7 +1497,7 @@ function printReport(
  * portcullis' code, and how much any Node.js proxy on this machine would have.
  */
 function printFloorReport(lines: string[]): void {
-  if (!results.floor.ka_rps?.length) return;
+  if (!FLOOR_ROWS.some((row) => results.floor[row.metric]?.length)) return;
   lines.push("");
   lines.push("### Against Node's own floor (bench/peers/node-floor.ts), same rounds, same direct column");
   lines.push("");

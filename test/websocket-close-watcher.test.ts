@@ -6,13 +6,12 @@ import { CloseFrameWatcher } from "../src/pipeline/websocket-frames.js";
 /** ws' own framing (its ESM entry exports Sender; its types do not declare the static frame()). */
 const { Sender } = ws as unknown as { Sender: { frame(data: Buffer, options: Record<string, unknown>): Buffer[] } };
 
-/** One frame as ws' own Sender writes it (a client masks with a random key, a server does not). */
+/** One frame as ws' own Sender writes it: masked (as a client sends it, ws picks a random key for each frame) or not (as a server does). */
 function frame(opcode: number, payload: Buffer, masked: boolean): Buffer {
   const parts = Sender.frame(payload, {
     fin: true,
     opcode,
     mask: masked,
-    maskBuffer: masked ? randomBytes(4) : undefined,
     readOnly: false,
     rsv1: false,
   });

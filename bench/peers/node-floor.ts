@@ -54,8 +54,10 @@ const inner = http.createServer((req, res) => {
 });
 inner.on("upgrade", (req: http.IncomingMessage, client: Duplex, head: Buffer) => {
   const { host, port } = destination(req);
-  client.on("error", () => client.destroy());
   const upstream = https.request({ host, port, servername: host, path: req.url, method: req.method, headers: req.rawHeaders, agent });
+  client.on("error", () => client.destroy());
+  // Gone before the upstream switched: nothing is left to relay to.
+  client.once("close", () => upstream.destroy());
   upstream.on("upgrade", (answer: http.IncomingMessage, socket: Duplex, upstreamHead: Buffer) => {
     let text = `HTTP/1.1 ${answer.statusCode} ${answer.statusMessage}\r\n`;
     for (let i = 0; i < answer.rawHeaders.length; i += 2) text += `${answer.rawHeaders[i]}: ${answer.rawHeaders[i + 1]}\r\n`;
@@ -63,12 +65,16 @@ inner.on("upgrade", (req: http.IncomingMessage, client: Duplex, head: Buffer) =>
     if (upstreamHead.length) client.write(upstreamHead);
     if (head.length) socket.write(head);
     socket.on("error", () => client.destroy());
-    client.on("close", () => socket.destroy());
-    socket.on("close", () => client.destroy());
+    client.once("close", () => socket.destroy());
+    socket.once("close", () => client.destroy());
     client.pipe(socket);
     socket.pipe(client);
   });
-  upstream.on("response", () => client.destroy());
+  // Refused: the answer is read to its end (so its socket goes back to the agent), and the client is cut.
+  upstream.on("response", (answer: http.IncomingMessage) => {
+    answer.resume();
+    client.destroy();
+  });
   upstream.on("error", () => client.destroy());
   upstream.end();
 });
