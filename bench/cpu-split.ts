@@ -19,7 +19,6 @@ import { basename, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
-import { startNodeFloor } from "./node-floor.js";
 import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
@@ -94,17 +93,8 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
 }
 
 async function startFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
-  const floor = await startNodeFloor(join(work, "node-floor"), upstreamCaFile);
-  return {
-    name: "Node floor",
-    pid: floor.pid,
-    port: floor.port,
-    caPem: floor.caPem,
-    async close() {
-      await floor.close();
-      if (floor.output()) log(`the Node floor printed: ${floor.output()}`);
-    },
-  };
+  const floor = await startChild<ChildMessage & { port: number; caPem: string }>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstreamCaFile]);
+  return { name: "Node floor", pid: floor.process.pid!, port: floor.ready.port, caPem: floor.ready.caPem, close: async () => void (await floor.close()) };
 }
 
 async function startGo(work: string, upstreamCaFile: string, initCa: (dir: string) => Promise<void>): Promise<Proxy | undefined> {

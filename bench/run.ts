@@ -12,8 +12,8 @@
 // `websocket: inspect` rule (WebSocket sessions parsed into messages) and one with an `mcp:`
 // rule (MCP tools/call round trips with the SDK's client and server). squid (bench/squid.ts)
 // and the Go peer (bench/go-mitm.ts, built from bench/peers/go-mitm at the start) are peers in
-// the main table; the Go peer also in the h2 table. The Node floor (bench/node-floor.ts: Node's
-// own HTTP and TLS, nothing else) runs the main rows as a reference table. The HTTP/2 and
+// the main table; the Go peer also in the h2 table. The Node floor (bench/peers/node-floor.ts:
+// Node's own HTTP and TLS, nothing else) runs the main rows as a reference table. The HTTP/2 and
 // gRPC scenarios (bench/h2.ts) compare direct, portcullis (h2 to an h2 upstream, and h2 to an
 // HTTP/1.1-only one) and mitmproxy (mitmdump, bench/mitmproxy.ts) in the same rounds. Every loop is
 // bounded, every scenario has a deadline, and every server and child is closed at the end.
@@ -34,7 +34,6 @@ import WebSocket from "ws";
 import { buildGoMitm, GO_MAXPROCS, goVersion, startGoMitm, type GoMitmHandle } from "./go-mitm.js";
 import { grpcStream, grpcUnary, h2Download, h2Gets, type H2Path } from "./h2.js";
 import { checkMcpRule, mcpCalls, type McpPath } from "./mcp.js";
-import { startNodeFloor } from "./node-floor.js";
 import { runBudgetBench } from "./budgets.js";
 import { squidVersion, startSquid, type SquidHandle } from "./squid.js";
 import {
@@ -56,7 +55,6 @@ import {
   withTimeout,
   type ChildHandle,
   type ChildMessage,
-  type PeerHandle,
 } from "./lib.js";
 import { mitmdumpVersion, startMitmproxy, type MitmproxyHandle } from "./mitmproxy.js";
 
@@ -878,7 +876,6 @@ async function main(): Promise<number> {
   let mitmproxy: MitmproxyHandle | undefined;
   let squid: SquidHandle | undefined;
   let goMitm: GoMitmHandle | undefined;
-  let nodeFloor: PeerHandle | undefined;
   try {
     const hosts = [BENCH_DOMAIN, LLM_HOST, WS_HOST, MCP_HOST];
     for (let round = 0; round < ROUNDS; round++) for (let i = 0; i < P.firstSeen.hosts; i++) hosts.push(firstSeenHost(round, i));
@@ -909,7 +906,9 @@ async function main(): Promise<number> {
       : Promise.resolve(new Error("mitmdump is not installed (apt-get install mitmproxy)"));
     const squidStarting = setUpSquid(work, upstream.ready.caFile, hosts).catch((error: unknown) => error as Error);
     const goStarting = setUpGoMitm(work, upstream.ready.caFile).catch((error: unknown) => error as Error);
-    const floorStarting = startNodeFloor(join(work, "node-floor"), upstream.ready.caFile).catch((error: unknown) => error as Error);
+    const floorStarting = startChild<ChildMessage & { port: number; caPem: string }>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstream.ready.caFile]).catch(
+      (error: unknown) => error as Error,
+    );
     type Ready = ChildMessage & { port: number; caPem: string };
     const [portcullis, llm, inspect, mcp, mitm] = await Promise.all([
       startChild<Ready>("portcullis", "portcullis-child.ts", [policy.files.main], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
@@ -972,10 +971,10 @@ async function main(): Promise<number> {
       targets.go = { name: "go", proxyUrl: `http://127.0.0.1:${goMitm.port}`, ca: goMitm.caPem, cpu: () => cpuSeconds(pid) };
       h2Paths.go = { ...targets.go, httpPort: upstreamH2Port, grpcPort: upstreamGrpcPort, sent: count("go") };
     }
-    nodeFloor = startedOrMissing(await floorStarting, COLUMN.floor);
+    const nodeFloor = startedOrMissing(await floorStarting, COLUMN.floor);
     if (nodeFloor) {
-      const pid = nodeFloor.pid;
-      targets.floor = { name: "floor", proxyUrl: `http://127.0.0.1:${nodeFloor.port}`, ca: nodeFloor.caPem, cpu: () => cpuSeconds(pid) };
+      children.push(nodeFloor);
+      targets.floor = viaChild("floor", nodeFloor);
     }
 
     const scenarios: { name: string; targets: TargetName[]; run: (target: Target, round: number) => Promise<void> }[] = [
@@ -1087,7 +1086,7 @@ async function main(): Promise<number> {
     const cliCpu = clis.map((cli) => ({ name: cli.name, cpu: cli.cpu() }));
 
     log("closing");
-    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close()), mitmproxy?.close(), squid?.close(), goMitm?.close(), nodeFloor?.close()]);
+    await Promise.all([...children.map((child) => child.close()), ...clis.map((cli) => cli.close()), mitmproxy?.close(), squid?.close(), goMitm?.close()]);
     children.length = 0;
     for (const cli of clis) {
       const output = cli.output();
@@ -1119,8 +1118,6 @@ async function main(): Promise<number> {
       if (goErrors?.count === undefined) anomaly("the Go peer did not report its error count on exit");
       else if (goErrors.count) anomaly(`the Go peer answered ${goErrors.count} requests with 502 (the first: ${goErrors.first.join("; ")})`);
     }
-    const floorOutput = nodeFloor?.output();
-    if (floorOutput) anomaly(`the Node floor printed: ${floorOutput.slice(0, 2000)}`);
 
     const auditLines: Partial<Record<TargetName, number>> = {};
     for (const name of PORTCULLIS_INSTANCES) {
@@ -1218,7 +1215,6 @@ async function main(): Promise<number> {
       mitmproxy?.close().catch(() => null),
       squid?.close().catch(() => null),
       goMitm?.close().catch(() => null),
-      nodeFloor?.close().catch(() => null),
     ]);
     killAllChildren();
     if (process.env.BENCH_KEEP_WORK === "1") log(`BENCH_KEEP_WORK=1: left ${work} (policies, audit logs, CAs) in place`);

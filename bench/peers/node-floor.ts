@@ -5,8 +5,10 @@
 // close the pooled upstream connection). An upgrade (WebSocket) goes upstream with its headers as
 // they came, and once the upstream switched, the two TLS sockets are piped to each other. What
 // Node's own HTTP and TLS cost per request, tunnel, MB and message on this machine, for
-// bench/cpu-split.ts and bench/run.ts (its "Node floor" table) to set portcullis against.
-// Usage: node --import tsx bench/peers/node-floor.ts CA_DIR UPSTREAM_CA_FILE   (after `npm run build`)
+// bench/cpu-split.ts and bench/run.ts (its "Node floor" table) to set portcullis against. A
+// reference, never a peer. A benchmark child like the others (bench/lib.ts startChild): it
+// reports its port and CA over IPC and exits when asked.
+// Usage: startChild("Node floor", "peers/node-floor.ts", [CA_DIR, UPSTREAM_CA_FILE])   (after `npm run build`)
 import http from "node:http";
 import https from "node:https";
 import { readFileSync } from "node:fs";
@@ -14,6 +16,7 @@ import type { LookupFunction } from "node:net";
 import { createSecureContext, TLSSocket, type SecureContext } from "node:tls";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { serveParent } from "../lib.js";
 
 type Authority = typeof import("../../src/ca/authority.js");
 type ForgeLeaf = typeof import("../../src/ca/forge-leaf.js");
@@ -85,6 +88,7 @@ outer.on("connect", (_req: http.IncomingMessage, socket: Socket) => {
 });
 outer.listen(0, "127.0.0.1", () => {
   const address = outer.address();
-  if (address && typeof address === "object") process.stdout.write(`listening on 127.0.0.1:${address.port}\n`);
+  if (!address || typeof address !== "object") throw new Error("node-floor: no address to listen on");
+  // Nothing to drain on close: the bench has finished with it.
+  serveParent({ type: "ready", port: address.port, caPem: ca.certPem }, {}, async () => undefined);
 });
-process.on("SIGTERM", () => process.exit(0));
