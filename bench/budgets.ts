@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
 import { Agent, ProxyAgent, request, type Dispatcher } from "undici";
-import { benchLookup, BENCH_DOMAIN, cpuSeconds, formatNumber, freePort, log, median, percentile, startChild, trackChild, withTimeout, type ChildHandle, type ChildMessage } from "./lib.js";
+import { benchLookup, BENCH_DOMAIN, cpuSeconds, formatNumber, freePort, log, median, percentile, startChild, trackChild, withTimeout, type ChildHandle, type ChildMessage, type ProxyReady } from "./lib.js";
 
 const LLM_HOST = `llm.${BENCH_DOMAIN}`;
 type PathName = "direct" | "plain" | "memory" | "redis";
@@ -164,7 +164,7 @@ export async function runBudgetBench(options: BudgetBenchOptions): Promise<{ lin
     const paths: Path[] = [{ name: "direct", dispatcher: () => new Agent({ connect: { ca: caPem, lookup: benchLookup } }) }];
     for (const [name, store] of [["plain", undefined], ["memory", "memory"], ["redis", redisUrl]] as const) {
       if (name === "redis" && !redisUrl) continue;
-      const child = await startChild<ChildMessage & { port: number; caPem: string }>(`portcullis ${name}`, "portcullis-child.ts", [policy(options.work, name, caFile, port, store)]);
+      const child = await startChild<ProxyReady>(`portcullis ${name}`, "portcullis-child.ts", [policy(options.work, name, caFile, port, store)]);
       children.push(child);
       paths.push({ name, pid: child.process.pid, dispatcher: () => new ProxyAgent({ uri: `http://127.0.0.1:${child.ready.port}`, requestTls: { ca: child.ready.caPem } }) });
     }

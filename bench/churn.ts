@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { ProxyAgent, request } from "undici";
 import WebSocket from "ws";
-import { BENCH_DOMAIN, startChild, type ChildMessage, log } from "./lib.js";
+import { BENCH_DOMAIN, startChild, type ChildMessage, type ProxyReady, log } from "./lib.js";
 
 const SECONDS = Number(process.env.CHURN_SECONDS ?? 600);
 const SAMPLE_S = Number(process.env.CHURN_SAMPLE_S ?? 30);
@@ -40,7 +40,7 @@ writeFileSync(
 );
 // portcullis-child.ts runs createProxy from dist/, as `portcullis start` does; --expose-gc lets
 // the idle-tunnel figure count memory held rather than garbage not yet collected.
-const portcullis = await startChild<ChildMessage & { port: number; caPem: string }>("portcullis", "portcullis-child.ts", [policyFile], {
+const portcullis = await startChild<ProxyReady>("portcullis", "portcullis-child.ts", [policyFile], {
   env: { NODE_OPTIONS: "--expose-gc" },
   nodeFlags: (process.env.CHURN_NODE_FLAGS ?? "").split(" ").filter(Boolean),
 });

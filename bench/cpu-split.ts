@@ -19,7 +19,7 @@ import { basename, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ProxyAgent } from "undici";
 import { buildGoMitm, goVersion, startGoMitm } from "./go-mitm.js";
-import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage } from "./lib.js";
+import { benchFile, BENCH_DOMAIN, log, median, probePolicy, procStat, smallGets, startChild, trackChild, killAllChildren, type ChildMessage, type ProxyReady } from "./lib.js";
 
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const DOWNLOAD = process.env.BENCH_SCENARIO === "download";
@@ -93,7 +93,7 @@ async function startPortcullis(work: string, upstreamCaFile: string, port: numbe
 }
 
 async function startFloor(work: string, upstreamCaFile: string): Promise<Proxy> {
-  const floor = await startChild<ChildMessage & { port: number; caPem: string }>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstreamCaFile]);
+  const floor = await startChild<ProxyReady>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstreamCaFile]);
   return { name: "Node floor", pid: floor.process.pid!, port: floor.ready.port, caPem: floor.ready.caPem, close: async () => void (await floor.close()) };
 }
 

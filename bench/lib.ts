@@ -33,6 +33,8 @@ export function benchLookup(hostname: string, options: LookupOptions | number | 
 // Child processes, spoken to over the IPC channel.
 
 export type ChildMessage = { type: string; [key: string]: unknown };
+/** The ready message of a child that is a proxy (portcullis-child.ts, mitm-child.ts, peers/node-floor.ts): where it listens and its CA. */
+export type ProxyReady = ChildMessage & { port: number; caPem: string };
 
 export interface ChildHandle<Ready extends ChildMessage = ChildMessage> {
   name: string;

@@ -55,6 +55,7 @@ import {
   withTimeout,
   type ChildHandle,
   type ChildMessage,
+  type ProxyReady,
 } from "./lib.js";
 import { mitmdumpVersion, startMitmproxy, type MitmproxyHandle } from "./mitmproxy.js";
 
@@ -906,22 +907,21 @@ async function main(): Promise<number> {
       : Promise.resolve(new Error("mitmdump is not installed (apt-get install mitmproxy)"));
     const squidStarting = setUpSquid(work, upstream.ready.caFile, hosts).catch((error: unknown) => error as Error);
     const goStarting = setUpGoMitm(work, upstream.ready.caFile).catch((error: unknown) => error as Error);
-    const floorStarting = startChild<ChildMessage & { port: number; caPem: string }>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstream.ready.caFile]).catch(
+    const floorStarting = startChild<ProxyReady>("Node floor", "peers/node-floor.ts", [join(work, "node-floor"), upstream.ready.caFile]).catch(
       (error: unknown) => error as Error,
     );
-    type Ready = ChildMessage & { port: number; caPem: string };
     const [portcullis, llm, inspect, mcp, mitm] = await Promise.all([
-      startChild<Ready>("portcullis", "portcullis-child.ts", [policy.files.main], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
-      startChild<Ready>("portcullis+llm", "portcullis-child.ts", [policy.files.llm], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
-      startChild<Ready>("portcullis+ws-inspect", "portcullis-child.ts", [policy.files.inspect], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
-      startChild<Ready>("portcullis+mcp", "portcullis-child.ts", [policy.files.mcp], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
-      startChild<Ready>("http-mitm-proxy", "mitm-child.ts", [join(work, "mitm-ca")], {
+      startChild<ProxyReady>("portcullis", "portcullis-child.ts", [policy.files.main], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<ProxyReady>("portcullis+llm", "portcullis-child.ts", [policy.files.llm], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<ProxyReady>("portcullis+ws-inspect", "portcullis-child.ts", [policy.files.inspect], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<ProxyReady>("portcullis+mcp", "portcullis-child.ts", [policy.files.mcp], { nodeFlags: PORTCULLIS_NODE_FLAGS }),
+      startChild<ProxyReady>("http-mitm-proxy", "mitm-child.ts", [join(work, "mitm-ca")], {
         env: { NODE_EXTRA_CA_CERTS: upstream.ready.caFile },
       }),
     ]);
     children.push(portcullis, llm, inspect, mcp, mitm);
 
-    const viaChild = (name: TargetName, child: ChildHandle<Ready>, host?: string): Target => {
+    const viaChild = (name: TargetName, child: ChildHandle<ProxyReady>, host?: string): Target => {
       const pid = child.process.pid;
       return { name, proxyUrl: `http://127.0.0.1:${child.ready.port}`, ca: child.ready.caPem, cpu: () => cpuSeconds(pid), host };
     };
