@@ -88,23 +88,42 @@ function webSocket(): Promise<void> {
 }
 
 // Idle tunnels first: IDLE_TUNNELS clients each open a tunnel, make one request and keep the
-// connection open; the proxy's RSS before and after gives the memory an idle tunnel holds.
-const IDLE_TUNNELS = Number(process.env.CHURN_IDLE_TUNNELS ?? 1000);
-async function idleTunnelCost(): Promise<string> {
-  await (await request(`${origin}/small`, { dispatcher: keepAlive })).body.text();
-  const before = await retained();
-  const agents = Array.from({ length: IDLE_TUNNELS }, () => new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 1, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 }));
+// connection open, in two equal batches; the proxy's memory before, between and after (each
+// after a full GC) gives what an idle tunnel holds, and the two batches show that it is a cost per tunnel.
+// The proxy is warmed up first, so that the figure leaves out what grows once and then stays: the
+// young generation sized for keep-alive traffic, the JIT's code, the live view's ring of 500 records.
+const IDLE_TUNNELS = Number(process.env.CHURN_IDLE_TUNNELS ?? 2000);
+const WARM_UP = { tunnels: 50, requests: 1000 };
+async function openIdleTunnels(count: number): Promise<ProxyAgent[]> {
+  const agents = Array.from({ length: count }, () => new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 1, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 }));
   let next = 0;
   await Promise.all(Array.from({ length: 8 }, async () => {
     while (next < agents.length) await (await request(`${origin}/small`, { dispatcher: agents[next++]! })).body.text();
   }));
+  return agents;
+}
+async function idleTunnelCost(): Promise<string> {
+  for (let i = 0; i < WARM_UP.tunnels; i++) await newTunnel();
+  for (let i = 0; i < WARM_UP.requests; i += 20) await keptAlive();
+  const half = Math.floor(IDLE_TUNNELS / 2);
+  const before = await retained();
+  const agents = await openIdleTunnels(half);
+  const between = await retained();
+  agents.push(...(await openIdleTunnels(IDLE_TUNNELS - half)));
   const after = await retained();
   await Promise.all(agents.map((agent) => agent.close()));
-  const perTunnel = (field: "rss" | "heapUsed" | "external") => ((after[field] - before[field]) / 1024 / IDLE_TUNNELS).toFixed(1);
-  return `${IDLE_TUNNELS} idle tunnels, after a full GC: ${perTunnel("rss")} KiB RSS per idle tunnel (JS heap ${perTunnel("heapUsed")} KiB, external ${perTunnel("external")} KiB); RSS ${(before.rss / 1048576).toFixed(1)} → ${(after.rss / 1048576).toFixed(1)} MiB`;
+  const kiB = (from: Retained, to: Retained, field: "rss" | "heapUsed" | "external", tunnels: number) => ((to[field] - from[field]) / 1024 / tunnels).toFixed(1);
+  const mib = (at: Retained) => (at.rss / 1048576).toFixed(1);
+  return (
+    `${IDLE_TUNNELS} idle tunnels, after a warm-up and a full GC: ${kiB(before, after, "rss", IDLE_TUNNELS)} KiB RSS per idle tunnel ` +
+    `(JS heap ${kiB(before, after, "heapUsed", IDLE_TUNNELS)} KiB, external ${kiB(before, after, "external", IDLE_TUNNELS)} KiB; ` +
+    `first ${half}: ${kiB(before, between, "rss", half)} KiB each, next ${IDLE_TUNNELS - half}: ${kiB(between, after, "rss", IDLE_TUNNELS - half)} KiB each); ` +
+    `RSS ${mib(before)} → ${mib(between)} → ${mib(after)} MiB`
+  );
 }
 const idleLine = IDLE_TUNNELS > 0 ? await idleTunnelCost() : "idle tunnels: skipped";
 log(idleLine);
+for (const kind of Object.keys(counts) as (keyof typeof counts)[]) counts[kind] = 0; // the churn below counts its own work only
 
 const kinds = [newTunnel, keptAlive, keptAlive, webSocket, denied];
 const end = Date.now() + SECONDS * 1000;
