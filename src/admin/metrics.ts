@@ -1,3 +1,4 @@
+import type { EventEmitter } from "node:events";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { SecureContextStats } from "../ca/secure-contexts.js";
 import type { AuditRecord } from "../core/audit-record.js";
@@ -124,10 +125,13 @@ export class ProxyMetrics {
     }
   }
 
-  /** Counts one more open tunnel; the returned function (safe to call twice) counts it closed. */
-  tunnelOpened(): () => void {
-    return opened(this.openTunnels);
+  /** Counts the tunnel open until its socket closes (one listener shared by every tunnel, no closure per socket). */
+  countTunnel(socket: EventEmitter): void {
+    this.openTunnels.inc();
+    socket.on("close", this.tunnelClosed);
   }
+
+  private readonly tunnelClosed = (): void => void this.openTunnels.dec();
 
   webSocketOpened(): () => void {
     return opened(this.openWebSockets);

@@ -195,9 +195,13 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const servers = createServers(runtime);
   const { listener } = servers;
   const clientSockets = new Set<Socket>();
+  // One listener for every socket: a closure per connection would live as long as the connection.
+  const forgetSocket = function (this: Socket): void {
+    clientSockets.delete(this);
+  };
   listener.on("connection", (socket: Socket) => {
     clientSockets.add(socket);
-    socket.once("close", () => clientSockets.delete(socket));
+    socket.on("close", forgetSocket);
   });
   await warmUpSecrets(runtime.state, diagnostics);
   const listenAt = parseListen(listen);

@@ -1,6 +1,7 @@
 import type { IncomingMessage, Server } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { destroyOnError } from "../core/destroy-on-error.js";
 import { ProxyError } from "../core/errors.js";
 import type { TunnelContext } from "../core/exchange.js";
 import { writeErrorAnswer } from "../pipeline/answer-error.js";
@@ -61,7 +62,7 @@ function refuseConnect(runtime: TransportRuntime, socket: Socket, tunnel: Tunnel
 async function onConnect(runtime: TransportRuntime, inner: InnerServers, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const startedAt = performance.now();
   socket.setNoDelay(true);
-  socket.on("error", () => socket.destroy());
+  socket.on("error", destroyOnError);
   const state = runtime.state;
   const clientAddr = clientAddress(socket);
   const authority = parseConnectAuthority(req.url ?? "");
@@ -84,7 +85,7 @@ async function onConnect(runtime: TransportRuntime, inner: InnerServers, req: In
     refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("policy_denied", decision.reason, decision.rule));
     return;
   }
-  socket.once("close", runtime.metrics.tunnelOpened());
+  runtime.metrics.countTunnel(socket);
   if (anyHostMatches(state.passthrough, tunnel.host)) {
     passthroughTunnel(runtime, tunnel, socket, head);
     return;

@@ -2,6 +2,7 @@ import type { Server } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { TLSSocket, type TLSSocketOptions } from "node:tls";
+import { destroyOnError } from "../core/destroy-on-error.js";
 import type { TunnelContext } from "../core/exchange.js";
 import type { Http2Inner } from "./http2/server.js";
 import { tunnelRecord } from "./audit.js";
@@ -96,13 +97,16 @@ export async function interceptTunnel(runtime: TransportRuntime, inner: InnerSer
     tls.destroy();
     socket.destroy();
   };
+  const onCloseInHandshake = () => clearTimeout(handshakeTimer);
   tls.once("error", onHandshakeError);
-  tls.once("close", () => clearTimeout(handshakeTimer));
+  tls.once("close", onCloseInHandshake);
   tls.once("secure", () => {
     clearTimeout(handshakeTimer);
-    tls.off("error", onHandshakeError);
+    // Every handshake listener goes: one left behind would keep this scope (the timer, the
+    // tunnel, the failure logger) alive for as long as the connection stays open.
+    tls.off("error", onHandshakeError).off("close", onCloseInHandshake);
     // The http server's own handler takes over errors from here; this one only keeps a late one from being fatal.
-    tls.on("error", () => tls.destroy());
+    tls.on("error", destroyOnError);
     labelTunnel(tls, tunnel);
     // Node clears this only for sockets a tls.Server accepted; the h2 session would otherwise wait for a second handshake.
     (tls as TLSSocket & { secureConnecting: boolean }).secureConnecting = false;

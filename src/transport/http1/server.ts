@@ -1,6 +1,7 @@
 import http, { type IncomingMessage, type Server } from "node:http";
 import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
+import { destroyOnError } from "../../core/destroy-on-error.js";
 import { ProxyError } from "../../core/errors.js";
 import type { TunnelContext } from "../../core/exchange.js";
 import { writeErrorAnswer } from "../../pipeline/answer-error.js";
@@ -29,7 +30,7 @@ export function createHttp1Server(runtime: TransportRuntime): Server {
   // Without this listener Node answers Expect: 100-continue itself; the upstream should decide.
   server.on("checkContinue", onRequest);
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    socket.on("error", () => socket.destroy());
+    socket.on("error", destroyOnError);
     void runExchange(runtime, inboundFromHttp1(req, true), new SocketResponder(socket, head));
   });
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => onClientError(runtime, error, socket));

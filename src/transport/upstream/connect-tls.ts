@@ -1,5 +1,6 @@
 import { connect, type SecureContext, type TLSSocket } from "node:tls";
 import { ProxyError } from "../../core/errors.js";
+import { destroyOnError } from "../../core/destroy-on-error.js";
 import type { Target } from "../../core/messages.js";
 import { upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
@@ -41,7 +42,7 @@ export function connectTls(target: Target, trust: SecureContext, lookup: LookupF
       clearTimeout(timer);
       socket.off("error", fail);
       // Until its new owner listens, an error (a reset) must not go unhandled.
-      socket.on("error", () => socket.destroy());
+      socket.on("error", destroyOnError);
       resolve(socket);
     });
   });

@@ -5,6 +5,7 @@ import type { LookupAddress } from "node:dns";
 import { connect as tlsConnect, type SecureContext, type TLSSocket } from "node:tls";
 import { ProxyError } from "../../core/errors.js";
 import type { Target } from "../../core/messages.js";
+import { destroyOnError } from "../../core/destroy-on-error.js";
 import { formatAuthority, upstreamName } from "../../pipeline/target.js";
 import { DestinationDenied } from "../../policy/destinations.js";
 import { formatDuration } from "../../policy/duration.js";
@@ -63,7 +64,7 @@ export class UpstreamConnector {
       tls.once("secureConnect", () => {
         tls.off("error", onError);
         // Until its new owner listens, an error (a reset) must not go unhandled.
-        tls.on("error", () => tls.destroy());
+        tls.on("error", destroyOnError);
         done(tls);
       });
       return tls;
@@ -113,7 +114,7 @@ export class UpstreamConnector {
         if (why) return fail(new DestinationDenied(`${destination.host} resolves to ${why.replace(/^destination /, "")}`));
         clearTimeout(timer);
         socket.off("error", fail);
-        socket.on("error", () => socket.destroy());
+        socket.on("error", destroyOnError);
         resolve(socket);
       });
     });
