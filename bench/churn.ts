@@ -93,6 +93,7 @@ function webSocket(): Promise<void> {
 // The proxy is warmed up first, so that the figure leaves out what grows once and then stays: the
 // young generation sized for keep-alive traffic, the JIT's code, the live view's ring of 500 records.
 const IDLE_TUNNELS = Number(process.env.CHURN_IDLE_TUNNELS ?? 2000);
+if (IDLE_TUNNELS === 1 || !Number.isInteger(IDLE_TUNNELS) || IDLE_TUNNELS < 0) throw new Error("CHURN_IDLE_TUNNELS: 0 to skip, or at least 2 (two batches)");
 const WARM_UP = { tunnels: 50, requests: 1000 };
 async function openIdleTunnels(count: number): Promise<ProxyAgent[]> {
   const agents = Array.from({ length: count }, () => new ProxyAgent({ uri: proxyUrl, requestTls: { ca }, connections: 1, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 }));
@@ -104,6 +105,7 @@ async function openIdleTunnels(count: number): Promise<ProxyAgent[]> {
 }
 async function idleTunnelCost(): Promise<string> {
   for (let i = 0; i < WARM_UP.tunnels; i++) await newTunnel();
+  // After the closed tunnels, so that the proxy has long since seen them go when `before` is taken.
   for (let i = 0; i < WARM_UP.requests; i += 20) await keptAlive();
   const half = Math.floor(IDLE_TUNNELS / 2);
   const before = await retained();
