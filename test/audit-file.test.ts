@@ -82,6 +82,23 @@ describe("audit log appends", () => {
     expect(hostsIn(file).at(-1)).toBe("h40.example");
   });
 
+  it("writes what it holds on its timer without an fsync (which would stall every connection), and syncs on an explicit flush", async () => {
+    const file = join(tempDir("audit-nosync"), "audit.log");
+    const log = new AuditLog(file, new Scrubber());
+    const syncs = vi.spyOn(fs, "fsyncSync");
+    try {
+      for (let i = 0; i < 3; i++) log.write(record(i));
+      await expect.poll(() => hostsIn(file).length, { timeout: 5_000, interval: 10 }).toBe(3);
+      expect(syncs).not.toHaveBeenCalled();
+      log.write(record(3));
+      log.flush();
+      expect(hostsIn(file).at(-1)).toBe("h3.example");
+      expect(syncs).toHaveBeenCalled();
+    } finally {
+      syncs.mockRestore();
+    }
+  });
+
   it("writes what it holds to the old file before logrotate's reopen", () => {
     const file = join(tempDir("audit-rotate"), "audit.log");
     const log = new AuditLog(file, new Scrubber());
