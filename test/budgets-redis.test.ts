@@ -141,6 +141,37 @@ describe("budgets in Redis, shared by replicas", () => {
     expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
   });
 
+  it("the store: charges made while one is on the wire go out together, summed per counter, one script call each time", async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
+    const raw = await connectRedis(redis.url, log, "test-reader");
+    const scriptCalls = async () => {
+      const stats = await raw.info("commandstats");
+      return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
+    };
+    try {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const key = (client: string) => ({ rule: "batched", client, windowStart: hour.start, windowEnd: hour.end });
+      await store.charge([key("warm")], 1); // the scripts are loaded: EVAL once, EVALSHA after
+      await raw.config("RESETSTAT");
+      const first = store.charge([key("a")], 5);
+      await new Promise((resolve) => setImmediate(resolve)); // the first charge is on its way
+      const rest = Array.from({ length: 20 }, (_, i) => store.charge([key(i % 2 ? "a" : "b"), key("c")], i + 1));
+      await Promise.all([first, ...rest]);
+      expect(await scriptCalls()).toBe(2);
+      const tokens = async (client: string) => Number((await raw.hget((await raw.keys(`portcullis:budget:*:batched:${client}`))[0]!, "t")) ?? 0);
+      const sum = (odd: boolean) => Array.from({ length: 20 }, (_, i) => i + 1).filter((n) => (n % 2 === 0) === odd).reduce((a, b) => a + b, 0);
+      expect(await tokens("a")).toBe(5 + sum(true));
+      expect(await tokens("b")).toBe(sum(false));
+      expect(await tokens("c")).toBe(210);
+      const charged = (await raw.keys("portcullis:budget:*:batched:*"))[0]!;
+      expect(await raw.expiretime(charged)).toBe(Math.ceil(hour.end / 1000));
+    } finally {
+      await store.close();
+      raw.disconnect();
+    }
+  });
+
   it("the store: concurrent admissions never pass a request limit, a spent counter is peeked without counting, keys expire at the window's end", async () => {
     const log = { warn: () => undefined, info: () => undefined };
     const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
