@@ -164,6 +164,9 @@ describe("budgets in Redis, shared by replicas", () => {
       expect(await tokens("a")).toBe(5 + sum(true));
       expect(await tokens("b")).toBe(sum(false));
       expect(await tokens("c")).toBe(210);
+      // A count that is not a whole number (an upstream's) is rounded, and the others of its write still count.
+      await Promise.all([store.charge([key("f")], 7), store.charge([key("f"), key("g")], 1.5), store.charge([key("g")], 9)]);
+      expect([await tokens("f"), await tokens("g")]).toEqual([9, 11]);
       const charged = (await raw.keys("portcullis:budget:*:batched:*"))[0]!;
       expect(await raw.expiretime(charged)).toBe(Math.ceil(hour.end / 1000));
     } finally {

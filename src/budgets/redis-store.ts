@@ -131,12 +131,14 @@ export class RedisBudgetStore implements BudgetStore {
 
   /** Resolves once the tokens are in Redis (with whatever else was charged meanwhile). */
   charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
-    if (tokens <= 0 || keys.length === 0) return Promise.resolve();
+    // HINCRBY takes integers only, and one it refused would stop the script for every counter after it.
+    const amount = Math.min(Math.round(tokens), Number.MAX_SAFE_INTEGER);
+    if (!(amount > 0) || keys.length === 0) return Promise.resolve();
     for (const key of keys) {
       const id = PREFIX + counterId(key);
       const held = this.unsent.get(id);
-      if (held) held.tokens += tokens;
-      else this.unsent.set(id, { tokens, expireAt: expiry(key) });
+      if (held) held.tokens = Math.min(held.tokens + amount, Number.MAX_SAFE_INTEGER);
+      else this.unsent.set(id, { tokens: amount, expireAt: expiry(key) });
     }
     if (!this.nextCharge) {
       const write = this.lastCharge.then(() => {
@@ -188,7 +190,12 @@ export class RedisBudgetStore implements BudgetStore {
   }
 
   async close(): Promise<void> {
-    await this.lastCharge;
+    // Charges made while the last write was on the wire start another one: wait for that too.
+    let last: Promise<void>;
+    do {
+      last = this.lastCharge;
+      await last;
+    } while (last !== this.lastCharge);
     (await this.connecting.catch(() => undefined))?.disconnect();
   }
 }

@@ -95,8 +95,12 @@ export class AuditLog {
    */
   private writeHeld(): void {
     this.flushTimer = undefined;
-    unflushed.delete(this);
-    this.stream.flush();
+    try {
+      this.stream.flush();
+      unflushed.delete(this);
+    } catch {
+      // A write that failed (a full disk) leaves the lines held: the next write, or the exit, tries again.
+    }
   }
 
   /** Writes every line held, now, and syncs the file (reload, close, exit). */
