@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { destroyOnError } from "../core/destroy-on-error.js";
 import type { TunnelContext } from "../core/exchange.js";
 import { writeErrorAnswer } from "../pipeline/answer-error.js";
 import { formatAuthority } from "../pipeline/target.js";
@@ -28,7 +29,7 @@ export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelConte
         ...(error ? { error: { type: error.type, message: error.message } } : {}),
       }),
     );
-  client.on("error", () => client.destroy());
+  client.on("error", destroyOnError);
   client.once("close", () => (clientGone = true));
   // Connected (directly or through the parent proxy), within connect_timeout, before the client is answered.
   runtime.state.upstream.dial(tunnel.host, tunnel.port).then(

@@ -1,4 +1,5 @@
 import http2, { constants, type Http2Server, type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
+import { destroyOnError } from "../../core/destroy-on-error.js";
 import { runExchange } from "../../pipeline/runner.js";
 import type { TransportRuntime } from "../runtime.js";
 import { inboundFromHttp2 } from "./inbound.js";
@@ -67,7 +68,7 @@ export function createHttp2Server(runtime: TransportRuntime): Http2Inner {
  * idle is sent GOAWAY and closed; every other connection carries on.
  */
 function guardSession(runtime: TransportRuntime, session: Http2Session): void {
-  session.on("error", () => session.destroy());
+  session.on("error", destroyOnError);
   // The session's handle is set up once its socket is; the connection window can grow from then on.
   session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
   const refuse = (why: string, code = constants.NGHTTP2_ENHANCE_YOUR_CALM) => {

@@ -1,5 +1,6 @@
 import http2, { constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import type { TLSSocket } from "node:tls";
+import { destroyOnError } from "../../core/destroy-on-error.js";
 import { ProxyError } from "../../core/errors.js";
 import { getHeader, type RawHeaders } from "../../core/headers.js";
 import type { OutgoingRequest, Target, UpstreamCall, UpstreamEvents, UpstreamResponse } from "../../core/messages.js";
@@ -37,7 +38,7 @@ export class Http2Connection {
       session.once("remoteSettings", () => resolve());
       session.once("close", () => resolve());
     });
-    session.on("error", () => session.destroy());
+    session.on("error", destroyOnError);
     // GOAWAY: streams in flight finish, new ones go to a new session.
     session.once("goaway", () => onGone(this));
     session.once("close", () => {
