@@ -8,7 +8,7 @@ import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startRedis, type TestRedis } from "./helpers/redis.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 import { RedisBudgetStore } from "../src/budgets/redis-store.js";
-import { connectRedis } from "../src/store/redis.js";
+import { connectRedis, firstConnection } from "../src/store/redis.js";
 import { windowAt } from "../src/policy/window.js";
 
 let pki: ServerPki;
@@ -145,6 +145,7 @@ describe("budgets in Redis, shared by replicas", () => {
     const log = { warn: () => undefined, info: () => undefined };
     const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
     const raw = await connectRedis(redis.url, log, "test-reader");
+    await firstConnection(raw); // commands are never queued: the reader must be connected before its first one
     const scriptCalls = async () => {
       const stats = await raw.info("commandstats");
       return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
@@ -179,6 +180,7 @@ describe("budgets in Redis, shared by replicas", () => {
     const log = { warn: () => undefined, info: () => undefined };
     const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
     const raw = await connectRedis(redis.url, log, "test-reader");
+    await firstConnection(raw); // commands are never queued: the reader must be connected before its first one
     try {
       const hour = windowAt(Date.now(), 3_600_000);
       const check = { rule: "unit", client: "c:1", windowStart: hour.start, windowEnd: hour.end, limitRequests: 10 };
