@@ -1,17 +1,10 @@
 import pino, { type DestinationStream, type Logger } from "pino";
 import { levelFor, type AuditRecord } from "../core/audit-record.js";
+import { AUDIT_FLUSH_MS, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
 import type { Scrubber } from "./scrub.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
-
-interface ReopenableStream extends DestinationStream {
-  reopen(file?: string): void;
-  /** Writes what is held, then fsyncs the file (sonic-boom). */
-  flushSync(): void;
-  /** Writes what is held; synchronous on a destination opened with `sync`, and no fsync. */
-  flush(): void;
-}
 
 /** pino's numbers for the audit levels, so the line reads as pino's own would. */
 const LEVEL_NUMBERS = { info: 30, warn: 40, error: 50 } as const;
@@ -25,7 +18,7 @@ const LEVEL_NUMBERS = { info: 30, warn: 40, error: 50 } as const;
  * per-field serialiser cost about as much again as the write itself.
  */
 export class AuditLog {
-  private stream: ReopenableStream;
+  private stream: AuditDestination;
   /** Every record written, scrubbed, for traces and the live view. */
   readonly feed = new AuditFeed();
   /** Writes what the destination holds AUDIT_FLUSH_MS after the first line it held. */
@@ -38,7 +31,7 @@ export class AuditLog {
     /** Sees every record written (metrics). */
     private readonly onRecord: (record: AuditRecord) => void = () => undefined,
   ) {
-    this.stream = (stream as ReopenableStream) ?? openDestination(target);
+    this.stream = (stream as AuditDestination) ?? openAuditDestination(target);
   }
 
   get destination(): string {
@@ -53,14 +46,14 @@ export class AuditLog {
   retarget(target: string, scrubber: Scrubber): boolean {
     if (target === this.target) return true;
     if (this.target === "stream") return false;
-    const next = openDestination(target);
+    const next = openAuditDestination(target);
     this.flush();
     const previous = this.stream;
     const closePrevious = this.target !== "-"; // never close the process' stdout
     this.stream = next;
     this.scrubber = scrubber;
     this.target = target;
-    if (closePrevious) (previous as ReopenableStream & { end?(): void }).end?.();
+    if (closePrevious) (previous as AuditDestination & { end?(): void }).end?.();
     return true;
   }
 
@@ -134,18 +127,6 @@ export function auditLine(record: AuditRecord, level: number, time: number): str
   if (!json.startsWith(lead)) return `${JSON.stringify(publishedRecord(record, level, time))}\n`;
   // What follows msg: "" when it is the only field, else ",<the other fields>".
   return `{"level":${level},"time":${time}${json.slice(lead.length, -1)},"msg":${msg}}\n`;
-}
-
-/** Lines are held until this many bytes are waiting (sonic-boom's minLength), then written in one append. */
-const BATCH_BYTES = 4096;
-/** ... or until this long after the first of them: how late a line may reach the file. */
-export const AUDIT_FLUSH_MS = 100;
-
-function openDestination(target: string): ReopenableStream {
-  // Synchronous appends (no line is ever split or reordered), batched: one write system call
-  // for several lines, like squid's buffered_logs and nginx's access_log buffer=.
-  const options = { sync: true, minLength: BATCH_BYTES };
-  return (target === "-" ? pino.destination({ dest: 1, ...options }) : pino.destination({ dest: target, mkdir: true, ...options })) as ReopenableStream;
 }
 
 /** Logs holding lines not yet written, flushed when the process exits however it exits (SIGTERM flushes first, in close). */
