@@ -3,7 +3,7 @@ import { join, resolve } from "node:path";
 import { CA_CERT_FILE, CaExistsError, initCa } from "./ca/authority.js";
 import cluster from "node:cluster";
 import { assertNotOpenProxy, createProxy } from "./proxy/create-proxy.js";
-import { parseWorkers, reportToPrimary, runPrimary } from "./proxy/workers.js";
+import { parseWorkers, reportAuditHealth, reportToPrimary, runPrimary } from "./proxy/workers.js";
 import { formatAuthority } from "./pipeline/target.js";
 import { loadPolicyFile, PolicyInvalidError, positionInText, resolveFrom, type LoadedPolicy } from "./policy/load.js";
 import { BudgetStores } from "./budgets/open-store.js";
@@ -192,7 +192,7 @@ async function commandStart(args: string[]): Promise<number> {
     const withAdmin = admin === undefined ? loaded : { ...loaded, policy: { ...loaded.policy, admin: { ...loaded.policy.admin, listen: admin ?? undefined } } };
     return runPrimary(workers, withAdmin);
   }
-  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null } : admin !== undefined ? { adminListen: admin } : {}) });
+  const proxy = await createProxy({ policy: loaded, listen, ...(isWorker ? { adminListen: null, onAuditHealth: reportAuditHealth } : admin !== undefined ? { adminListen: admin } : {}) });
   const stopHeapHeadroom = keepHeapHeadroom({ headroomBytes });
   const address = await proxy.listen();
   if (isWorker) {

@@ -34,6 +34,8 @@ export class ProxyMetrics {
   private readonly llmTokens: Counter<"client" | "model" | "kind">;
   private readonly llmRequests: Counter<"client" | "model">;
   private readonly models = new Set<string>();
+  private readonly auditDropped: Counter;
+  private auditWritable: () => boolean = () => true;
 
   constructor(certificateStats: () => SecureContextStats, registry = new Registry()) {
     this.registry = registry;
@@ -73,6 +75,18 @@ export class ProxyMetrics {
     this.reloads = new Counter({ name: "portcullis_policy_reloads_total", help: "Policy reloads by result", labelNames: ["result"], registers: [registry] });
     this.openTunnels = new Gauge({ name: "portcullis_open_tunnels", help: "CONNECT tunnels currently open", registers: [registry] });
     this.openWebSockets = new Gauge({ name: "portcullis_open_websockets", help: "WebSocket sessions currently relayed", registers: [registry] });
+    this.auditDropped = new Counter({ name: "portcullis_audit_lines_dropped_total", help: "Audit lines dropped because the audit log could not be written and already held its limit", registers: [registry] });
+    const metrics = this;
+    new Gauge({
+      name: "portcullis_audit_log_writable",
+      help: "1 while audit lines reach the audit log, 0 while it refuses writes (requests are then refused)",
+      // Across workers: 0 when any one of them cannot write.
+      aggregator: "min",
+      registers: [registry],
+      collect() {
+        this.set(metrics.auditWritable() ? 1 : 0);
+      },
+    });
     new Gauge({
       name: "portcullis_certificate_cache",
       help: "Forged-certificate cache: hits and misses of the in-memory LRU, forgeries and reuses from disk, since start",
@@ -141,6 +155,15 @@ export class ProxyMetrics {
   async openCounts(): Promise<{ tunnels: number; websockets: number }> {
     const [tunnels, websockets] = await Promise.all([this.openTunnels.get(), this.openWebSockets.get()]);
     return { tunnels: tunnels.values[0]?.value ?? 0, websockets: websockets.values[0]?.value ?? 0 };
+  }
+
+  /** Where the audit log's health is read at each scrape. */
+  watchAuditLog(writable: () => boolean): void {
+    this.auditWritable = writable;
+  }
+
+  auditLineDropped(): void {
+    this.auditDropped.inc();
   }
 
   reloaded(ok: boolean): void {

@@ -11,6 +11,7 @@ export type ProxyErrorType =
   | "upstream_timeout"
   | "budget_exceeded"
   | "budget_unavailable"
+  | "audit_unavailable"
   | "internal_error";
 
 const STATUS: Record<ProxyErrorType, number> = {
@@ -24,6 +25,7 @@ const STATUS: Record<ProxyErrorType, number> = {
   upstream_timeout: 504,
   budget_exceeded: 429,
   budget_unavailable: 503,
+  audit_unavailable: 503,
   internal_error: 500,
 };
 

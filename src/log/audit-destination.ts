@@ -3,20 +3,41 @@ import pino, { type DestinationStream } from "pino";
 /** The audit log's destination: sonic-boom as pino.destination opens it (or a stream an embedder gave). */
 export interface AuditDestination extends DestinationStream {
   reopen(file?: string): void;
-  /** Writes what is held, then fsyncs the file (sonic-boom). */
+  /** Writes what is held, then fsyncs the file (sonic-boom). It retries a failed write until it succeeds. */
   flushSync(): void;
-  /** Writes what is held; synchronous on a destination opened with `sync`, and no fsync. */
+  /**
+   * Writes what is held, synchronously on a destination opened with `sync`, without an fsync,
+   * until at most minLength bytes are left. A failure is an `error` event; the lines stay held.
+   */
   flush(): void;
+  end?(): void;
+  destroy?(): void;
+  /** sonic-boom's file descriptor (absent on a stream given by an embedder). */
+  readonly fd?: number;
+  on?(event: "error", listener: (error: NodeJS.ErrnoException) => void): unknown;
+  on?(event: "drop", listener: () => void): unknown;
 }
 
 /** Lines are held until this many bytes are waiting (sonic-boom's minLength), then written in one append. */
 const BATCH_BYTES = 4096;
 /** ... or until this long after the first of them: how late a line may reach the file. */
 export const AUDIT_FLUSH_MS = 100;
+/** While the destination refuses writes, how often the held lines are tried again. */
+export const AUDIT_RETRY_MS = 1000;
+/** The most held while the destination refuses writes (lines past it are dropped, and counted). */
+export const AUDIT_HOLD_BYTES = 16 * 1024 * 1024;
 
 export function openAuditDestination(target: string): AuditDestination {
   // Synchronous appends (no line is ever split or reordered), batched: one write system call
   // for several lines, like squid's buffered_logs and nginx's access_log buffer=.
-  const options = { sync: true, minLength: BATCH_BYTES };
+  const options = { sync: true, minLength: BATCH_BYTES, maxLength: AUDIT_HOLD_BYTES };
   return (target === "-" ? pino.destination({ dest: 1, ...options }) : pino.destination({ dest: target, mkdir: true, ...options })) as AuditDestination;
+}
+
+/**
+ * Bytes the destination holds and has not written: sonic-boom's own count (`_len`, what its
+ * write and flush compare with minLength and maxLength). None for a stream that keeps no count.
+ */
+export function heldBytes(stream: DestinationStream): number {
+  return (stream as { _len?: number })._len ?? 0;
 }

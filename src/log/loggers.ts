@@ -1,10 +1,26 @@
+import { EventEmitter } from "node:events";
+import fs from "node:fs";
 import pino, { type DestinationStream, type Logger } from "pino";
 import { levelFor, type AuditRecord } from "../core/audit-record.js";
-import { AUDIT_FLUSH_MS, openAuditDestination, type AuditDestination } from "./audit-destination.js";
+import { AUDIT_FLUSH_MS, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
 import type { Scrubber } from "./scrub.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+
+/** What the audit log tells about its destination's health (diagnostics, metrics). */
+export interface AuditHealthListener {
+  /** The destination refused a write (a full disk, an I/O error, a closed stdout): the first refusal of an outage, with the destination named. */
+  failed(message: string): void;
+  /** The outage is over: the message says what it cost. */
+  recovered(message: string): void;
+  /** Something the operator should know that is no outage (a reopen that failed: the open file is kept). */
+  warn(message: string): void;
+  /** One line dropped: the destination held AUDIT_HOLD_BYTES it could not write, or its reader is gone. */
+  dropped(): void;
+}
+
+const NO_HEALTH_LISTENER: AuditHealthListener = { failed: () => undefined, recovered: () => undefined, warn: () => undefined, dropped: () => undefined };
 
 /** pino's numbers for the audit levels, so the line reads as pino's own would. */
 const LEVEL_NUMBERS = { info: 30, warn: 40, error: 50 } as const;
@@ -16,6 +32,11 @@ const LEVEL_NUMBERS = { info: 30, warn: 40, error: 50 } as const;
  * AUDIT_FLUSH_MS late; reopen for logrotate), serialised with JSON.stringify
  * rather than through a pino logger: the record has one fixed, acyclic shape, and pino's
  * per-field serialiser cost about as much again as the write itself.
+ *
+ * A destination that refuses writes (ENOSPC, EIO, EPIPE) is an outage, not a crash: `failure`
+ * says why, the proxy refuses new exchanges it could not record (fail closed), the lines already
+ * held are kept (up to AUDIT_HOLD_BYTES) and retried every AUDIT_RETRY_MS, and the first retry
+ * that writes everything held ends the outage.
  */
 export class AuditLog {
   private stream: AuditDestination;
@@ -23,6 +44,15 @@ export class AuditLog {
   readonly feed = new AuditFeed();
   /** Writes what the destination holds AUDIT_FLUSH_MS after the first line it held. */
   private flushTimer: NodeJS.Timeout | undefined;
+  /** Why the destination refused the last write; undefined while lines reach it. */
+  private refused: string | undefined;
+  /** The destination's reader is gone (EPIPE): pino made its writes no-ops, so every line is dropped. */
+  private readerGone = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+  /** Writes the current destination refused, ever: a flush that adds none has succeeded. */
+  private writeErrors = 0;
+  /** Lines dropped in the current outage. */
+  private droppedLines = 0;
 
   constructor(
     private target: string,
@@ -30,8 +60,70 @@ export class AuditLog {
     stream?: DestinationStream,
     /** Sees every record written (metrics). */
     private readonly onRecord: (record: AuditRecord) => void = () => undefined,
+    private readonly health: AuditHealthListener = NO_HEALTH_LISTENER,
   ) {
     this.stream = (stream as AuditDestination) ?? openAuditDestination(target);
+    this.watch(this.stream);
+  }
+
+  /** Tells the health listener, which must not fail the audit write it reports on (stderr may be on the same full disk). */
+  private tell(report: (listener: AuditHealthListener) => void): void {
+    try {
+      report(this.health);
+    } catch {
+      // The operator cannot be told; the outage itself is still enforced.
+    }
+  }
+
+  /** Why lines cannot be written now (the destination's error), or undefined when they can. */
+  get failure(): string | undefined {
+    return this.refused;
+  }
+
+  private watch(stream: AuditDestination): void {
+    // A stream an embedder gave is the embedder's to watch: its errors reach the embedder, as before.
+    if (this.target === "stream" || typeof stream.on !== "function") return;
+    stream.on("error", (error: NodeJS.ErrnoException) => {
+      // Only a refused write is an outage; a failed open (reopen) is reported where it is called.
+      if (stream !== this.stream || (error.syscall !== undefined && error.syscall !== "write")) return;
+      this.writeErrors++;
+      this.refuse(error);
+    });
+    stream.on("drop", () => {
+      if (stream === this.stream) this.drop();
+    });
+  }
+
+  private drop(): void {
+    this.droppedLines++;
+    this.tell((health) => health.dropped());
+  }
+
+  private refuse(error: NodeJS.ErrnoException): void {
+    if (this.refused !== undefined) return;
+    // The reason sandboxes are given names no path; the operator's diagnostic does.
+    this.refused = `the audit log cannot be written (${error.code ?? "write failed"})`;
+    this.readerGone = error.code === "EPIPE";
+    const lasting = this.readerGone ? "; its reader is gone, so only a restart (or a reload to another log.audit) ends this" : "";
+    this.tell((health) => health.failed(`the audit log ${this.describe()} cannot be written: ${error.message}${lasting}`));
+    // A pipe whose reader is gone never takes another write.
+    if (!this.readerGone) this.retryTimer = setInterval(() => this.writeHeld(), AUDIT_RETRY_MS).unref();
+  }
+
+  /** The outage ends; `abandonedBytes` were held for a destination given up for another. */
+  private recover(abandonedBytes = 0): void {
+    clearInterval(this.retryTimer);
+    this.retryTimer = undefined;
+    this.refused = undefined;
+    this.readerGone = false;
+    const dropped = this.droppedLines;
+    this.droppedLines = 0;
+    const costs = [dropped ? `${dropped} lines were dropped while it could not be` : "", abandonedBytes ? `${abandonedBytes} bytes held for the previous destination were lost` : ""].filter(Boolean);
+    this.tell((health) => health.recovered(`the audit log ${this.describe()} is written again; ${costs.length ? costs.join(" and ") : "no line was lost"}`));
+  }
+
+  private describe(): string {
+    return this.target === "-" ? "(stdout)" : this.target;
   }
 
   get destination(): string {
@@ -49,11 +141,21 @@ export class AuditLog {
     const next = openAuditDestination(target);
     this.flush();
     const previous = this.stream;
+    // What the old destination still holds is what it refused: it is given up with it.
+    const abandoned = heldBytes(previous);
     const closePrevious = this.target !== "-"; // never close the process' stdout
     this.stream = next;
     this.scrubber = scrubber;
     this.target = target;
-    if (closePrevious) (previous as AuditDestination & { end?(): void }).end?.();
+    this.watch(next);
+    // The new destination starts with a clean record: the old one's outage, if any, ends with it.
+    if (this.refused !== undefined) this.recover(abandoned);
+    if (closePrevious) {
+      // end() would write what is held first, and a destination that refuses it would never
+      // close; after EPIPE pino has made destroy() a no-op too, so its descriptor is closed here.
+      if (abandoned) closeQuietly(previous.fd);
+      else previous.end?.();
+    }
     return true;
   }
 
@@ -62,7 +164,8 @@ export class AuditLog {
     const time = Date.now();
     const line = auditLine(record, level, time);
     const scrubbed = this.scrubber.scrub(line);
-    this.stream.write(scrubbed);
+    if (this.readerGone) this.drop();
+    else this.stream.write(scrubbed);
     if (!this.flushTimer && this.target !== "stream") {
       this.flushTimer = setTimeout(() => this.writeHeld(), AUDIT_FLUSH_MS).unref();
       flushOnExit(this);
@@ -76,7 +179,17 @@ export class AuditLog {
   reopen(): void {
     if (this.target === "-" || typeof this.stream.reopen !== "function") return;
     this.flush();
-    this.stream.reopen();
+    const stream = this.stream;
+    const emitter = stream instanceof EventEmitter ? stream : undefined;
+    const waiting = new Set(emitter?.rawListeners("ready"));
+    try {
+      stream.reopen();
+    } catch (error) {
+      // sonic-boom left a listener to close the old descriptor once a new one is ready: that
+      // descriptor stays in use, and the next reopen would otherwise close it twice.
+      for (const listener of emitter?.rawListeners("ready") ?? []) if (!waiting.has(listener)) emitter!.removeListener("ready", listener as () => void);
+      this.tell((health) => health.warn(`the audit log ${this.target} cannot be reopened (${(error as Error).message}); lines still go to the file it had open`));
+    }
   }
 
   /**
@@ -87,24 +200,59 @@ export class AuditLog {
    * access log (squid's, nginx's) pays for on every batch.
    */
   private writeHeld(): void {
+    clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
-    try {
-      this.stream.flush();
-      unflushed.delete(this);
-    } catch {
-      // A write that failed (a full disk) leaves the lines held: the next write, or the exit, tries again.
+    const errors = this.writeErrors;
+    // sonic-boom's flush stops once at most minLength bytes are held (a backlog is several
+    // chunks): go on until none are, a write fails (an `error` event, the lines stay held), or
+    // a pass makes no progress.
+    for (let held = heldBytes(this.stream); held > 0; ) {
+      try {
+        this.stream.flush();
+      } catch {
+        break; // destroyed
+      }
+      const left = heldBytes(this.stream);
+      if (this.writeErrors !== errors || left >= held) break;
+      held = left;
     }
+    if (this.writeErrors !== errors || heldBytes(this.stream) > 0) return; // still held: for the retry timer and the exit hook
+    if (this.refused !== undefined) this.recover();
+    unflushed.delete(this);
   }
 
-  /** Writes every line held, now, and syncs the file (reload, close, exit). */
+  /** The proxy closed: what is held is written, and an outage is no longer retried (lines still written go to the destination, and the exit hook writes them). */
+  close(): void {
+    this.flush();
+    clearInterval(this.retryTimer);
+    this.retryTimer = undefined;
+    const lost = this.refused === undefined ? 0 : heldBytes(this.stream);
+    if (lost) this.tell((health) => health.warn(`the audit log ${this.describe()} still cannot be written: ${lost} bytes of audit lines are lost`));
+  }
+
+  /**
+   * Writes every line held, now, and syncs the file (reload, close, exit). One attempt: a
+   * destination that refuses it leaves the lines held and reports the outage, where sonic-boom's
+   * flushSync would retry forever (a full disk would hang the exit).
+   */
   flush(): void {
     clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
-    unflushed.delete(this);
+    if (typeof this.stream.fd !== "number") {
+      unflushed.delete(this);
+      try {
+        this.stream.flushSync?.();
+      } catch {
+        // A stream given by an embedder that cannot flush: nothing left to save.
+      }
+      return;
+    }
+    this.writeHeld();
+    if (this.refused !== undefined) return;
     try {
-      this.stream.flushSync?.();
+      fs.fsyncSync(this.stream.fd);
     } catch {
-      // Nothing buffered, or the destination is gone: nothing left to save.
+      // stdout, a pipe or a terminal: nothing to sync.
     }
   }
 }
@@ -127,6 +275,15 @@ export function auditLine(record: AuditRecord, level: number, time: number): str
   if (!json.startsWith(lead)) return `${JSON.stringify(publishedRecord(record, level, time))}\n`;
   // What follows msg: "" when it is the only field, else ",<the other fields>".
   return `{"level":${level},"time":${time}${json.slice(lead.length, -1)},"msg":${msg}}\n`;
+}
+
+function closeQuietly(fd: number | undefined): void {
+  if (fd === undefined || fd < 0) return;
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // Already closed.
+  }
 }
 
 /** Logs holding lines not yet written, flushed when the process exits however it exits (SIGTERM flushes first, in close). */

@@ -217,6 +217,12 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     answerError(responder, exchange, error ?? new ProxyError("bad_request", "malformed request"));
     return;
   }
+  // Fail closed: what cannot be recorded is not run (the outage's diagnostics say why; /readyz reports it).
+  const unrecordable = runtime.audit.failure;
+  if (unrecordable) {
+    answerError(responder, exchange, new ProxyError("audit_unavailable", `${unrecordable}, so requests are refused until it can`));
+    return;
+  }
   if (upgrade && request.hasBody) {
     answerError(responder, exchange, new ProxyError("bad_request", "an upgrade request cannot carry a body"));
     return;

@@ -50,6 +50,8 @@ export interface ProxyOptions {
   adminListen?: string | null;
   /** A prom-client registry to register metrics in (cluster workers use one the primary aggregates). */
   metricsRegistry?: Registry;
+  /** Told when the audit log stops taking writes (why) and when it takes them again (undefined): a cluster worker tells its primary. */
+  onAuditHealth?(failure: string | undefined): void;
 }
 
 export interface Proxy {
@@ -174,7 +176,20 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     scrubber,
     options.auditStream,
     (record) => metrics.observe(record),
+    {
+      failed: (message) => {
+        diagnostics.error(`${message}; refusing new requests and tunnels until it can (held lines are retried every second)`);
+        options.onAuditHealth?.(audit.failure);
+      },
+      recovered: (message) => {
+        diagnostics.warn(message);
+        options.onAuditHealth?.(undefined);
+      },
+      warn: (message) => diagnostics.warn(message),
+      dropped: () => metrics.auditLineDropped(),
+    },
   );
+  metrics.watchAuditLog(() => audit.failure === undefined);
   const listen = options.listen ?? loaded.policy.proxy.listen;
   assertNotOpenProxy(loaded, listen);
   const self: SelfAddress = {};
@@ -223,8 +238,8 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   });
   const admin = adminListen
     ? createAdminServer({
-        ready: () => address !== undefined && !draining,
-        details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null }),
+        ready: () => address !== undefined && !draining && audit.failure === undefined,
+        details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null, audit: audit.failure ?? "ok" }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
       }, [...observability.routes, budgetsRoute(() => runtime.state.budgets, adminToken.value), ...(registered?.routes(() => runtime.state.policy) ?? [])])
     : undefined;
@@ -318,7 +333,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       runtime.state.upstream.destroy();
       await budgetStores.close();
       await registered?.close();
-      audit.flush();
+      audit.close();
       await observability.close();
       if (admin?.listening) {
         admin.closeAllConnections();

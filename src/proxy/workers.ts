@@ -21,6 +21,7 @@ import { LiveView } from "../admin/live-view.js";
 import { AdminToken, liveRoutes, openCountsFromText, workerRecord } from "./observability.js";
 
 const LISTENING = "portcullis:listening";
+const AUDIT_HEALTH = "portcullis:audit-health";
 /** Consecutive worker exits, before any worker ever listened, after which the primary gives up. */
 const MAX_FAILURES_BEFORE_LISTENING = 5;
 
@@ -59,6 +60,11 @@ export function reportToPrimary(address: AddressInfo, registry: Registry): void 
   process.send?.({ type: LISTENING, address: address.address, port: address.port });
 }
 
+/** Worker side: the primary's /readyz reports a worker whose audit log cannot be written (`failure`), until it can (undefined). */
+export function reportAuditHealth(failure: string | undefined): void {
+  process.send?.({ type: AUDIT_HEALTH, failure });
+}
+
 function write(line: string): void {
   process.stderr.write(`${line}\n`);
 }
@@ -84,6 +90,8 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   if (!(await caExists(caDir))) await initCa(caDir);
   await loadCa(caDir); // creates the shared leaf key before any worker races for it
   const listening = new Map<Worker, string>();
+  /** Workers whose audit log cannot be written, and why: the cluster is not ready while any is. */
+  const auditFailures = new Map<Worker, string>();
   let stopping = false;
   let announced = false;
   let failures = 0;
@@ -104,8 +112,8 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   let adminAddress: AddressInfo | undefined;
   const admin = adminListen
     ? createAdminServer({
-        ready: () => !stopping && listening.size === count,
-        details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping }),
+        ready: () => !stopping && listening.size === count && auditFailures.size === 0,
+        details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping, audit: auditFailures.values().next().value ?? "ok" }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
       }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger, adminToken.value), ...(registered?.routes(() => current.policy) ?? [])])
     : undefined;
@@ -130,6 +138,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     });
     worker.on("exit", (code, signal) => {
       listening.delete(worker);
+      auditFailures.delete(worker);
       if (stopping) return;
       failures++;
       // Workers that never managed to listen will not do better on the next try (a port in use,
@@ -143,8 +152,11 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
       write(`portcullis: worker ${worker.process.pid} exited (${signal ?? code}); starting another in ${delay} ms`);
       setTimeout(() => stopping || fork(), delay);
     });
-    worker.on("message", (message: { type?: string }) => {
+    worker.on("message", (message: { type?: string; failure?: string }) => {
       if (message?.type === LISTENING) failures = 0;
+      if (message?.type !== AUDIT_HEALTH) return;
+      if (message.failure) auditFailures.set(worker, `worker ${worker.process.pid}: ${message.failure}`);
+      else auditFailures.delete(worker);
     });
   };
   const startAdmin = async () => {

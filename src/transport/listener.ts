@@ -78,6 +78,11 @@ async function onConnect(runtime: TransportRuntime, inner: InnerServers, req: In
     refuseConnect(runtime, socket, tunnel, startedAt, error as ProxyError);
     return;
   }
+  const unrecordable = runtime.audit.failure;
+  if (unrecordable) {
+    refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("audit_unavailable", `${unrecordable}, so tunnels are refused until it can`));
+    return;
+  }
   if (tunnel.client !== null) runtime.clientConnections?.track(tunnel.client, socket);
   // Decided after tracking: a client revoked while it authenticated is refused here, not missed.
   const decision = decideTunnel(state, tunnel.host, tunnel.port, tunnel.client);
