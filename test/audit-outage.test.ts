@@ -223,6 +223,26 @@ describe.skipIf(!existsSync(FULL_DISK))("the audit log's outage, in process", ()
     log.close();
   });
 
+  it("keeps half of what it may hold for lines of exchanges that ran: the refusals' own lines cannot crowd them out", () => {
+    const { drops, health } = watched();
+    const log = new AuditLog(FULL_DISK, new Scrubber(), openAuditDestination(FULL_DISK), undefined, health);
+    const host = `${"r".repeat(64 * 1024)}.example`;
+    const refusal = (i: number) => tunnelRecord({ host: `${i}.${host}`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, { status: 503, error: { type: "audit_unavailable", message: "the audit log cannot be written (ENOSPC)" } });
+    const half = Math.ceil(AUDIT_HOLD_BYTES / 2 / host.length);
+    for (let i = 0; i < half * 2; i++) log.write(refusal(i));
+    expect(log.failure).toBeDefined();
+    // Refusals past half the hold are dropped...
+    expect(drops()).toBeGreaterThanOrEqual(half - 2);
+    expect(drops()).toBeLessThanOrEqual(half + 2);
+    // ...while lines of exchanges that ran are still held until the hold itself is full.
+    const before = drops();
+    for (let i = 0; i < half - 4; i++) log.write(record(i, `${i}.${host}`));
+    expect(drops()).toBe(before);
+    log.write(refusal(half * 2));
+    expect(drops()).toBe(before + 1);
+    log.close();
+  });
+
   it.each(["the retry timer", "an explicit flush"])("writes a backlog of small lines whole once the destination takes writes again (%s)", async (how) => {
     const { events, health } = watched();
     const destination = openAuditDestination(FULL_DISK);

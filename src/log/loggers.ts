@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import fs from "node:fs";
 import pino, { type DestinationStream, type Logger } from "pino";
 import { levelFor, type AuditRecord } from "../core/audit-record.js";
-import { AUDIT_FLUSH_MS, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
+import { AUDIT_FLUSH_MS, AUDIT_HOLD_BYTES, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
 import type { Scrubber } from "./scrub.js";
 
@@ -94,6 +94,14 @@ export class AuditLog {
     });
   }
 
+  /**
+   * During an outage, the refusals' own lines (an agent retrying in a loop makes thousands) get
+   * only half of what may be held: the rest is kept for the lines of exchanges that ran.
+   */
+  private crowdsOut(record: AuditRecord): boolean {
+    return record.error?.type === "audit_unavailable" && heldBytes(this.stream) >= AUDIT_HOLD_BYTES / 2;
+  }
+
   private drop(): void {
     this.droppedLines++;
     this.tell((health) => health.dropped());
@@ -164,7 +172,7 @@ export class AuditLog {
     const time = Date.now();
     const line = auditLine(record, level, time);
     const scrubbed = this.scrubber.scrub(line);
-    if (this.readerGone) this.drop();
+    if (this.readerGone || (this.refused !== undefined && this.crowdsOut(record))) this.drop();
     else this.stream.write(scrubbed);
     if (!this.flushTimer && this.target !== "stream") {
       this.flushTimer = setTimeout(() => this.writeHeld(), AUDIT_FLUSH_MS).unref();
