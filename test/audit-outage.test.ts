@@ -11,6 +11,7 @@ import { AuditLog, type AuditHealthListener } from "../src/log/loggers.js";
 import { Scrubber } from "../src/log/scrub.js";
 import { tunnelRecord } from "../src/transport/audit.js";
 import { assertBuilt, startCli, type RunningProxy } from "./helpers/cli.js";
+import { h2Request, h2ThroughProxy } from "./helpers/h2.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 
@@ -86,9 +87,11 @@ const lines = (file: string) =>
   readFileSync(file, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line) as { msg: string; path?: string; status: number; error?: { type: string } });
 
 describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (portcullis start)", () => {
-  it("refuses requests and new tunnels with 503 audit_unavailable, says so on /readyz and /metrics, and serves again, with every held line written, once the log can be written", { timeout: 60_000 }, async () => {
-    const { proxy, auditFile, admin, dispatcher } = await startOnFullDisk("audit-outage");
+  it("refuses requests (HTTP/1.1, h2, plain HTTP) and new tunnels with 503 audit_unavailable, says so on /readyz and /metrics, and serves again, with every held line written, once the log can be written", { timeout: 60_000 }, async () => {
+    const { proxy, auditFile, admin, dispatcher, ca } = await startOnFullDisk("audit-outage");
     const origin = `https://localhost:${upstream.port}`;
+    // An h2 connection opened while the log can still be written: its later streams are refused too.
+    const h2 = await h2ThroughProxy(proxy.port, "localhost", upstream.port, ca);
     const first = await request(`${origin}/first`, { dispatcher });
     expect(first.statusCode).toBe(200);
     await first.body.text();
@@ -103,6 +106,18 @@ describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (po
     expect(body.error.message).toContain("ENOSPC");
     // Sandboxes learn why, not where the operator keeps the log.
     expect(body.error.message).not.toContain(auditFile);
+
+    const stream = await h2Request(h2.session, { ":path": "/h2-refused", ":authority": `localhost:${upstream.port}` });
+    expect(stream.status).toBe(503);
+    expect(stream.headers["x-portcullis-error"]).toBe("audit_unavailable");
+    h2.session.close();
+    // Plain HTTP in absolute form on the listener, no CONNECT.
+    const plainAgent = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, proxyTunnel: false });
+    dispatchers.push(plainAgent);
+    const plain = await request(`http://localhost:${upstream.port}/plain-refused`, { dispatcher: plainAgent });
+    expect(plain.statusCode).toBe(503);
+    expect(plain.headers["x-portcullis-error"]).toBe("audit_unavailable");
+    await plain.body.text();
 
     const tunnel = await connect(proxy.port, `localhost:${upstream.port}`);
     expect(tunnel.status).toBe(503);
@@ -129,10 +144,9 @@ describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (po
     expect(await proxy.exited).toBe(0);
 
     const written = lines(auditFile);
-    expect(written.map((line) => line.path ?? line.msg)).toEqual(["/first", "/second", "tunnel", "/third"]);
-    expect(written.map((line) => line.status)).toEqual([200, 503, 503, 200]);
-    expect(written[1]!.error?.type).toBe("audit_unavailable");
-    expect(written[2]!.error?.type).toBe("audit_unavailable");
+    expect(written.map((line) => line.path ?? line.msg)).toEqual(["/first", "/second", "/h2-refused", "/plain-refused", "tunnel", "/third"]);
+    expect(written.map((line) => line.status)).toEqual([200, 503, 503, 503, 503, 200]);
+    for (const refused of written.slice(1, 5)) expect(refused.error?.type).toBe("audit_unavailable");
   });
 
   it("exits on SIGTERM while the log cannot be written, instead of retrying the write forever", { timeout: 60_000 }, async () => {
