@@ -51,6 +51,11 @@ function firstChunk(socket: Socket, head: Buffer, timeoutMs: number): Promise<Bu
  * inner http.Server, labelled with the CONNECT that opened it.
  */
 export async function interceptTunnel(runtime: TransportRuntime, inner: InnerServers, tunnel: TunnelContext, socket: Socket, head: Buffer): Promise<void> {
+  // The certificate is the CONNECT host's whatever the client's hello says (below), so a host's
+  // first forgery runs while the 200 goes out and the ClientHello comes back. Its failure is
+  // handled where it is awaited; a tunnel that turns out plain, or goes away, never awaits it.
+  const forging = runtime.contexts.get(tunnel.host);
+  forging.catch(() => undefined);
   socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
   const chunk = await firstChunk(socket, head, runtime.timeouts.headersMs);
   if (!chunk) {
@@ -69,7 +74,7 @@ export async function interceptTunnel(runtime: TransportRuntime, inner: InnerSer
     runtime.audit.write(tunnelRecord(tunnel, startedAt, { error: { type, message }, reason: "TLS handshake with the client failed" }));
   let context;
   try {
-    context = await runtime.contexts.get(tunnel.host);
+    context = await forging;
   } catch (error) {
     runtime.diagnostics.error({ err: error, host: tunnel.host }, "could not forge a certificate");
     logFailure("certificate_error", `could not forge a certificate for ${tunnel.host}`);
