@@ -237,11 +237,16 @@ describe.skipIf(!existsSync(FULL_DISK))("the audit log's outage, in process", ()
     log.close();
   });
 
-  it("keeps half of what it may hold for lines of exchanges that ran: the refusals' own lines cannot crowd them out", () => {
+  it("keeps half of what it may hold for lines of exchanges that ran: refusals that sent nothing upstream cannot crowd them out", () => {
     const { drops, health } = watched();
     const log = new AuditLog(FULL_DISK, new Scrubber(), openAuditDestination(FULL_DISK), undefined, health);
     const host = `${"r".repeat(64 * 1024)}.example`;
-    const refusal = (i: number) => tunnelRecord({ host: `${i}.${host}`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, { status: 503, error: { type: "audit_unavailable", message: "the audit log cannot be written (ENOSPC)" } });
+    // The outage's own 503s and any other refusal that sent nothing upstream (a client with a wrong password retrying, say).
+    const refusals = [
+      { status: 503, error: { type: "audit_unavailable", message: "the audit log cannot be written (ENOSPC)" } },
+      { status: 407, error: { type: "proxy_auth_required", message: "proxy authentication failed" } },
+    ];
+    const refusal = (i: number) => tunnelRecord({ host: `${i}.${host}`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, refusals[i % 2]!);
     const half = Math.ceil(AUDIT_HOLD_BYTES / 2 / host.length);
     for (let i = 0; i < half * 2; i++) log.write(refusal(i));
     expect(log.failure).toBeDefined();

@@ -95,11 +95,12 @@ export class AuditLog {
   }
 
   /**
-   * During an outage, the refusals' own lines (an agent retrying in a loop makes thousands) get
-   * only half of what may be held: the rest is kept for the lines of exchanges that ran.
+   * During an outage, lines of exchanges that sent nothing upstream and got an error (the
+   * outage's own 503s, 407s, denials, malformed requests: an agent retrying in a loop makes
+   * thousands) get only half of what may be held: the rest is kept for exchanges that ran.
    */
   private crowdsOut(record: AuditRecord): boolean {
-    return record.error?.type === "audit_unavailable" && heldBytes(this.stream) >= AUDIT_HOLD_BYTES / 2;
+    return record.error !== undefined && record.upstream_version === undefined && heldBytes(this.stream) >= AUDIT_HOLD_BYTES / 2;
   }
 
   private drop(): void {
