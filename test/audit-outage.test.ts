@@ -149,6 +149,39 @@ describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (po
     for (const refused of written.slice(1, 5)) expect(refused.error?.type).toBe("audit_unavailable");
   });
 
+  it.each([[[]], [["--workers", "2"]]])("with log.audit on a stdout whose reader is gone (EPIPE), refuses for good and fails /healthz, so an orchestrator restarts it (%j)", { timeout: 60_000 }, async (extraArgs: string[]) => {
+    const dir = tempDir("audit-outage-epipe");
+    const policy = join(dir, "policy.yaml");
+    writeFileSync(policy, ["version: 1", "ca: { dir: certs }", 'log: { audit: "-", level: warn }', `upstream: { trust: [${JSON.stringify(pki.caFile)}] }`, "network: { default: allow, allow_ips: [127.0.0.1/32] }", ""].join("\n"));
+    const proxy = await startCli(["--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", ...extraArgs]);
+    running.push(proxy);
+    const admin = `http://127.0.0.1:${/:(\d+)$/.exec(await proxy.waitForOutput(/portcullis admin on 127\.0\.0\.1:(\d+)/))![1]}`;
+    expect((await fetch(`${admin}/healthz`)).status).toBe(200);
+    const workers = extraArgs.length > 0;
+    proxy.child.stdout.destroy(); // the log's reader goes away
+    const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca: readFileSync(join(dir, "certs", "ca.pem"), "utf8") } });
+    dispatchers.push(dispatcher);
+    await (await request(`https://localhost:${upstream.port}/before`, { dispatcher })).body.text();
+    await proxy.waitForOutput(/the audit log \(stdout\) cannot be written: EPIPE.*only a restart/);
+    // Under --workers the worker's report reaches the primary over IPC, a moment after its diagnostic.
+    await expect.poll(async () => (await fetch(`${admin}/healthz`)).status, { timeout: 10_000, interval: 50 }).toBe(503);
+    const reason = ((await (await fetch(`${admin}/healthz`)).json()) as { status: string; reason: string });
+    expect(reason.status).toBe("broken");
+    expect(reason.reason).toMatch(workers ? /^worker \d+: the audit log cannot be written \(EPIPE\)$/ : /^the audit log cannot be written \(EPIPE\)$/);
+    expect((await fetch(`${admin}/readyz`)).status).toBe(503);
+    if (!workers) {
+      // (Under --workers the next connection may go to a worker that has written nothing yet.)
+      const refused = await request(`https://localhost:${upstream.port}/after`, { dispatcher });
+      expect(refused.statusCode).toBe(503);
+      expect(refused.headers["x-portcullis-error"]).toBe("audit_unavailable");
+      await refused.body.text();
+      // Lines written to a destination with no reader are counted as dropped.
+      expect(await (await fetch(`${admin}/metrics`)).text()).toMatch(/^portcullis_audit_lines_dropped_total [1-9]\d*$/m);
+    }
+    proxy.child.kill("SIGTERM");
+    expect(await proxy.exited).toBe(0);
+  });
+
   it("exits on SIGTERM while the log cannot be written, instead of retrying the write forever", { timeout: 60_000 }, async () => {
     const { proxy, dispatcher } = await startOnFullDisk("audit-outage-exit");
     const response = await request(`https://localhost:${upstream.port}/held`, { dispatcher });
@@ -161,7 +194,7 @@ describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (po
   it("with --workers, the primary's /readyz is not ready while a worker's log cannot be written, and is again once it can", { timeout: 60_000 }, async () => {
     const { proxy, auditFile, admin, ca } = await startOnFullDisk("audit-outage-workers", ["--workers", "2"]);
     expect((await fetch(`${admin}/readyz`)).status).toBe(200);
-    // Two connections: the cluster hands them to its workers in turn.
+    // Two connections, so that at least one worker has a line held (whichever the cluster picks).
     for (const path of ["/w1", "/w2"]) {
       const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca } });
       dispatchers.push(dispatcher);
@@ -219,7 +252,7 @@ describe.skipIf(!existsSync(FULL_DISK))("the audit log's outage, in process", ()
     const total = Math.ceil((AUDIT_HOLD_BYTES * 1.2) / bigHost.length);
     for (let i = 0; i < total; i++) expect(() => log.write(record(i, `${i}.${bigHost}`))).not.toThrow();
     expect(log.failure).toBe("the audit log cannot be written (ENOSPC)");
-    expect(events).toEqual([`failed: the audit log ${FULL_DISK} cannot be written: ENOSPC: no space left on device, write`]);
+    expect(events).toEqual([`failed: the audit log ${FULL_DISK} cannot be written: ENOSPC: no space left on device, write; held lines are retried every second`]);
     expect(drops()).toBeGreaterThan(0);
     expect(drops()).toBeLessThan(total);
     // An explicit flush (reload, close, exit) tries once and returns.
@@ -255,7 +288,7 @@ describe.skipIf(!existsSync(FULL_DISK))("the audit log's outage, in process", ()
     expect(drops()).toBeLessThanOrEqual(half + 2);
     // ...while lines of exchanges that ran are still held until the hold itself is full.
     const before = drops();
-    for (let i = 0; i < half - 4; i++) log.write(record(i, `${i}.${host}`));
+    for (let i = 0; i < half - 8; i++) log.write(record(i, `${i}.${host}`));
     expect(drops()).toBe(before);
     log.write(refusal(half * 2));
     expect(drops()).toBe(before + 1);

@@ -75,7 +75,7 @@ export class ProxyMetrics {
     this.reloads = new Counter({ name: "portcullis_policy_reloads_total", help: "Policy reloads by result", labelNames: ["result"], registers: [registry] });
     this.openTunnels = new Gauge({ name: "portcullis_open_tunnels", help: "CONNECT tunnels currently open", registers: [registry] });
     this.openWebSockets = new Gauge({ name: "portcullis_open_websockets", help: "WebSocket sessions currently relayed", registers: [registry] });
-    this.auditDropped = new Counter({ name: "portcullis_audit_lines_dropped_total", help: "Audit lines dropped because the audit log could not be written and already held its limit", registers: [registry] });
+    this.auditDropped = new Counter({ name: "portcullis_audit_lines_dropped_total", help: "Audit lines dropped while the audit log could not be written (its hold full, or its reader gone)", registers: [registry] });
     const metrics = this;
     new Gauge({
       name: "portcullis_audit_log_writable",

@@ -4,6 +4,8 @@ import type { AddressInfo } from "node:net";
 export interface AdminStatus {
   /** false while draining or before the proxy listens */
   ready(): boolean;
+  /** Why the process cannot recover without a restart (/healthz answers 503), or undefined. */
+  broken?(): string | undefined;
   details(): Record<string, unknown>;
   metrics(): Promise<{ contentType: string; body: string }>;
 }
@@ -21,7 +23,14 @@ export interface AdminRoute {
 function statusRoutes(status: AdminStatus): AdminRoute[] {
   const read = ["GET", "HEAD"];
   return [
-    { path: "/healthz", methods: read, handle: (_req, res) => void res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ status: "ok" })) },
+    {
+      path: "/healthz",
+      methods: read,
+      handle: (_req, res) => {
+        const broken = status.broken?.();
+        res.writeHead(broken ? 503 : 200, { "Content-Type": "application/json" }).end(JSON.stringify(broken ? { status: "broken", reason: broken } : { status: "ok" }));
+      },
+    },
     {
       path: "/readyz",
       methods: read,
@@ -50,7 +59,7 @@ function findRoute(routes: readonly AdminRoute[], path: string): { route: AdminR
   return undefined;
 }
 
-/** /healthz (the process answers), /readyz (CA loaded, policy valid, accepting), /metrics (Prometheus), and each feature's routes. */
+/** /healthz (the process answers and can recover by itself), /readyz (CA loaded, policy valid, accepting), /metrics (Prometheus), and each feature's routes. */
 export function createAdminServer(status: AdminStatus, extraRoutes: readonly AdminRoute[] = []): Server {
   const routes = [...statusRoutes(status), ...extraRoutes];
   return http.createServer((req, res) => {

@@ -11,7 +11,6 @@ export interface AuditDestination extends DestinationStream {
    */
   flush(): void;
   end?(): void;
-  destroy?(): void;
   /** sonic-boom's file descriptor (absent on a stream given by an embedder). */
   readonly fd?: number;
   on?(event: "error", listener: (error: NodeJS.ErrnoException) => void): unknown;

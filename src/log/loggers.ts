@@ -16,7 +16,7 @@ export interface AuditHealthListener {
   recovered(message: string): void;
   /** Something the operator should know that is no outage (a reopen that failed: the open file is kept). */
   warn(message: string): void;
-  /** One line dropped: the destination held AUDIT_HOLD_BYTES it could not write, or its reader is gone. */
+  /** One line dropped during an outage: the hold is full (or half full, for a refusal's line), or the destination's reader is gone. */
   dropped(): void;
 }
 
@@ -35,8 +35,8 @@ const LEVEL_NUMBERS = { info: 30, warn: 40, error: 50 } as const;
  *
  * A destination that refuses writes (ENOSPC, EIO, EPIPE) is an outage, not a crash: `failure`
  * says why, the proxy refuses new exchanges it could not record (fail closed), the lines already
- * held are kept (up to AUDIT_HOLD_BYTES) and retried every AUDIT_RETRY_MS, and the first retry
- * that writes everything held ends the outage.
+ * held are kept (up to AUDIT_HOLD_BYTES) and retried every AUDIT_RETRY_MS, and the first write
+ * of them all (by that retry, the batch timer, or a flush at reload, reopen or close) ends the outage.
  */
 export class AuditLog {
   private stream: AuditDestination;
@@ -80,6 +80,11 @@ export class AuditLog {
     return this.refused;
   }
 
+  /** The outage cannot end by itself (the destination's reader is gone): a restart, or a reload to another log.audit, ends it. */
+  get lasting(): boolean {
+    return this.readerGone;
+  }
+
   private watch(stream: AuditDestination): void {
     // A stream an embedder gave is the embedder's to watch: its errors reach the embedder, as before.
     if (this.target === "stream" || typeof stream.on !== "function") return;
@@ -113,8 +118,10 @@ export class AuditLog {
     // The reason sandboxes are given names no path; the operator's diagnostic does.
     this.refused = `the audit log cannot be written (${error.code ?? "write failed"})`;
     this.readerGone = error.code === "EPIPE";
-    const lasting = this.readerGone ? "; its reader is gone, so only a restart (or a reload to another log.audit) ends this" : "";
-    this.tell((health) => health.failed(`the audit log ${this.describe()} cannot be written: ${error.message}${lasting}`));
+    const outlook = this.readerGone
+      ? "; its reader is gone, so only a restart (or a reload to another log.audit) ends this: /healthz answers 503"
+      : "; held lines are retried every second";
+    this.tell((health) => health.failed(`the audit log ${this.describe()} cannot be written: ${error.message}${outlook}`));
     // A pipe whose reader is gone never takes another write.
     if (!this.readerGone) this.retryTimer = setInterval(() => this.writeHeld(), AUDIT_RETRY_MS).unref();
   }

@@ -50,8 +50,11 @@ export interface ProxyOptions {
   adminListen?: string | null;
   /** A prom-client registry to register metrics in (cluster workers use one the primary aggregates). */
   metricsRegistry?: Registry;
-  /** Told when the audit log stops taking writes (why) and when it takes them again (undefined): a cluster worker tells its primary. */
-  onAuditHealth?(failure: string | undefined): void;
+  /**
+   * Told when the audit log stops taking writes (why, and whether only a restart can end it) and
+   * when it takes them again (undefined): a cluster worker tells its primary.
+   */
+  onAuditHealth?(failure: string | undefined, lasting: boolean): void;
 }
 
 export interface Proxy {
@@ -178,12 +181,12 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     (record) => metrics.observe(record),
     {
       failed: (message) => {
-        diagnostics.error(`${message}; refusing new requests and tunnels until it can (held lines are retried every second)`);
-        options.onAuditHealth?.(audit.failure);
+        diagnostics.error(`${message}; new requests and tunnels are refused until it can be`);
+        options.onAuditHealth?.(audit.failure, audit.lasting);
       },
       recovered: (message) => {
         diagnostics.warn(message);
-        options.onAuditHealth?.(undefined);
+        options.onAuditHealth?.(undefined, false);
       },
       warn: (message) => diagnostics.warn(message),
       dropped: () => metrics.auditLineDropped(),
@@ -239,6 +242,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const admin = adminListen
     ? createAdminServer({
         ready: () => address !== undefined && !draining && audit.failure === undefined,
+        broken: () => (audit.lasting ? audit.failure : undefined),
         details: () => ({ ca: true, policy: policyFile, draining, listening: address ? formatAuthority(address.address, address.port) : null, last_reload: lastReload ?? null, audit: audit.failure ?? "ok" }),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
       }, [...observability.routes, budgetsRoute(() => runtime.state.budgets, adminToken.value), ...(registered?.routes(() => runtime.state.policy) ?? [])])

@@ -61,8 +61,8 @@ export function reportToPrimary(address: AddressInfo, registry: Registry): void 
 }
 
 /** Worker side: the primary's /readyz reports a worker whose audit log cannot be written (`failure`), until it can (undefined). */
-export function reportAuditHealth(failure: string | undefined): void {
-  process.send?.({ type: AUDIT_HEALTH, failure });
+export function reportAuditHealth(failure: string | undefined, lasting: boolean): void {
+  process.send?.({ type: AUDIT_HEALTH, failure, lasting });
 }
 
 function write(line: string): void {
@@ -90,8 +90,8 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   if (!(await caExists(caDir))) await initCa(caDir);
   await loadCa(caDir); // creates the shared leaf key before any worker races for it
   const listening = new Map<Worker, string>();
-  /** Workers whose audit log cannot be written, and why: the cluster is not ready while any is. */
-  const auditFailures = new Map<Worker, string>();
+  /** Workers whose audit log cannot be written, and why: the cluster is not ready while any is (and not healthy while any cannot recover by itself). */
+  const auditFailures = new Map<Worker, { reason: string; lasting: boolean }>();
   let stopping = false;
   let announced = false;
   let failures = 0;
@@ -113,7 +113,8 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const admin = adminListen
     ? createAdminServer({
         ready: () => !stopping && listening.size === count && auditFailures.size === 0,
-        details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping, audit: auditFailures.values().next().value ?? "ok" }),
+        broken: () => [...auditFailures.values()].find((failure) => failure.lasting)?.reason,
+        details: () => ({ ca: true, policy: loaded.file, workers: count, workers_listening: listening.size, draining: stopping, audit: auditFailures.values().next().value?.reason ?? "ok" }),
         metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
       }, [...liveRoutes(live, adminToken, () => adminAddress), budgetsRoute(() => ledger, adminToken.value), ...(registered?.routes(() => current.policy) ?? [])])
     : undefined;
@@ -152,10 +153,10 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
       write(`portcullis: worker ${worker.process.pid} exited (${signal ?? code}); starting another in ${delay} ms`);
       setTimeout(() => stopping || fork(), delay);
     });
-    worker.on("message", (message: { type?: string; failure?: string }) => {
+    worker.on("message", (message: { type?: string; failure?: string; lasting?: boolean }) => {
       if (message?.type === LISTENING) failures = 0;
       if (message?.type !== AUDIT_HEALTH) return;
-      if (message.failure) auditFailures.set(worker, `worker ${worker.process.pid}: ${message.failure}`);
+      if (message.failure) auditFailures.set(worker, { reason: `worker ${worker.process.pid}: ${message.failure}`, lasting: message.lasting === true });
       else auditFailures.delete(worker);
     });
   };
