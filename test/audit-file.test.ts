@@ -61,10 +61,15 @@ describe("audit log file", () => {
 const record = (i: number) => tunnelRecord({ host: `h${i}.example`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, { status: 200 });
 const hostsIn = (file: string) => (existsSync(file) ? readFileSync(file, "utf8").split("\n").filter(Boolean).map((line) => (JSON.parse(line) as { host: string }).host) : []);
 
+/** A log of its own in a fresh folder. */
+function freshLog(name: string): { file: string; log: AuditLog } {
+  const file = join(tempDir(name), "audit.log");
+  return { file, log: new AuditLog(file, new Scrubber()) };
+}
+
 describe("audit log appends", () => {
   it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {
-    const file = join(tempDir("audit-batch"), "audit.log");
-    const log = new AuditLog(file, new Scrubber());
+    const { file, log } = freshLog("audit-batch");
     const writes = vi.spyOn(fs, "writeSync");
     try {
       for (let i = 0; i < 40; i++) log.write(record(i));
@@ -84,8 +89,7 @@ describe("audit log appends", () => {
   });
 
   it("writes what it holds on its timer without an fsync (which would stall every connection), and syncs on an explicit flush", async () => {
-    const file = join(tempDir("audit-nosync"), "audit.log");
-    const log = new AuditLog(file, new Scrubber());
+    const { file, log } = freshLog("audit-nosync");
     const syncs = vi.spyOn(fs, "fsyncSync");
     try {
       for (let i = 0; i < 3; i++) log.write(record(i));
@@ -101,8 +105,7 @@ describe("audit log appends", () => {
   });
 
   it("writes what it holds to the old file before logrotate's reopen", () => {
-    const file = join(tempDir("audit-rotate"), "audit.log");
-    const log = new AuditLog(file, new Scrubber());
+    const { file, log } = freshLog("audit-rotate");
     log.write(record(1));
     log.write(record(2));
     renameSync(file, `${file}.1`);

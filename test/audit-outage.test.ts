@@ -44,18 +44,18 @@ interface Started {
   ca: string;
 }
 
-/** `portcullis start` whose log.audit is a symlink to /dev/full: every write of it fails with ENOSPC. */
-async function startOnFullDisk(name: string, extraArgs: string[] = []): Promise<Started> {
+/** `portcullis start` writing its audit log to `audit` ("audit.log" in its folder, or "-" for stdout), admin listener on. */
+async function startWithAudit(name: string, audit: string, extraArgs: string[] = []): Promise<Started> {
   const dir = tempDir(name);
   const auditFile = join(dir, "audit.log");
-  symlinkSync(FULL_DISK, auditFile);
+  if (audit !== "-") symlinkSync(FULL_DISK, auditFile);
   const policy = join(dir, "policy.yaml");
   writeFileSync(
     policy,
     [
       "version: 1",
       "ca: { dir: certs }",
-      "log: { audit: audit.log, level: warn }",
+      `log: { audit: ${JSON.stringify(audit)}, level: warn }`,
       `upstream: { trust: [${JSON.stringify(pki.caFile)}] }`,
       "network: { default: allow, allow_ips: [127.0.0.1/32] }",
       "",
@@ -69,6 +69,9 @@ async function startOnFullDisk(name: string, extraArgs: string[] = []): Promise<
   dispatchers.push(dispatcher);
   return { proxy, auditFile, admin: `http://127.0.0.1:${/:(\d+)$/.exec(adminLine)![1]}`, dispatcher, ca };
 }
+
+/** log.audit is a symlink to /dev/full: every write of it fails with ENOSPC. */
+const startOnFullDisk = (name: string, extraArgs: string[] = []) => startWithAudit(name, "audit.log", extraArgs);
 
 /** A raw CONNECT through the proxy: its status line and headers. */
 function connect(proxyPort: number, authority: string): Promise<{ status: number; statusMessage: string; headers: http.IncomingHttpHeaders }> {
@@ -150,17 +153,10 @@ describe.skipIf(!existsSync(FULL_DISK))("an audit log that cannot be written (po
   });
 
   it.each([[[]], [["--workers", "2"]]])("with log.audit on a stdout whose reader is gone (EPIPE), refuses for good and fails /healthz, so an orchestrator restarts it (%j)", { timeout: 60_000 }, async (extraArgs: string[]) => {
-    const dir = tempDir("audit-outage-epipe");
-    const policy = join(dir, "policy.yaml");
-    writeFileSync(policy, ["version: 1", "ca: { dir: certs }", 'log: { audit: "-", level: warn }', `upstream: { trust: [${JSON.stringify(pki.caFile)}] }`, "network: { default: allow, allow_ips: [127.0.0.1/32] }", ""].join("\n"));
-    const proxy = await startCli(["--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", ...extraArgs]);
-    running.push(proxy);
-    const admin = `http://127.0.0.1:${/:(\d+)$/.exec(await proxy.waitForOutput(/portcullis admin on 127\.0\.0\.1:(\d+)/))![1]}`;
+    const { proxy, admin, dispatcher } = await startWithAudit("audit-outage-epipe", "-", extraArgs);
     expect((await fetch(`${admin}/healthz`)).status).toBe(200);
     const workers = extraArgs.length > 0;
     proxy.child.stdout.destroy(); // the log's reader goes away
-    const dispatcher = new ProxyAgent({ uri: `http://127.0.0.1:${proxy.port}`, requestTls: { ca: readFileSync(join(dir, "certs", "ca.pem"), "utf8") } });
-    dispatchers.push(dispatcher);
     await (await request(`https://localhost:${upstream.port}/before`, { dispatcher })).body.text();
     await proxy.waitForOutput(/the audit log \(stdout\) cannot be written: EPIPE.*only a restart/);
     // Under --workers the worker's report reaches the primary over IPC, a moment after its diagnostic.

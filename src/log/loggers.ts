@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import fs from "node:fs";
 import pino, { type DestinationStream, type Logger } from "pino";
 import { levelFor, type AuditRecord } from "../core/audit-record.js";
+import { ProxyError } from "../core/errors.js";
 import { AUDIT_FLUSH_MS, AUDIT_HOLD_BYTES, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
 import type { Scrubber } from "./scrub.js";
@@ -78,6 +79,11 @@ export class AuditLog {
   /** Why lines cannot be written now (the destination's error), or undefined when they can. */
   get failure(): string | undefined {
     return this.refused;
+  }
+
+  /** Fail closed: the answer to what would start now (`requests`, `tunnels`) while lines cannot be written, or undefined. */
+  refusal(what: "requests" | "tunnels"): ProxyError | undefined {
+    return this.refused === undefined ? undefined : new ProxyError("audit_unavailable", `${this.refused}, so ${what} are refused until it can`);
   }
 
   /** The outage cannot end by itself (the destination's reader is gone): a restart, or a reload to another log.audit, ends it. */
@@ -209,7 +215,8 @@ export class AuditLog {
   }
 
   /**
-   * The timer's write of what is held, without the fsync that flushSync adds: a disk sync blocks
+   * Writes every line held (for the batch timer, the retry timer and flush), without the fsync
+   * that flushSync adds, and ends an outage once nothing is left held: a disk sync blocks
    * the event loop, and every connection with it, for as long as the disk takes, and under load
    * this runs ten times a second. Once written, the lines are the kernel's and survive the
    * process however it dies; an fsync guards only against the machine going down, which no

@@ -218,9 +218,9 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     return;
   }
   // Fail closed: what cannot be recorded is not run (the outage's diagnostics say why; /readyz reports it).
-  const unrecordable = runtime.audit.failure;
+  const unrecordable = runtime.audit.refusal("requests");
   if (unrecordable) {
-    answerError(responder, exchange, new ProxyError("audit_unavailable", `${unrecordable}, so requests are refused until it can`));
+    answerError(responder, exchange, unrecordable);
     return;
   }
   if (upgrade && request.hasBody) {

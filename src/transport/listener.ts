@@ -78,9 +78,9 @@ async function onConnect(runtime: TransportRuntime, inner: InnerServers, req: In
     refuseConnect(runtime, socket, tunnel, startedAt, error as ProxyError);
     return;
   }
-  const unrecordable = runtime.audit.failure;
+  const unrecordable = runtime.audit.refusal("tunnels");
   if (unrecordable) {
-    refuseConnect(runtime, socket, tunnel, startedAt, new ProxyError("audit_unavailable", `${unrecordable}, so tunnels are refused until it can`));
+    refuseConnect(runtime, socket, tunnel, startedAt, unrecordable);
     return;
   }
   if (tunnel.client !== null) runtime.clientConnections?.track(tunnel.client, socket);
