@@ -141,7 +141,7 @@ describe("budgets in Redis, shared by replicas", () => {
     expect(replica.stderr().match(/cannot be reached/g)).toHaveLength(1);
   });
 
-  it("the store: charges made while one is on the wire go out together, summed per counter, one script call each time", async () => {
+  it("the store: one turn's charges and admissions go out as one script call, charges summed per counter, admissions judged in order", async () => {
     const log = { warn: () => undefined, info: () => undefined };
     const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
     const raw = await connectRedis(redis.url, log, "test-reader");
@@ -153,23 +153,39 @@ describe("budgets in Redis, shared by replicas", () => {
     try {
       const hour = windowAt(Date.now(), 3_600_000);
       const key = (client: string) => ({ rule: "batched", client, windowStart: hour.start, windowEnd: hour.end });
-      await store.charge([key("warm")], 1); // the scripts are loaded: EVAL once, EVALSHA after
+      await store.charge([key("warm")], 1); // the script is loaded: EVAL once, EVALSHA after
       await raw.config("RESETSTAT");
       const first = store.charge([key("a")], 5);
-      await new Promise((resolve) => setImmediate(resolve)); // the first charge is on its way
+      await new Promise((resolve) => setImmediate(resolve)); // the first turn's call is on its way
       const rest = Array.from({ length: 20 }, (_, i) => store.charge([key(i % 2 ? "a" : "b"), key("c")], i + 1));
-      await Promise.all([first, ...rest]);
+      const limited = { ...key("limited"), limitRequests: 3 };
+      const admissions = Array.from({ length: 5 }, () => store.admit([key("d"), limited]));
+      const [results] = await Promise.all([Promise.all(admissions), first, ...rest]);
       expect(await scriptCalls()).toBe(2);
-      const tokens = async (client: string) => Number((await raw.hget((await raw.keys(`portcullis:budget:*:batched:${client}`))[0]!, "t")) ?? 0);
+      // In the order asked for, each as if alone: three counted, then the limit holds, and the
+      // refused ones counted nothing, on either counter.
+      expect(results.map((result) => result.ok)).toEqual([true, true, true, false, false]);
+      expect(results[3]).toMatchObject({ ok: false, spent: { client: "limited" }, counter: { client: "limited", requests: 3, tokens: 0 } });
+      const hash = async (client: string) => raw.hgetall((await raw.keys(`portcullis:budget:*:batched:${client}`))[0]!);
+      expect(await hash("d")).toEqual({ r: "3" });
+      const tokens = async (client: string) => Number((await hash(client)).t ?? 0);
       const sum = (odd: boolean) => Array.from({ length: 20 }, (_, i) => i + 1).filter((n) => (n % 2 === 0) === odd).reduce((a, b) => a + b, 0);
       expect(await tokens("a")).toBe(5 + sum(true));
       expect(await tokens("b")).toBe(sum(false));
       expect(await tokens("c")).toBe(210);
-      // A count that is not a whole number (an upstream's) is rounded, and the others of its write still count.
+      // A count that is not a whole number (an upstream's) is rounded, and the others of its call still count.
       await Promise.all([store.charge([key("f")], 7), store.charge([key("f"), key("g")], 1.5), store.charge([key("g")], 9)]);
       expect([await tokens("f"), await tokens("g")]).toEqual([9, 11]);
-      const charged = (await raw.keys("portcullis:budget:*:batched:*"))[0]!;
+      // A counter at Redis' integer limit loses that charge, not the rest of its call.
+      const full = `portcullis:budget:${hour.start}:batched:full`;
+      await raw.hset(full, "t", "9223372036854775000");
+      const [, , beside] = await Promise.all([store.charge([key("full")], 10_000), store.charge([key("h")], 4), store.admit([key("h")])]);
+      expect(beside).toEqual({ ok: true });
+      expect(await hash("h")).toEqual({ t: "4", r: "1" });
+      expect(await raw.hget(full, "t")).toBe("9223372036854775000");
+      const charged = (await raw.keys("portcullis:budget:*:batched:a"))[0]!;
       expect(await raw.expiretime(charged)).toBe(Math.ceil(hour.end / 1000));
+      expect(await raw.expiretime((await raw.keys("portcullis:budget:*:batched:limited"))[0]!)).toBe(Math.ceil(hour.end / 1000));
     } finally {
       await store.close();
       raw.disconnect();

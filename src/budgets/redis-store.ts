@@ -5,43 +5,66 @@ import { type Admission, BudgetStoreUnavailable, type BudgetStore, type Counter,
 const PREFIX = "portcullis:budget:";
 
 /**
- * Checks every counter of a request and, only when none is spent, counts the request on each
- * and sets each to expire at its window's end; one script, so atomic across every replica.
- * ARGV per key: token limit, request limit (-1: none), expiry (seconds since the epoch).
- * Returns 0, or the 1-based index of the first spent counter with its tokens and requests.
+ * One turn's budget work in one script, so atomic across every replica and in the order it was
+ * asked for. First the charges: tokens added to each counter, each set to expire at its
+ * window's end (redis.pcall: a counter HINCRBY refuses, at its integer limit, loses that charge
+ * and nothing else). Then each admission in turn, as if it were alone: it checks its counters
+ * and, only when none is spent, counts one request on each and sets each to expire.
+ * KEYS: the charged counters, then each admission's counters.
+ * ARGV: the number of charged counters; per charged counter: tokens, expiry (seconds since the
+ * epoch); the number of admissions; per admission: its number of counters, then per counter:
+ * token limit, request limit (-1: none), expiry.
+ * Returns three numbers per admission: 0, 0, 0 when admitted, or the 1-based index (among that
+ * admission's counters) of the first spent counter with its tokens and requests.
  */
-const ADMIT = `
-for i, key in ipairs(KEYS) do
-  local limitTokens = tonumber(ARGV[(i - 1) * 3 + 1])
-  local limitRequests = tonumber(ARGV[(i - 1) * 3 + 2])
-  local seen = redis.call('HMGET', key, 't', 'r')
-  local tokens = tonumber(seen[1]) or 0
-  local requests = tonumber(seen[2]) or 0
-  if (limitTokens >= 0 and tokens >= limitTokens) or (limitRequests >= 0 and requests >= limitRequests) then
-    return {i, tokens, requests}
+const BATCH = `
+local charged = tonumber(ARGV[1])
+for i = 1, charged do
+  redis.pcall('HINCRBY', KEYS[i], 't', ARGV[i * 2])
+  redis.pcall('EXPIREAT', KEYS[i], ARGV[i * 2 + 1])
+end
+local arg = charged * 2 + 2
+local key = charged
+local admissions = tonumber(ARGV[arg])
+local results = {}
+for a = 1, admissions do
+  local count = tonumber(ARGV[arg + 1])
+  local first = arg + 2
+  local spent = 0
+  local seenTokens, seenRequests = 0, 0
+  for i = 1, count do
+    local limitTokens = tonumber(ARGV[first + (i - 1) * 3])
+    local limitRequests = tonumber(ARGV[first + (i - 1) * 3 + 1])
+    local seen = redis.call('HMGET', KEYS[key + i], 't', 'r')
+    local tokens = tonumber(seen[1]) or 0
+    local requests = tonumber(seen[2]) or 0
+    if (limitTokens >= 0 and tokens >= limitTokens) or (limitRequests >= 0 and requests >= limitRequests) then
+      spent, seenTokens, seenRequests = i, tokens, requests
+      break
+    end
   end
+  if spent == 0 then
+    for i = 1, count do
+      redis.call('HINCRBY', KEYS[key + i], 'r', 1)
+      redis.call('EXPIREAT', KEYS[key + i], ARGV[first + (i - 1) * 3 + 2])
+    end
+  end
+  results[#results + 1] = spent
+  results[#results + 1] = seenTokens
+  results[#results + 1] = seenRequests
+  key = key + count
+  arg = first + count * 3 - 1
 end
-for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 'r', 1)
-  redis.call('EXPIREAT', key, ARGV[(i - 1) * 3 + 3])
-end
-return {0, 0, 0}
+return results
 `;
 
-/**
- * Adds tokens to every counter and sets each to expire at its window's end, atomically.
- * ARGV per key: tokens, expiry (seconds since the epoch).
- */
-const CHARGE = `
-for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 't', ARGV[(i - 1) * 2 + 1])
-  redis.call('EXPIREAT', key, ARGV[(i - 1) * 2 + 2])
-end
-return 0
-`;
+type BatchCommand = (keyCount: number, ...args: (string | number)[]) => Promise<number[]>;
 
-type AdmitCommand = (keyCount: number, ...args: (string | number)[]) => Promise<[number, number, number]>;
-type ChargeCommand = (keyCount: number, ...args: (string | number)[]) => Promise<number>;
+interface PendingAdmission {
+  checks: readonly CounterCheck[];
+  resolve(admission: Admission): void;
+  reject(error: Error): void;
+}
 
 const expiry = (key: CounterKey) => Math.ceil(key.windowEnd / 1000);
 
@@ -51,22 +74,26 @@ function parseId(id: string): Pick<Counter, "rule" | "client" | "windowStart"> |
   return { windowStart: Number(start), rule: decodeURIComponent(rule), client: client === "" ? null : decodeURIComponent(client) };
 }
 
-/** Counters in Redis, shared by every replica and worker: one hash (t: tokens, r: requests) per counter. */
+/**
+ * Counters in Redis, shared by every replica and worker: one hash (t: tokens, r: requests) per
+ * counter. What one turn of the event loop asks for (the admissions of the requests it read, the
+ * charges of the answers it ended) goes out as one script call when the turn ends: under load,
+ * one command for several requests, since a command costs the proxy far more CPU (a write to
+ * Redis' socket, a reply to read) than the script costs Redis.
+ */
 export class RedisBudgetStore implements BudgetStore {
   private redis: Redis | undefined;
-  private admitScript: AdmitCommand | undefined;
-  private chargeScript: ChargeCommand | undefined;
+  private batchScript: BatchCommand | undefined;
   private readonly connected: Promise<void>;
-  /**
-   * Tokens charged and not yet sent, summed by key. One charge is on the wire at a time and the
-   * next carries everything charged meanwhile: under load, one command for many answers (a
-   * command costs the proxy far more CPU than the sums), and never later than one round trip.
-   */
-  private readonly unsent = new Map<string, { tokens: number; expireAt: number }>();
-  /** The write that will carry the next charges (gathering them until the one before is answered). */
-  private nextCharge: Promise<void> | undefined;
-  /** The last charge write, settled either way: the next one starts after it, close waits for it. */
-  private lastCharge: Promise<void> = Promise.resolve();
+  /** Admissions asked for this turn, in order. */
+  private admissions: PendingAdmission[] = [];
+  /** Tokens charged this turn, summed by counter. */
+  private charges = new Map<string, { tokens: number; expireAt: number }>();
+  /** Those charges' callers, told when the call carrying them is answered. */
+  private chargeCallers: { resolve(): void; reject(error: Error): void }[] = [];
+  private flushing: NodeJS.Immediate | undefined;
+  /** Calls on the wire, settled either way: close waits for them. */
+  private readonly inFlight = new Set<Promise<void>>();
 
   constructor(
     private readonly connecting: Promise<Redis>,
@@ -74,39 +101,100 @@ export class RedisBudgetStore implements BudgetStore {
     private readonly windowOf: (rule: string) => number | undefined,
   ) {
     this.connected = connecting.then((redis) => {
-      redis.defineCommand("portcullisBudgetAdmit", { lua: ADMIT });
-      redis.defineCommand("portcullisBudgetCharge", { lua: CHARGE });
-      const scripts = redis as unknown as { portcullisBudgetAdmit: AdmitCommand; portcullisBudgetCharge: ChargeCommand };
-      this.admitScript = scripts.portcullisBudgetAdmit.bind(redis);
-      this.chargeScript = scripts.portcullisBudgetCharge.bind(redis);
+      redis.defineCommand("portcullisBudgetBatch", { lua: BATCH });
+      this.batchScript = (redis as unknown as { portcullisBudgetBatch: BatchCommand }).portcullisBudgetBatch.bind(redis);
       return firstConnection(redis).then(() => void (this.redis = redis));
     });
     this.connected.catch(() => undefined);
   }
 
   /** Before the first connection is up, commands wait for it; after, an outage fails them at once. */
-  private async up(): Promise<{ redis: Redis; admit: AdmitCommand; charge: ChargeCommand }> {
+  private async up(): Promise<{ redis: Redis; batch: BatchCommand }> {
     if (!this.redis) await this.connected.catch((error: unknown) => this.unavailable(error));
-    return { redis: this.redis!, admit: this.admitScript!, charge: this.chargeScript! };
+    return { redis: this.redis!, batch: this.batchScript! };
   }
 
   private unavailable(error: unknown): never {
-    throw new BudgetStoreUnavailable(`budget store (Redis) cannot be reached: ${(error as Error).message}`);
+    throw this.unreachable(error);
   }
 
-  async admit(checks: readonly CounterCheck[]): Promise<Admission> {
-    if (checks.length === 0) return { ok: true };
-    const args = checks.flatMap((check) => [check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check)]);
-    let result: [number, number, number];
-    const { admit } = await this.up();
-    try {
-      result = await admit(checks.length, ...checks.map((check) => PREFIX + counterId(check)), ...args);
-    } catch (error) {
-      this.unavailable(error);
+  private unreachable(error: unknown): BudgetStoreUnavailable {
+    return error instanceof BudgetStoreUnavailable ? error : new BudgetStoreUnavailable(`budget store (Redis) cannot be reached: ${(error as Error).message}`);
+  }
+
+  admit(checks: readonly CounterCheck[]): Promise<Admission> {
+    if (checks.length === 0) return Promise.resolve({ ok: true });
+    return new Promise((resolve, reject) => {
+      this.admissions.push({ checks, resolve, reject });
+      this.flushAtTurnEnd();
+    });
+  }
+
+  /** Resolves once the tokens are in Redis (with whatever else was charged in the same turn). */
+  charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
+    // HINCRBY takes integers only, and one it refused would lose every charge of its call.
+    const amount = Math.min(Math.round(tokens), Number.MAX_SAFE_INTEGER);
+    if (!(amount > 0) || keys.length === 0) return Promise.resolve();
+    for (const key of keys) {
+      const id = PREFIX + counterId(key);
+      const held = this.charges.get(id);
+      if (held) held.tokens = Math.min(held.tokens + amount, Number.MAX_SAFE_INTEGER);
+      else this.charges.set(id, { tokens: amount, expireAt: expiry(key) });
     }
-    const [index, tokens, requests] = result;
-    if (index === 0) return { ok: true };
-    const spent = checks[index - 1]!;
+    return new Promise((resolve, reject) => {
+      this.chargeCallers.push({ resolve, reject });
+      this.flushAtTurnEnd();
+    });
+  }
+
+  private flushAtTurnEnd(): void {
+    this.flushing ??= setImmediate(() => this.flush());
+  }
+
+  /** Sends this turn's charges and admissions as one call, and answers each caller from its result. */
+  private flush(): void {
+    if (this.flushing) clearImmediate(this.flushing);
+    this.flushing = undefined;
+    const admissions = this.admissions;
+    const charges = this.charges;
+    const chargeCallers = this.chargeCallers;
+    if (admissions.length === 0 && charges.size === 0) return;
+    this.admissions = [];
+    this.charges = new Map();
+    this.chargeCallers = [];
+    const keys: string[] = [...charges.keys()];
+    const args: (string | number)[] = [charges.size];
+    for (const { tokens, expireAt } of charges.values()) args.push(tokens, expireAt);
+    args.push(admissions.length);
+    for (const { checks } of admissions) {
+      args.push(checks.length);
+      for (const check of checks) {
+        keys.push(PREFIX + counterId(check));
+        args.push(check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check));
+      }
+    }
+    const fail = (error: unknown) => {
+      const failure = this.unreachable(error);
+      for (const caller of chargeCallers) caller.reject(failure);
+      for (const admission of admissions) admission.reject(failure);
+    };
+    const call = this.up()
+      .then(({ batch }) => batch(keys.length, ...keys, ...args))
+      .then((results) => {
+        if (!Array.isArray(results) || results.length !== admissions.length * 3) return fail(new Error("unexpected reply to the budget script"));
+        for (const caller of chargeCallers) caller.resolve();
+        admissions.forEach((admission, index) => admission.resolve(this.admission(admission.checks, results, index)));
+      }, fail);
+    this.inFlight.add(call);
+    void call.finally(() => this.inFlight.delete(call));
+  }
+
+  private admission(checks: readonly CounterCheck[], results: readonly number[], index: number): Admission {
+    const spentIndex = Number(results[index * 3] ?? 0);
+    if (spentIndex === 0) return { ok: true };
+    const spent = checks[spentIndex - 1]!;
+    const tokens = Number(results[index * 3 + 1] ?? 0);
+    const requests = Number(results[index * 3 + 2] ?? 0);
     return { ok: false, spent, counter: { rule: spent.rule, client: spent.client, windowStart: spent.windowStart, windowEnd: spent.windowEnd, tokens, requests } };
   }
 
@@ -127,39 +215,6 @@ export class RedisBudgetStore implements BudgetStore {
       const [tokens, requests] = Array.isArray(fields) ? fields : [];
       return isSpent({ tokens: Number(tokens ?? 0), requests: Number(requests ?? 0) }, check);
     });
-  }
-
-  /** Resolves once the tokens are in Redis (with whatever else was charged meanwhile). */
-  charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
-    // HINCRBY takes integers only, and one it refused would stop the script for every counter after it.
-    const amount = Math.min(Math.round(tokens), Number.MAX_SAFE_INTEGER);
-    if (!(amount > 0) || keys.length === 0) return Promise.resolve();
-    for (const key of keys) {
-      const id = PREFIX + counterId(key);
-      const held = this.unsent.get(id);
-      if (held) held.tokens = Math.min(held.tokens + amount, Number.MAX_SAFE_INTEGER);
-      else this.unsent.set(id, { tokens: amount, expireAt: expiry(key) });
-    }
-    if (!this.nextCharge) {
-      const write = this.lastCharge.then(() => {
-        this.nextCharge = undefined;
-        return this.writeUnsent();
-      });
-      this.nextCharge = write;
-      this.lastCharge = write.catch(() => undefined);
-    }
-    return this.nextCharge;
-  }
-
-  private async writeUnsent(): Promise<void> {
-    const batch = [...this.unsent];
-    this.unsent.clear();
-    const { charge } = await this.up();
-    try {
-      await charge(batch.length, ...batch.map(([id]) => id), ...batch.flatMap(([, held]) => [held.tokens, held.expireAt]));
-    } catch (error) {
-      this.unavailable(error);
-    }
   }
 
   async counters(): Promise<Counter[]> {
@@ -190,12 +245,11 @@ export class RedisBudgetStore implements BudgetStore {
   }
 
   async close(): Promise<void> {
-    // Charges made while the last write was on the wire start another one: wait for that too.
-    let last: Promise<void>;
-    do {
-      last = this.lastCharge;
-      await last;
-    } while (last !== this.lastCharge);
+    // What this turn asked for goes out now; calls answered may be followed by charges they caused.
+    while (this.flushing || this.inFlight.size > 0) {
+      if (this.flushing) this.flush();
+      await Promise.all(this.inFlight);
+    }
     (await this.connecting.catch(() => undefined))?.disconnect();
   }
 }
