@@ -192,6 +192,56 @@ describe("budgets in Redis, shared by replicas", () => {
     }
   });
 
+  it("the store: Redis out of memory refuses a turn's admissions with the charges that ride along (fail closed, nothing counted)", async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
+    const raw = await connectRedis(redis.url, log, "test-reader");
+    await firstConnection(raw);
+    const hour = windowAt(Date.now(), 3_600_000);
+    const counter = { rule: "oom", client: "c", windowStart: hour.start, windowEnd: hour.end };
+    const limited = { ...counter, limitTokens: 1000 };
+    try {
+      await store.charge([counter], 10);
+      await raw.config("SET", "maxmemory", "1"); // every write that could grow memory is refused (noeviction)
+      await expect(store.admit([limited])).rejects.toThrow(/budget store \(Redis\) cannot be reached: OOM/);
+      // A charge in the same turn must not let the admission through uncharged.
+      const [charged, admitted] = await Promise.allSettled([store.charge([counter], 5000), store.admit([limited])]);
+      expect(charged.status).toBe("rejected");
+      expect(admitted).toMatchObject({ status: "rejected", reason: { name: "BudgetStoreUnavailable" } });
+      expect(await raw.hgetall((await raw.keys("portcullis:budget:*:oom:c"))[0]!)).toEqual({ t: "10" });
+    } finally {
+      await raw.config("SET", "maxmemory", "0");
+      await store.close();
+      raw.disconnect();
+    }
+  });
+
+  it("the store: a turn too large for one call goes out as several, in order, and a request limit stays exact across them", async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
+    const raw = await connectRedis(redis.url, log, "test-reader");
+    await firstConnection(raw);
+    const scriptCalls = async () => Number((await raw.info("commandstats")).match(/^cmdstat_evalsha:calls=(\d+)/m)?.[1] ?? 0);
+    try {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const counters = Array.from({ length: 5 }, (_, i) => ({ rule: `many-${i}`, client: "c", windowStart: hour.start, windowEnd: hour.end }));
+      const checks = [...counters.slice(0, 4), { ...counters[4]!, limitRequests: 5500 }];
+      await store.admit([counters[0]!]); // the script is loaded: EVAL once, EVALSHA after
+      await raw.config("RESETSTAT");
+      // 6,000 admissions of five counters: over 120,000 arguments, more than one spread can pass.
+      const results = await Promise.all(Array.from({ length: 6000 }, () => store.admit(checks)));
+      const admitted = results.map((result) => result.ok);
+      expect(admitted.indexOf(false)).toBe(5500);
+      expect(admitted.lastIndexOf(true)).toBe(5499);
+      expect(await scriptCalls()).toBeGreaterThan(1);
+      expect(await raw.hget((await raw.keys("portcullis:budget:*:many-4:c"))[0]!, "r")).toBe("5500");
+      expect(await raw.hget((await raw.keys("portcullis:budget:*:many-0:c"))[0]!, "r")).toBe("5501");
+    } finally {
+      await store.close();
+      raw.disconnect();
+    }
+  });
+
   it("the store: concurrent admissions never pass a request limit, a spent counter is peeked without counting, keys expire at the window's end", async () => {
     const log = { warn: () => undefined, info: () => undefined };
     const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);

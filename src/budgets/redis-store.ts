@@ -7,8 +7,10 @@ const PREFIX = "portcullis:budget:";
 /**
  * One turn's budget work in one script, so atomic across every replica and in the order it was
  * asked for. First the charges: tokens added to each counter, each set to expire at its
- * window's end (redis.pcall: a counter HINCRBY refuses, at its integer limit, loses that charge
- * and nothing else). Then each admission in turn, as if it were alone: it checks its counters
+ * window's end. A counter HINCRBY refuses as such (at Redis' integer limit, or not a number)
+ * loses its charge and nothing else; any other refusal (out of memory) fails the whole call
+ * before it has written anything, so no admission passes uncharged. Then each admission in
+ * turn, as if it were alone: it checks its counters
  * and, only when none is spent, counts one request on each and sets each to expire.
  * KEYS: the charged counters, then each admission's counters.
  * ARGV: the number of charged counters; per charged counter: tokens, expiry (seconds since the
@@ -20,8 +22,13 @@ const PREFIX = "portcullis:budget:";
 const BATCH = `
 local charged = tonumber(ARGV[1])
 for i = 1, charged do
-  redis.pcall('HINCRBY', KEYS[i], 't', ARGV[i * 2])
-  redis.pcall('EXPIREAT', KEYS[i], ARGV[i * 2 + 1])
+  local added = redis.pcall('HINCRBY', KEYS[i], 't', ARGV[i * 2])
+  if type(added) == 'table' and added.err then
+    if not (string.find(added.err, 'overflow', 1, true) or string.find(added.err, 'not an integer', 1, true)) then
+      return redis.error_reply(added.err)
+    end
+  end
+  redis.call('EXPIREAT', KEYS[i], ARGV[i * 2 + 1])
 end
 local arg = charged * 2 + 2
 local key = charged
@@ -58,7 +65,21 @@ end
 return results
 `;
 
-type BatchCommand = (keyCount: number, ...args: (string | number)[]) => Promise<number[]>;
+type BatchCommand = (keyCount: number, ...args: (string | number)[]) => Promise<unknown>;
+
+/** Keys and arguments in one call at most (V8 refuses a spread of about 120,000). */
+const MAX_CALL_ARGUMENTS = 8192;
+
+/** One script call's part of a turn: charged counters first, then admissions. */
+interface BatchCall {
+  keys: string[];
+  /** Per charged counter: tokens, expiry. */
+  charges: number[];
+  admissions: PendingAdmission[];
+  /** Per admission: its number of counters, then per counter: token limit, request limit, expiry. */
+  admissionArgs: number[];
+  size: number;
+}
 
 interface PendingAdmission {
   checks: readonly CounterCheck[];
@@ -93,7 +114,7 @@ export class RedisBudgetStore implements BudgetStore {
   private chargeCallers: { resolve(): void; reject(error: Error): void }[] = [];
   private flushing: NodeJS.Immediate | undefined;
   /** Calls on the wire, settled either way: close waits for them. */
-  private readonly inFlight = new Set<Promise<void>>();
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly connecting: Promise<Redis>,
@@ -151,51 +172,73 @@ export class RedisBudgetStore implements BudgetStore {
     this.flushing ??= setImmediate(() => this.flush());
   }
 
-  /** Sends this turn's charges and admissions as one call, and answers each caller from its result. */
+  /**
+   * Sends this turn's charges and admissions, as one call unless they would overflow a call's
+   * arguments (a stalled loop's backlog), and answers each caller from its call's result.
+   */
   private flush(): void {
     if (this.flushing) clearImmediate(this.flushing);
     this.flushing = undefined;
-    const admissions = this.admissions;
-    const charges = this.charges;
-    const chargeCallers = this.chargeCallers;
+    const { admissions, charges, chargeCallers } = this;
     if (admissions.length === 0 && charges.size === 0) return;
     this.admissions = [];
     this.charges = new Map();
     this.chargeCallers = [];
-    const keys: string[] = [...charges.keys()];
-    const args: (string | number)[] = [charges.size];
-    for (const { tokens, expireAt } of charges.values()) args.push(tokens, expireAt);
-    args.push(admissions.length);
-    for (const { checks } of admissions) {
-      args.push(checks.length);
-      for (const check of checks) {
-        keys.push(PREFIX + counterId(check));
-        args.push(check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check));
+    const calls: BatchCall[] = [];
+    let call: BatchCall | undefined;
+    const room = (size: number) => {
+      if (!call || (call.size > 0 && call.size + size > MAX_CALL_ARGUMENTS)) calls.push((call = { keys: [], charges: [], admissions: [], admissionArgs: [], size: 0 }));
+      call.size += size;
+      return call;
+    };
+    for (const [id, { tokens, expireAt }] of charges) {
+      const into = room(3);
+      into.keys.push(id);
+      into.charges.push(tokens, expireAt);
+    }
+    for (const admission of admissions) {
+      const into = room(1 + admission.checks.length * 4);
+      into.admissions.push(admission);
+      into.admissionArgs.push(admission.checks.length);
+      for (const check of admission.checks) {
+        into.keys.push(PREFIX + counterId(check));
+        into.admissionArgs.push(check.limitTokens ?? -1, check.limitRequests ?? -1, expiry(check));
       }
     }
-    const fail = (error: unknown) => {
-      const failure = this.unreachable(error);
-      for (const caller of chargeCallers) caller.reject(failure);
-      for (const admission of admissions) admission.reject(failure);
-    };
-    const call = this.up()
-      .then(({ batch }) => batch(keys.length, ...keys, ...args))
-      .then((results) => {
-        if (!Array.isArray(results) || results.length !== admissions.length * 3) return fail(new Error("unexpected reply to the budget script"));
-        for (const caller of chargeCallers) caller.resolve();
-        admissions.forEach((admission, index) => admission.resolve(this.admission(admission.checks, results, index)));
-      }, fail);
-    this.inFlight.add(call);
-    void call.finally(() => this.inFlight.delete(call));
+    const sent = calls.map((batch) => this.send(batch));
+    if (chargeCallers.length === 0) return;
+    void Promise.all(sent).then((answered) => {
+      const failure = answered.find((outcome) => outcome !== true);
+      for (const caller of chargeCallers) failure ? caller.reject(failure) : caller.resolve();
+    });
   }
 
-  private admission(checks: readonly CounterCheck[], results: readonly number[], index: number): Admission {
-    const spentIndex = Number(results[index * 3] ?? 0);
+  /** One script call; settles its admissions, and resolves true or with the failure (never rejects). */
+  private send(call: BatchCall): Promise<true | BudgetStoreUnavailable> {
+    const sent = this.up()
+      .then(({ batch }) => batch(call.keys.length, ...call.keys, call.charges.length / 2, ...call.charges, call.admissions.length, ...call.admissionArgs))
+      .then((results): true => {
+        const answers = call.admissions.map((admission, index) => this.admission(admission.checks, results, index));
+        call.admissions.forEach((admission, index) => admission.resolve(answers[index]!));
+        return true;
+      })
+      .catch((error: unknown) => {
+        const failure = this.unreachable(error);
+        for (const admission of call.admissions) admission.reject(failure);
+        return failure;
+      });
+    this.inFlight.add(sent);
+    void sent.then(() => this.inFlight.delete(sent));
+    return sent;
+  }
+
+  private admission(checks: readonly CounterCheck[], results: unknown, index: number): Admission {
+    const answer = Array.isArray(results) ? results.slice(index * 3, index * 3 + 3).map(Number) : [];
+    const [spentIndex, tokens, requests] = answer;
+    if (answer.length !== 3 || !Number.isInteger(spentIndex) || spentIndex! < 0 || spentIndex! > checks.length) throw new Error("unexpected reply to the budget script");
     if (spentIndex === 0) return { ok: true };
-    const spent = checks[spentIndex - 1]!;
-    const tokens = Number(results[index * 3 + 1] ?? 0);
-    const requests = Number(results[index * 3 + 2] ?? 0);
-    return { ok: false, spent, counter: { rule: spent.rule, client: spent.client, windowStart: spent.windowStart, windowEnd: spent.windowEnd, tokens, requests } };
+    const spent = checks[spentIndex! - 1]!;
+    return { ok: false, spent, counter: { rule: spent.rule, client: spent.client, windowStart: spent.windowStart, windowEnd: spent.windowEnd, tokens: tokens!, requests: requests! } };
   }
 
   async peek(checks: readonly CounterCheck[]): Promise<CounterCheck | undefined> {
