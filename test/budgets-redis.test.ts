@@ -1,4 +1,5 @@
 import { readFileSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ProxyAgent, request } from "undici";
@@ -213,6 +214,45 @@ describe("budgets in Redis, shared by replicas", () => {
       await raw.config("SET", "maxmemory", "0");
       await store.close();
       raw.disconnect();
+    }
+  });
+
+  it("the store: charges made while Redis is down are held and sent once it is back; admissions are refused, not held", { timeout: 30_000 }, async () => {
+    const log = { warn: () => undefined, info: () => undefined };
+    const connection = connectRedis(redis.url, log, "test");
+    const store = new RedisBudgetStore(connection, () => 3_600_000);
+    const client = await connection;
+    await firstConnection(client);
+    const hour = windowAt(Date.now(), 3_600_000);
+    const key = (name: string) => ({ rule: "outage", client: name, windowStart: hour.start, windowEnd: hour.end });
+    try {
+      await store.charge([key("held")], 1);
+      await redis.kill();
+      if (client.status === "ready") await once(client, "close");
+      await expect(store.charge([key("held")], 7)).rejects.toThrow(/budget store \(Redis\) cannot be reached: the connection is/);
+      const [charged, admitted] = await Promise.allSettled([store.charge([key("held"), key("second")], 5), store.admit([{ ...key("refused"), limitRequests: 10 }])]);
+      expect(charged.status).toBe("rejected");
+      expect(admitted).toMatchObject({ status: "rejected", reason: { name: "BudgetStoreUnavailable" } });
+      await redis.restart();
+      if (client.status !== "ready") await once(client, "ready");
+      await store.charge([key("after")], 1); // answered after every call sent before it
+      const raw = await connectRedis(redis.url, log, "test-reader");
+      await firstConnection(raw);
+      try {
+        const hash = async (name: string) => {
+          const found = (await raw.keys(`portcullis:budget:*:outage:${name}`))[0];
+          return found ? raw.hgetall(found) : undefined;
+        };
+        // The restarted Redis is empty: the 1 charged before the outage went with it; 7 + 5 did not.
+        expect(await hash("held")).toEqual({ t: "12" });
+        expect(await hash("second")).toEqual({ t: "5" });
+        expect(await hash("after")).toEqual({ t: "1" });
+        expect(await hash("refused")).toBeUndefined();
+      } finally {
+        raw.disconnect();
+      }
+    } finally {
+      await store.close();
     }
   });
 

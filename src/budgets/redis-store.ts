@@ -70,6 +70,16 @@ type BatchCommand = (keyCount: number, ...args: (string | number)[]) => Promise<
 /** Keys and arguments in one call at most (V8 refuses a spread of about 120,000). */
 const MAX_CALL_ARGUMENTS = 8192;
 
+/** Counters whose charges are held through an outage, at most (each is a sum, so few are needed). */
+const MAX_HELD_COUNTERS = 10_000;
+
+/** A call not sent because the connection was not ready: it certainly did not run. */
+class NotSent extends Error {
+  constructor(status: string) {
+    super(`the connection is ${status}`);
+  }
+}
+
 /** One script call's part of a turn: charged counters first, then admissions. */
 interface BatchCall {
   keys: string[];
@@ -124,6 +134,10 @@ export class RedisBudgetStore implements BudgetStore {
     this.connected = connecting.then((redis) => {
       redis.defineCommand("portcullisBudgetBatch", { lua: BATCH });
       this.batchScript = (redis as unknown as { portcullisBudgetBatch: BatchCommand }).portcullisBudgetBatch.bind(redis);
+      // Charges held while Redis was down go out as soon as it is back.
+      redis.on("ready", () => {
+        if (this.charges.size > 0) this.flushAtTurnEnd();
+      });
       return firstConnection(redis).then(() => void (this.redis = redis));
     });
     this.connected.catch(() => undefined);
@@ -151,7 +165,10 @@ export class RedisBudgetStore implements BudgetStore {
     });
   }
 
-  /** Resolves once the tokens are in Redis (with whatever else was charged in the same turn). */
+  /**
+   * Resolves once the tokens are in Redis (with whatever else was charged in the same turn).
+   * Rejects when they could not go at once; while Redis is down they are held and sent when it is back.
+   */
   charge(keys: readonly CounterKey[], tokens: number): Promise<void> {
     // HINCRBY takes integers only, and one it refused would lose every charge of its call.
     const amount = Math.min(Math.round(tokens), Number.MAX_SAFE_INTEGER);
@@ -216,7 +233,10 @@ export class RedisBudgetStore implements BudgetStore {
   /** One script call; settles its admissions, and resolves true or with the failure (never rejects). */
   private send(call: BatchCall): Promise<true | BudgetStoreUnavailable> {
     const sent = this.up()
-      .then(({ batch }) => batch(call.keys.length, ...call.keys, call.charges.length / 2, ...call.charges, call.admissions.length, ...call.admissionArgs))
+      .then(({ redis, batch }) => {
+        if (redis.status !== "ready") throw new NotSent(redis.status);
+        return batch(call.keys.length, ...call.keys, call.charges.length / 2, ...call.charges, call.admissions.length, ...call.admissionArgs);
+      })
       .then((results): true => {
         const answers = call.admissions.map((admission, index) => this.admission(admission.checks, results, index));
         call.admissions.forEach((admission, index) => admission.resolve(answers[index]!));
@@ -224,12 +244,28 @@ export class RedisBudgetStore implements BudgetStore {
       })
       .catch((error: unknown) => {
         const failure = this.unreachable(error);
+        if (error instanceof NotSent) this.hold(call);
         for (const admission of call.admissions) admission.reject(failure);
         return failure;
       });
     this.inFlight.add(sent);
     void sent.then(() => this.inFlight.delete(sent));
     return sent;
+  }
+
+  /**
+   * Keeps the charges of a call that never left (Redis down) for the next call, so the tokens of
+   * answers that ended during an outage still count once it is over. A call that may have run
+   * (a timeout, a connection lost on the way) is not repeated: a charge counts at most once.
+   */
+  private hold(call: BatchCall): void {
+    for (let i = 0; i < call.charges.length / 2; i++) {
+      const id = call.keys[i]!;
+      const tokens = call.charges[i * 2]!;
+      const held = this.charges.get(id);
+      if (held) held.tokens = Math.min(held.tokens + tokens, Number.MAX_SAFE_INTEGER);
+      else if (this.charges.size < MAX_HELD_COUNTERS) this.charges.set(id, { tokens, expireAt: call.charges[i * 2 + 1]! });
+    }
   }
 
   private admission(checks: readonly CounterCheck[], results: unknown, index: number): Admission {
