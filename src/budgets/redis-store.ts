@@ -234,7 +234,8 @@ export class RedisBudgetStore implements BudgetStore {
   private send(call: BatchCall): Promise<true | BudgetStoreUnavailable> {
     const sent = this.up()
       .then(({ redis, batch }) => {
-        if (redis.status !== "ready") throw new NotSent(redis.status);
+        // An outage starts with the socket ended while the status still says ready (until its close event).
+        if (redis.status !== "ready" || !redis.stream.writable) throw new NotSent(redis.status === "ready" ? "closing" : redis.status);
         return batch(call.keys.length, ...call.keys, call.charges.length / 2, ...call.charges, call.admissions.length, ...call.admissionArgs);
       })
       .then((results): true => {
@@ -259,12 +260,16 @@ export class RedisBudgetStore implements BudgetStore {
    * (a timeout, a connection lost on the way) is not repeated: a charge counts at most once.
    */
   private hold(call: BatchCall): void {
+    const now = Date.now() / 1000;
     for (let i = 0; i < call.charges.length / 2; i++) {
       const id = call.keys[i]!;
       const tokens = call.charges[i * 2]!;
+      const expireAt = call.charges[i * 2 + 1]!;
+      // A window that has ended counts for nothing any more: it would only take a live counter's place.
+      if (expireAt <= now) continue;
       const held = this.charges.get(id);
       if (held) held.tokens = Math.min(held.tokens + tokens, Number.MAX_SAFE_INTEGER);
-      else if (this.charges.size < MAX_HELD_COUNTERS) this.charges.set(id, { tokens, expireAt: call.charges[i * 2 + 1]! });
+      else if (this.charges.size < MAX_HELD_COUNTERS) this.charges.set(id, { tokens, expireAt });
     }
   }
 
