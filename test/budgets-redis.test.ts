@@ -9,6 +9,7 @@ import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startRedis, type TestRedis } from "./helpers/redis.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
 import { RedisBudgetStore } from "../src/budgets/redis-store.js";
+import type { Redis } from "ioredis";
 import { connectRedis, firstConnection } from "../src/store/redis.js";
 import { windowAt } from "../src/policy/window.js";
 
@@ -83,6 +84,24 @@ async function adminOf(replica: RunningProxy): Promise<string> {
 
 const auditLine = (replica: RunningProxy, id: string) => replica.waitForOutput(new RegExp(`\\{[^\\n]*"req_id":"${id}"[^\\n]*\\}`), "stdout").then((text) => JSON.parse(text) as Record<string, unknown>);
 
+const quiet = { warn: () => undefined, info: () => undefined };
+
+/** A store on the test's Redis (`client` its own connection) and a second connection to read with (`raw`), closed after `body`. */
+async function withStore(body: (connections: { store: RedisBudgetStore; client: Redis; raw: Redis }) => Promise<void>): Promise<void> {
+  const connection = connectRedis(redis.url, quiet, "test");
+  const store = new RedisBudgetStore(connection, () => 3_600_000);
+  const raw = await connectRedis(redis.url, quiet, "test-reader");
+  await firstConnection(raw); // commands are never queued: the reader must be connected before its first one
+  const client = await connection;
+  await firstConnection(client);
+  try {
+    await body({ store, client, raw });
+  } finally {
+    await store.close();
+    raw.disconnect();
+  }
+}
+
 describe("budgets in Redis, shared by replicas", () => {
   it("two portcullis processes charge and check one budget", { timeout: 60_000 }, async () => {
     const [a, b] = [through(replicas[0]!), through(replicas[1]!)];
@@ -143,15 +162,11 @@ describe("budgets in Redis, shared by replicas", () => {
   });
 
   it("the store: one turn's charges and admissions go out as one script call, charges summed per counter, admissions judged in order", async () => {
-    const log = { warn: () => undefined, info: () => undefined };
-    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
-    const raw = await connectRedis(redis.url, log, "test-reader");
-    await firstConnection(raw); // commands are never queued: the reader must be connected before its first one
-    const scriptCalls = async () => {
-      const stats = await raw.info("commandstats");
-      return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
-    };
-    try {
+    await withStore(async ({ store, raw }) => {
+      const scriptCalls = async () => {
+        const stats = await raw.info("commandstats");
+        return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
+      };
       const hour = windowAt(Date.now(), 3_600_000);
       const key = (client: string) => ({ rule: "batched", client, windowStart: hour.start, windowEnd: hour.end });
       await store.charge([key("warm")], 1); // the script is loaded: EVAL once, EVALSHA after
@@ -187,54 +202,42 @@ describe("budgets in Redis, shared by replicas", () => {
       const charged = (await raw.keys("portcullis:budget:*:batched:a"))[0]!;
       expect(await raw.expiretime(charged)).toBe(Math.ceil(hour.end / 1000));
       expect(await raw.expiretime((await raw.keys("portcullis:budget:*:batched:limited"))[0]!)).toBe(Math.ceil(hour.end / 1000));
-    } finally {
-      await store.close();
-      raw.disconnect();
-    }
+    });
   });
 
   it("the store: Redis out of memory refuses a turn's admissions with the charges that ride along (fail closed, nothing counted)", async () => {
-    const log = { warn: () => undefined, info: () => undefined };
-    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
-    const raw = await connectRedis(redis.url, log, "test-reader");
-    await firstConnection(raw);
-    const hour = windowAt(Date.now(), 3_600_000);
-    const counter = { rule: "oom", client: "c", windowStart: hour.start, windowEnd: hour.end };
-    const limited = { ...counter, limitTokens: 1000 };
-    try {
-      await store.charge([counter], 10);
-      await raw.config("SET", "maxmemory", "1"); // every write that could grow memory is refused (noeviction)
-      await expect(store.admit([limited])).rejects.toThrow(/budget store \(Redis\) cannot be reached: OOM/);
-      // A charge in the same turn must not let the admission through uncharged.
-      const [charged, admitted] = await Promise.allSettled([store.charge([counter], 5000), store.admit([limited])]);
-      expect(charged.status).toBe("rejected");
-      expect(admitted).toMatchObject({ status: "rejected", reason: { name: "BudgetStoreUnavailable" } });
-      expect(await raw.hgetall((await raw.keys("portcullis:budget:*:oom:c"))[0]!)).toEqual({ t: "10" });
-    } finally {
-      await raw.config("SET", "maxmemory", "0");
-      await store.close();
-      raw.disconnect();
-    }
+    await withStore(async ({ store, raw }) => {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const counter = { rule: "oom", client: "c", windowStart: hour.start, windowEnd: hour.end };
+      const limited = { ...counter, limitTokens: 1000 };
+      try {
+        await store.charge([counter], 10);
+        await raw.config("SET", "maxmemory", "1"); // every write that could grow memory is refused (noeviction)
+        await expect(store.admit([limited])).rejects.toThrow(/budget store \(Redis\) cannot be reached: OOM/);
+        // A charge in the same turn must not let the admission through uncharged.
+        const [charged, admitted] = await Promise.allSettled([store.charge([counter], 5000), store.admit([limited])]);
+        expect(charged.status).toBe("rejected");
+        expect(admitted).toMatchObject({ status: "rejected", reason: { name: "BudgetStoreUnavailable" } });
+        expect(await raw.hgetall((await raw.keys("portcullis:budget:*:oom:c"))[0]!)).toEqual({ t: "10" });
+      } finally {
+        await raw.config("SET", "maxmemory", "0");
+      }
+    });
   });
 
   it("the store: charges made while Redis is down are held and sent once it is back; admissions are refused, not held", { timeout: 30_000 }, async () => {
-    const log = { warn: () => undefined, info: () => undefined };
-    const connection = connectRedis(redis.url, log, "test");
-    const store = new RedisBudgetStore(connection, () => 3_600_000);
-    const client = await connection;
-    await firstConnection(client);
-    const hour = windowAt(Date.now(), 3_600_000);
-    const key = (name: string) => ({ rule: "outage", client: name, windowStart: hour.start, windowEnd: hour.end });
-    // Read on the store's own connection, so after every call the store sent before.
-    const hash = async (name: string) => {
-      const found = (await client.keys(`portcullis:budget:*:outage:${name}`))[0];
-      return found ? client.hgetall(found) : undefined;
-    };
-    const backAgain = async () => {
-      if (client.status !== "ready") await once(client, "ready");
-      await new Promise((resolve) => setImmediate(resolve)); // the store's flush at "ready" is sent
-    };
-    try {
+    await withStore(async ({ store, client }) => {
+      const hour = windowAt(Date.now(), 3_600_000);
+      const key = (name: string) => ({ rule: "outage", client: name, windowStart: hour.start, windowEnd: hour.end });
+      // Read on the store's own connection, so after every call the store sent before.
+      const hash = async (name: string) => {
+        const found = (await client.keys(`portcullis:budget:*:outage:${name}`))[0];
+        return found ? client.hgetall(found) : undefined;
+      };
+      const backAgain = async () => {
+        if (client.status !== "ready") await once(client, "ready");
+        await new Promise((resolve) => setImmediate(resolve)); // the store's flush at "ready" is sent
+      };
       await store.charge([key("held")], 1);
       // The start of an outage: the socket has ended, the status still says ready.
       client.stream.end();
@@ -261,18 +264,12 @@ describe("budgets in Redis, shared by replicas", () => {
       expect(await hash("late")).toEqual({ t: "2" });
       expect(await hash("refused")).toBeUndefined();
       expect(await client.keys("portcullis:budget:*:outage:old-*")).toEqual([]);
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it("the store: a turn too large for one call goes out as several, in order, and a request limit stays exact across them", async () => {
-    const log = { warn: () => undefined, info: () => undefined };
-    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
-    const raw = await connectRedis(redis.url, log, "test-reader");
-    await firstConnection(raw);
-    const scriptCalls = async () => Number((await raw.info("commandstats")).match(/^cmdstat_evalsha:calls=(\d+)/m)?.[1] ?? 0);
-    try {
+    await withStore(async ({ store, raw }) => {
+      const scriptCalls = async () => Number((await raw.info("commandstats")).match(/^cmdstat_evalsha:calls=(\d+)/m)?.[1] ?? 0);
       const hour = windowAt(Date.now(), 3_600_000);
       const counters = Array.from({ length: 5 }, (_, i) => ({ rule: `many-${i}`, client: "c", windowStart: hour.start, windowEnd: hour.end }));
       const checks = [...counters.slice(0, 4), { ...counters[4]!, limitRequests: 5500 }];
@@ -286,18 +283,11 @@ describe("budgets in Redis, shared by replicas", () => {
       expect(await scriptCalls()).toBeGreaterThan(1);
       expect(await raw.hget((await raw.keys("portcullis:budget:*:many-4:c"))[0]!, "r")).toBe("5500");
       expect(await raw.hget((await raw.keys("portcullis:budget:*:many-0:c"))[0]!, "r")).toBe("5501");
-    } finally {
-      await store.close();
-      raw.disconnect();
-    }
+    });
   });
 
   it("the store: concurrent admissions never pass a request limit, a spent counter is peeked without counting, keys expire at the window's end", async () => {
-    const log = { warn: () => undefined, info: () => undefined };
-    const store = new RedisBudgetStore(connectRedis(redis.url, log, "test"), () => 3_600_000);
-    const raw = await connectRedis(redis.url, log, "test-reader");
-    await firstConnection(raw); // commands are never queued: the reader must be connected before its first one
-    try {
+    await withStore(async ({ store, raw }) => {
       const hour = windowAt(Date.now(), 3_600_000);
       const check = { rule: "unit", client: "c:1", windowStart: hour.start, windowEnd: hour.end, limitRequests: 10 };
       const results = await Promise.all(Array.from({ length: 30 }, () => store.admit([check])));
@@ -308,9 +298,6 @@ describe("budgets in Redis, shared by replicas", () => {
       expect(await raw.hgetall(key)).toEqual({ r: "10", t: "42" });
       expect(await raw.expiretime(key)).toBe(Math.ceil(hour.end / 1000));
       expect((await store.counters()).find((c) => c.rule === "unit")).toMatchObject({ client: "c:1", tokens: 42, requests: 10, windowEnd: hour.end });
-    } finally {
-      await store.close();
-      raw.disconnect();
-    }
+    });
   });
 });
