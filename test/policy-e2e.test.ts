@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { gzipSync } from "node:zlib";
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import { HttpsProxyAgent } from "https-proxy-agent";
@@ -97,6 +98,17 @@ beforeAll(async () => {
       }
       if (req.url?.startsWith("/echo-b64")) {
         res.writeHead(200, { "Content-Type": "text/plain" }).end(Buffer.from(special).toString("base64"));
+        return;
+      }
+      if (req.url?.startsWith("/echo-gzip-lines")) {
+        // Two Content-Encoding lines: identity, then gzip (RFC 9110 8.4: the codings, in order).
+        res.setHeader("Content-Encoding", ["identity", "gzip"]);
+        res.writeHead(200, { "Content-Type": "text/plain" }).end(gzipSync(`gz:${special}`));
+        return;
+      }
+      if (req.url?.startsWith("/echo-gzip-twice")) {
+        res.setHeader("Content-Encoding", ["gzip", "gzip"]);
+        res.writeHead(200, { "Content-Type": "text/plain" }).end(gzipSync(gzipSync(`gz:${special}`)));
         return;
       }
       if (req.url?.startsWith("/echo-zstd")) {
@@ -396,6 +408,19 @@ describe("echoed secrets in every spelling", () => {
     // The upstream did get the real value.
     expect(headerValues(upstream.seen.at(-1)!.rawHeaders, "x-special")).toEqual([SECRETS.PCX_E2E_SPECIAL]);
     for (const form of forms(SECRETS.PCX_E2E_SPECIAL)) expect(everything).not.toContain(form);
+  });
+
+  it("reads every Content-Encoding line: identity then gzip is decoded and scrubbed, gzip twice is refused", async () => {
+    const res = await request(url("special.test", "/echo-gzip-lines"), { dispatcher: agent1, headers: { "accept-encoding": "gzip" } });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["content-encoding"]).toBeUndefined();
+    const text = await res.body.text();
+    expect(text).toBe("gz:[REDACTED]");
+    const twice = await request(url("special.test", "/echo-gzip-twice"), { dispatcher: agent1, headers: { "accept-encoding": "gzip" } });
+    expect(twice.statusCode).toBe(502);
+    const refused = await twice.body.text();
+    expect(refused).toContain("upstream_protocol_error");
+    expect(refused).not.toContain(SECRETS.PCX_E2E_SPECIAL);
   });
 
   it("refuses a body in an encoding it cannot decode when it may echo a secret", async () => {

@@ -1,5 +1,6 @@
 import type { Transform } from "node:stream";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { getHeaderValues, type RawHeaders } from "../core/headers.js";
 
 /** A decoder for a Content-Encoding: none for identity, "unsupported" for one portcullis cannot read. */
 export function decoderFor(encoding: string | undefined): Transform | undefined | "unsupported" {
@@ -8,4 +9,18 @@ export function decoderFor(encoding: string | undefined): Transform | undefined 
   if (encoding === "deflate") return createInflate();
   if (encoding === "br") return createBrotliDecompress();
   return "unsupported";
+}
+
+/**
+ * The body's content coding from every Content-Encoding line (RFC 9110 8.4: a list, over one
+ * line or several, applied in order), without identity: one coding, or several joined, which
+ * decoderFor refuses. Reading only the first line would let `identity` then `gzip` pass a
+ * compressed body off as plain to every stage that reads it.
+ */
+export function contentCoding(headers: RawHeaders): string | undefined {
+  const codings = getHeaderValues(headers, "content-encoding")
+    .flatMap((value) => value.split(","))
+    .map((coding) => coding.trim().toLowerCase())
+    .filter((coding) => coding !== "" && coding !== "identity");
+  return codings.length === 0 ? undefined : codings.join(", ");
 }

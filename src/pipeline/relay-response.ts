@@ -1,10 +1,10 @@
 import { Readable, Writable, type Transform } from "node:stream";
 import { pipeline } from "node:stream";
 import { pipeline as pipelineAsync } from "node:stream/promises";
-import { decoderFor } from "./content-decoding.js";
+import { contentCoding, decoderFor } from "./content-decoding.js";
 import { ProxyError } from "../core/errors.js";
 import type { Exchange } from "../core/exchange.js";
-import { getHeader, removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
+import { removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
 import type { Responder, UpstreamResponse } from "../core/messages.js";
 import { answerError } from "./answer-error.js";
 import { upstreamName } from "./target.js";
@@ -33,7 +33,7 @@ function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observ
     if (tap && (tap.transform || tap.hold)) taps.push(tap);
   }
   if (taps.length === 0) return PLAIN;
-  const decoder = decoderFor(getHeader(upstream.headers, "content-encoding")?.trim().toLowerCase());
+  const decoder = decoderFor(contentCoding(upstream.headers));
   if (decoder === "unsupported") {
     for (const tap of taps) {
       const instead = tap.undecodable();

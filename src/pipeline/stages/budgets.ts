@@ -1,4 +1,4 @@
-import { decoderFor } from "../content-decoding.js";
+import { contentCoding, decoderFor } from "../content-decoding.js";
 import { BudgetStoreUnavailable, type CounterCheck } from "../../budgets/store.js";
 import type { BudgetLedger } from "../../budgets/ledger.js";
 import type { BudgetRule } from "../../policy/schema.js";
@@ -189,7 +189,7 @@ export const budgets: Stage = {
     if (contentType.startsWith("text/event-stream")) reader = new SseUsageReader(httpApi);
     else if (/^application\/([\w.+-]*\+)?json/.test(contentType)) reader = new JsonUsageReader(httpApi);
     else return undefined;
-    const observe = usageObserver(flow, reader, getHeader(upstream.headers, "content-encoding")?.trim().toLowerCase());
+    const observe = usageObserver(flow, reader, contentCoding(upstream.headers));
     return observe && { observe, undecodable: () => "pass" };
   },
   webSocketSession: (flow: Flow) => flow.upgrade && (flow.notes.usage?.api === "openai-realtime" || flow.notes.usage?.api === "openai-responses"),
