@@ -169,8 +169,8 @@ describe("LLM guard: shapes and tricks that must not slip through", () => {
 
   it("does not relay an LLM JSON answer to an upgrade request unjudged", async () => {
     const text = await rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /v1/chat/completions HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n`);
-    // Refused before it is forwarded (llm hosts take no upgrades unless a rule allows them).
-    expect(text).toMatch(/^HTTP\/1\.1 403 /);
+    // Refused before it is forwarded: portcullis relays WebSocket upgrades only.
+    expect(text).toMatch(/^HTTP\/1\.1 400 [\s\S]*relays WebSocket upgrades only/);
     expect(text).not.toContain('"bash"');
   });
 

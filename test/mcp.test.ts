@@ -15,7 +15,9 @@ import { LATEST_PROTOCOL_VERSION, McpError } from "@modelcontextprotocol/sdk/typ
 import { scanJson } from "../src/mcp/json-scan.js";
 import { batchText, parseRpcBody } from "../src/mcp/jsonrpc.js";
 import { legacyEndpoint, LegacySessionRegistry } from "../src/mcp/legacy-sessions.js";
+import { judgeToolCall } from "../src/mcp/evaluate.js";
 import { McpSseFilter } from "../src/mcp/sse.js";
+import type { McpRule } from "../src/policy/schema.js";
 import { h2Request, h2ThroughProxy } from "./helpers/h2.js";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type AuditLine, type TestProxy } from "./helpers/proxy.js";
@@ -88,6 +90,14 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     const body = gzipSync(JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } }));
     req.resume();
     return void res.writeHead(200, { "Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": body.length }).end(body);
+  }
+  if (url.pathname === "/deep-answer") {
+    // A repeated key makes portcullis re-serialise the answer; 20,000 levels are more than JSON.stringify can write.
+    req.resume();
+    const depth = 20_000;
+    const body = `{"jsonrpc":"2.0","id":1,"result":{"x":1,"x":2,"deep":${"[".repeat(depth)}${"]".repeat(depth)}}}`;
+    if (url.searchParams.get("sse") !== null) return void res.writeHead(200, { "Content-Type": "text/event-stream" }).end(`event: message\ndata: ${body}\n\n`);
+    return void res.writeHead(200, { "Content-Type": "application/json" }).end(body);
   }
   if (url.pathname === "/crafted-sse") {
     // An event stream written the awkward ways the SSE spec allows, in pieces.
@@ -334,18 +344,22 @@ describe("JSON-RPC batches", () => {
 });
 
 describe("fail closed", () => {
-  const refused = [
+  const refused: { what: string; body: string; headers?: Record<string, string> }[] = [
     { what: "text that is not JSON", body: "hello, server" },
     { what: "JSON that is not JSON-RPC", body: JSON.stringify({ hello: "server" }) },
     { what: "an empty batch", body: "[]" },
     { what: "a tools/call without a tool name", body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: {} }) },
     // Parsers disagree on which "name" wins: it is refused, not guessed.
     { what: "a key written twice", body: '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_file","name":"delete_repo","arguments":{}}}' },
+    // Read as UTF-7 (as express.json() would), "+ACI-" is a quote: the server would see a second "name", run_shell.
+    { what: "a body in another charset", body: '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_file","arguments":{},"z":"+ACI-,+ACI-name+ACI-:+ACI-run_shell"}}', headers: { "content-type": "application/json; charset=utf-7" } },
+    { what: "a second charset after utf-8", body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }), headers: { "content-type": 'application/json; charset=utf-8; charset="utf-16"' } },
+    { what: "a Content-Encoding on the request body", body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }), headers: { "content-encoding": "gzip" } },
   ];
 
-  it.each(refused)("refuses $what with 400 bad_request, never forwarded", async ({ what, body }) => {
+  it.each(refused)("refuses $what with 400 bad_request, never forwarded", async ({ what, body, headers }) => {
     const requestId = `refused-${what.replace(/\W+/g, "-")}`;
-    const answer = await post("/mcp-json", body, { "x-request-id": requestId });
+    const answer = await post("/mcp-json", body, { "x-request-id": requestId, ...headers });
     expect(answer.status).toBe(400);
     expect(answer.headers["x-portcullis-error"]).toBe("bad_request");
     expect(JSON.parse(answer.text)).toMatchObject({ error: { type: "bad_request", rule: RULE, request_id: requestId } });
@@ -361,6 +375,23 @@ describe("fail closed", () => {
     expect(answer.status).toBe(400);
     expect(JSON.parse(answer.text).error.message).toContain("cannot be checked before it is forwarded");
     expect(upstream.seen.some((seen) => seen.rawHeaders.includes(requestId))).toBe(false);
+  });
+
+  it("an answer nested deeper than it can re-write is refused (502), and the proxy goes on serving", async () => {
+    const json = await post("/deep-answer", { jsonrpc: "2.0", id: 1, method: "tools/list" });
+    expect(json.status).toBe(502);
+    expect(JSON.parse(json.text).error).toMatchObject({ type: "upstream_protocol_error" });
+    const sse = await post("/deep-answer?sse", { jsonrpc: "2.0", id: 1, method: "tools/list" });
+    expect(sse.text).not.toContain("[[[[");
+    const after = await post("/gzip-tools", { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "accept-encoding": "gzip" });
+    expect(after.status).toBe(200);
+  });
+
+  it("a tool glob's * crosses / (a namespaced tool name is still matched)", async () => {
+    const answer = await post("/mcp-json", { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "list_secrets/all", arguments: {} } }, { "x-request-id": "namespaced-tool" });
+    expect(messagesOf(answer)[0]!.error).toMatchObject({ message: "policy_denied: secrets are off limits" });
+    expect(upstream.seen.some((seen) => seen.rawHeaders.includes("namespaced-tool"))).toBe(false);
+    expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool: "*delete*", message: "no" }] } as unknown as McpRule], { name: "github/delete_repo", input: {} })).toMatchObject({ message: "no" });
   });
 
   it("filters a gzip tools/list answer after decoding it", async () => {

@@ -190,6 +190,19 @@ describe("WebSocket through the proxy", () => {
     expect(upstream.seen.length).toBe(before);
   });
 
+  it.each([
+    ["a token list with websocket in it", "Upgrade: h2c, websocket\r\n"],
+    ["websocket twice", "Upgrade: websocket\r\nUpgrade: websocket\r\n"],
+    ["h2c (what follows the switch would pass unjudged)", "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"],
+    ["another protocol", "Upgrade: raw\r\n"],
+  ])("refuses an Upgrade that is not one websocket token (%s) with 400, without asking the upstream", async (_what, upgrade) => {
+    const { rawExchange } = await import("./helpers/tunnel.js");
+    const before = upstream.seen.length;
+    const reply = rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /echo HTTP/1.1\r\nHost: localhost:${upstream.port}\r\n${upgrade}Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*relays WebSocket upgrades only/);
+    expect(upstream.seen.length).toBe(before);
+  });
+
   it("answers 502 JSON on the handshake when the upstream is unreachable", async () => {
     const port = upstream.port;
     const dead = await startWsUpstream(pki);

@@ -31,15 +31,29 @@ export function fieldText(input: unknown, path: string): string | undefined {
 const toolMatchers = new Map<string, (name: string) => boolean>();
 const patterns = new Map<string, RegExp>();
 
+/**
+ * A tool-name glob. `*` crosses `/` (picomatch's bash mode): tool names are not paths, and
+ * gateways namespace them ("github/delete_repo"), which `*delete*` must still match.
+ */
+export function toolGlob(glob: string): (name: string) => boolean {
+  return picomatch(glob, { dot: true, bash: true });
+}
+
 /** The first deny_tools entry (rules in order) that this call matches, if any. */
 export function evaluateToolCall(rules: readonly ToolRule[], call: ToolCall): ToolVerdict | undefined {
   for (const rule of rules) {
     for (const deny of rule.deny_tools) {
       let matcher = toolMatchers.get(deny.tool);
-      if (!matcher) toolMatchers.set(deny.tool, (matcher = picomatch(deny.tool, { dot: true })));
+      if (!matcher) toolMatchers.set(deny.tool, (matcher = toolGlob(deny.tool)));
       if (!matcher(call.name)) continue;
       if (deny.when) {
-        const text = fieldText(call.input, deny.when.path);
+        let text: string | undefined;
+        try {
+          text = fieldText(call.input, deny.when.path);
+        } catch {
+          // An input nested past what JSON.stringify can write cannot be shown harmless: denied.
+          return { rule: rule.name, tool: call.name, message: `${deny.message} (its input could not be read)` };
+        }
         let pattern = patterns.get(deny.when.matches);
         if (!pattern) patterns.set(deny.when.matches, (pattern = new RegExp(deny.when.matches)));
         if (text === undefined || !pattern.test(text)) continue;

@@ -1,5 +1,4 @@
-import picomatch from "picomatch";
-import { evaluateToolCall } from "../llm/evaluate.js";
+import { evaluateToolCall, toolGlob } from "../llm/evaluate.js";
 import type { ToolCall } from "../llm/tool-calls.js";
 import { anyHostMatches } from "../policy/hosts.js";
 import { pathMatches } from "../policy/paths.js";
@@ -24,7 +23,7 @@ const globs = new Map<string, (name: string) => boolean>();
 
 function globMatches(glob: string, name: string): boolean {
   let matcher = globs.get(glob);
-  if (!matcher) globs.set(glob, (matcher = picomatch(glob, { dot: true })));
+  if (!matcher) globs.set(glob, (matcher = toolGlob(glob)));
   return matcher(name);
 }
 

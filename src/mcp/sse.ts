@@ -89,8 +89,7 @@ export class McpSseFilter extends Transform {
       try {
         rewritten = rewriteAnswer(event.data, this.options.visible);
       } catch (error) {
-        if (!(error instanceof NotJsonRpc)) throw error;
-        return this.fail("an event whose data is not JSON");
+        return this.fail(error instanceof NotJsonRpc ? "an event whose data is not JSON" : `an event that could not be read (${(error as Error).message})`);
       }
       if (rewritten !== undefined) return void this.push(withData(event, rewritten));
     }

@@ -207,13 +207,19 @@ function holdWhole(flow: Flow, upstream: UpstreamResponse, responder: Responder,
   const conclude = (body: Buffer | undefined) => {
     if (concluded) return;
     concluded = true;
-    for (const tap of plan.taps) {
-      const instead = tap.hold?.judge(body);
-      if (instead) return sendWhole(flow, responder, instead);
-    }
-    if (body === undefined) return responder.fail();
     let edited = body;
-    for (const tap of plan.taps) if (tap.hold?.edit) edited = tap.hold.edit(edited);
+    try {
+      for (const tap of plan.taps) {
+        const instead = tap.hold?.judge(body);
+        if (instead) return sendWhole(flow, responder, instead);
+      }
+      if (body === undefined) return responder.fail();
+      for (const tap of plan.taps) if (tap.hold?.edit) edited = tap.hold.edit(edited!);
+    } catch (error) {
+      // A judge that cannot read the answer (nested past what JSON.stringify can write, say) refuses it.
+      return answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} sent an answer that could not be checked (${(error as Error).message})`));
+    }
+    if (edited === undefined) return responder.fail();
     transformWhole(edited, plan.transforms).then(
       (final) => sendWhole(flow, responder, { ...answer, headers: setHeader(answer.headers, "Content-Length", String(final.length)), body: final }),
       () => responder.fail(),

@@ -227,6 +227,12 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     answerError(responder, exchange, new ProxyError("bad_request", "an upgrade request cannot carry a body"));
     return;
   }
+  // After another protocol's switch (h2c, a token list a server reads as websocket) the bytes
+  // would pass unjudged and unscrubbed: only a WebSocket handshake is relayed.
+  if (upgrade && !webSocket) {
+    answerError(responder, exchange, new ProxyError("bad_request", `portcullis relays WebSocket upgrades only (Upgrade: ${JSON.stringify(request.upgrade?.slice(0, 80))})`));
+    return;
+  }
   const outgoing: OutgoingRequest = { method: request.method, path: located.path, headers: request.headers, hasBody: request.hasBody, upgrade: request.upgrade };
   const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state), hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
   try {

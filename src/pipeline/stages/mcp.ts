@@ -1,13 +1,14 @@
 import { errorAnswer, ProxyError } from "../../core/errors.js";
 import { headerReason } from "../../core/reason-header.js";
 import type { Exchange } from "../../core/exchange.js";
-import { getHeader, removeHeaders, restrictAcceptEncoding, setHeader, type RawHeaders } from "../../core/headers.js";
+import { getHeader, getHeaderValues, removeHeaders, restrictAcceptEncoding, setHeader, type RawHeaders } from "../../core/headers.js";
 import { rewriteAnswer } from "../../mcp/answers.js";
 import { describeMcpVerdict, judgeToolCall, mcpRulesFor, toolVisible, type McpVerdict } from "../../mcp/evaluate.js";
 import { batchText, describeBody, MAX_MCP_BODY_BYTES, NotJsonRpc, parseRpcBody, policyDeniedError, type RpcBody, type RpcMessage } from "../../mcp/jsonrpc.js";
 import { endpointKey, LegacySessionRegistry, legacyEndpoint, requestUrl, type LegacyStream } from "../../mcp/legacy-sessions.js";
 import { McpSseFilter, messageEvent } from "../../mcp/sse.js";
 import type { McpRule } from "../../policy/schema.js";
+import { contentCoding } from "../content-decoding.js";
 import type { Answer, BodyTap, Flow, Stage, WholeAnswer } from "../stage.js";
 
 /** The open streams of the older HTTP+SSE transport in this process, by the endpoint their client POSTs to. */
@@ -151,6 +152,24 @@ function sseAnswer(flow: Flow, rules: readonly McpRule[], errors: readonly strin
  * with a JSON-RPC error in the transport's own way; tools lists reach the client without the
  * tools it may not call, in JSON answers and in event streams.
  */
+/**
+ * Why a request body cannot be judged as the server will read it, if it cannot: portcullis reads
+ * JSON as UTF-8, and a server that honours another charset (UTF-7's `+ACI-` is a quote) or a
+ * Content-Encoding would see a different message than the one judged.
+ */
+function unjudgeableSpelling(headers: RawHeaders): string | undefined {
+  const types = getHeaderValues(headers, "content-type");
+  if (types.length > 1) return "the request has more than one Content-Type";
+  // Every charset parameter: a server may take the last of several.
+  for (const [, named] of (types[0] ?? "").matchAll(/;\s*charset\s*=\s*"?([^";\s]*)"?/gi)) {
+    const charset = named!.toLowerCase();
+    if (charset !== "utf-8" && charset !== "utf8") return `the request body must be UTF-8 JSON (Content-Type names charset ${JSON.stringify(charset.slice(0, 40))})`;
+  }
+  const coding = contentCoding(headers);
+  if (coding !== undefined) return `a request body with Content-Encoding ${JSON.stringify(coding.slice(0, 40))} cannot be judged`;
+  return undefined;
+}
+
 export const mcpPolicy: Stage = {
   name: "mcp",
   active: (state) => state.policy.mcp.length > 0,
@@ -179,6 +198,8 @@ export const mcpPolicy: Stage = {
       else if (exchange.method === "DELETE") exchange.mcp = withSession({ method: "terminate" });
       return;
     }
+    const unreadable = unjudgeableSpelling(request.headers);
+    if (unreadable) throw new ProxyError("bad_request", `mcp rule ${rule}: ${unreadable}`, rule);
     let body: RpcBody;
     try {
       body = parseRpcBody(outgoing.body);
