@@ -68,6 +68,25 @@ function freshLog(name: string): { file: string; log: AuditLog } {
 }
 
 describe("audit log appends", () => {
+  it("metrics see the record as its line says it: scrubbed (a model name an upstream echoed can be a secret)", () => {
+    const file = join(tempDir("audit-metrics-scrubbed"), "audit.log");
+    const scrubber = new Scrubber();
+    const secret = "sk-proj-REALopenaiKEY-9f8e7d6c5b4a";
+    scrubber.add(secret);
+    const seen: unknown[] = [];
+    const log = new AuditLog(file, scrubber, undefined, (written) => seen.push(written));
+    try {
+      log.write({ ...record(1), llm: { model: secret, input_tokens: 3, output_tokens: 1 } } as unknown as Parameters<AuditLog["write"]>[0]);
+      log.write(record(2));
+      expect(JSON.stringify(seen)).not.toContain(secret);
+      expect(seen[0]).toMatchObject({ llm: { model: "[REDACTED]", input_tokens: 3 } });
+      // Nothing to scrub: the record itself, as before.
+      expect(seen[1]).toMatchObject({ host: "h2.example" });
+    } finally {
+      log.close();
+    }
+  });
+
   it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {
     const { file, log } = freshLog("audit-batch");
     const writes = vi.spyOn(fs, "writeSync");

@@ -192,9 +192,11 @@ export class AuditLog {
       this.flushTimer = setTimeout(() => this.writeHeld(), AUDIT_FLUSH_MS).unref();
       flushOnExit(this);
     }
-    this.onRecord(record);
-    // Watchers get what the line says: the record itself when scrubbing changed nothing, else the scrubbed line read back.
-    if (this.feed.active) this.feed.publish(scrubbed === line ? publishedRecord(record, level, time) : (JSON.parse(scrubbed) as PublishedRecord));
+    // Metrics and watchers get what the line says: the record itself when scrubbing changed
+    // nothing, else the scrubbed line read back (a model name an upstream echoed can be a secret).
+    const said = scrubbed === line ? undefined : (JSON.parse(scrubbed) as PublishedRecord);
+    this.onRecord(said ?? record);
+    if (this.feed.active) this.feed.publish(said ?? publishedRecord(record, level, time));
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
