@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { EchoScrubber, scrubHeaderValues, scrubText } from "../src/credentials/echo-scrub.js";
+import { planCredentials } from "../src/credentials/inject.js";
 import { setQueryParam } from "../src/credentials/query.js";
 import { SecretStore, SecretUnavailable } from "../src/credentials/secrets.js";
 import { Scrubber } from "../src/log/scrub.js";
@@ -167,6 +168,23 @@ describe("destination classifier", () => {
     await expect(resolve("Metadata.Test.", true)).rejects.toThrow(/169\.254\.169\.254/);
     await expect(resolve("fine.test", false)).resolves.toBe("8.8.8.8");
     await expect(resolve("localhost", true)).rejects.toThrow(/loopback/);
+  });
+});
+
+describe("credential scope", () => {
+  it("a credential with paths goes on only when every reading of the path is in them", () => {
+    const { policy } = parsePolicy(`version: 1
+secrets: { k: { env: PCX_UNIT_SCOPED } }
+credentials:
+  - { name: scoped, hosts: [api.test], paths: ["/public/**"], header: { name: X-Key, value: "\${secrets.k}" } }
+`);
+    const plan = (path: string) => planCredentials(policy.credentials, "api.test", pathReadings(path), "https").map((credential) => credential.name);
+    expect(plan("/public/ok")).toEqual(["scoped"]);
+    expect(plan("/public/a%2Fb")).toEqual(["scoped"]);
+    // Tomcat, Spring and Jetty read "..;" as a parent step; servers that decode twice read %252e%252e so.
+    expect(plan("/public/..;/admin/keys")).toEqual([]);
+    expect(plan("/public/%252e%252e/admin/keys")).toEqual([]);
+    expect(plan("/admin/keys")).toEqual([]);
   });
 });
 

@@ -12,13 +12,15 @@ import { SecretUnavailable } from "./secrets.js";
 const UNSAFE_IN_HEADER = /[\r\n\0]/;
 
 /** The credentials that apply to this request: host matches and, if the credential lists paths, the path too. */
-export function planCredentials(credentials: readonly Credential[], host: string, normalisedPath: string, scheme: "http" | "https"): Credential[] {
+export function planCredentials(credentials: readonly Credential[], host: string, pathReadings: readonly string[], scheme: "http" | "https"): Credential[] {
   return credentials.filter(
     (credential) =>
       // A secret never travels in cleartext unless the credential lists http.
       credential.schemes.includes(scheme) &&
       anyHostMatches(credential.hosts, host) &&
-      (!credential.paths || credential.paths.some((glob) => pathMatches(glob, normalisedPath))),
+      // Every way the upstream might read the path must be in scope: /public/..;/admin is
+      // /public/** to the rules' first reading and /admin to Tomcat.
+      (!credential.paths || pathReadings.every((reading) => credential.paths!.some((glob) => pathMatches(glob, reading)))),
   );
 }
 

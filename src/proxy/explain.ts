@@ -145,7 +145,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
 
   const allowed = verdict.action === "allow";
   const credentials = allowed
-    ? planCredentials(policy.credentials, host, exchange.normalisedPath, scheme).map((credential) => {
+    ? planCredentials(policy.credentials, host, exchange.pathReadings, scheme).map((credential) => {
         if (credential.aws_sigv4) return { name: credential.name, signs: "aws_sigv4" as const, secrets: [] };
         const part = credential.header ? { header: credential.header.name } : { query: credential.query!.name };
         const template = (credential.header ?? credential.query)!.value;

@@ -14,7 +14,7 @@ function awsCredential(flow: Flow): Credential | undefined {
   const { state, exchange } = flow;
   if (!state.policy.credentials.some((credential) => credential.aws_sigv4)) return undefined;
   // Only a credential this client may have (a registered client gets the ones it was given).
-  return planCredentials(enabledCredentials(flow), exchange.target.host, exchange.normalisedPath, exchange.target.scheme).find((credential) => credential.aws_sigv4);
+  return planCredentials(enabledCredentials(flow), exchange.target.host, exchange.pathReadings, exchange.target.scheme).find((credential) => credential.aws_sigv4);
 }
 
 async function resolveKeys(flow: Flow, credential: Credential): Promise<AwsKeys> {

@@ -21,7 +21,7 @@ export const credentials: Stage = {
   beforeForward(flow: Flow) {
     const { state, exchange, outgoing } = flow;
     if (state.policy.credentials.length === 0) return;
-    const plan = planCredentials(enabledCredentials(flow), exchange.target.host, exchange.normalisedPath, exchange.target.scheme);
+    const plan = planCredentials(enabledCredentials(flow), exchange.target.host, exchange.pathReadings, exchange.target.scheme);
     if (plan.length) return injectCredentials(plan, exchange, outgoing, state.secrets);
   },
 };
