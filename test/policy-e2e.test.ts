@@ -81,6 +81,9 @@ placeholders:
 
 const basic = (name: string, token: string) => `Basic ${Buffer.from(`${name}:${token}`).toString("base64")}`;
 
+/** What the upstream's /notes keeps (as an API that stores what it is sent would). */
+let storedNote = "";
+
 beforeAll(async () => {
   Object.assign(process.env, SECRETS);
   pki = await makeUpstreamPki();
@@ -124,6 +127,15 @@ beforeAll(async () => {
       }
       if (req.url?.startsWith("/echo-reason")) {
         res.writeHead(401, `bad key ${special}`, { "Content-Type": "text/plain" }).end("no");
+        return;
+      }
+      if (req.url === "/notes" && req.method === "POST") {
+        storedNote = Buffer.concat(chunks).toString();
+        res.writeHead(201, { "Content-Type": "text/plain" }).end("stored");
+        return;
+      }
+      if (req.url === "/notes") {
+        res.writeHead(200, { "Content-Type": "application/json" }).end(storedNote);
         return;
       }
       if (req.url === "/echo-auth") {
@@ -454,6 +466,18 @@ describe("placeholders", () => {
     const line = await proxy.audit.waitFor((l) => String(l.path).startsWith("/v1/"));
     expect(line.placeholders).toEqual(["openai"]);
     expect(line.path).toBe(`/v1/${PLACEHOLDER}/x?key=${PLACEHOLDER}`);
+  });
+
+  it("scrubs a secret the upstream stored and hands back on a later request that did not carry it", async () => {
+    const stored = await request(url("openai.test", "/notes"), { method: "POST", dispatcher: agent1, body: JSON.stringify({ note: PLACEHOLDER }), headers: { "content-type": "application/json" } });
+    expect(stored.statusCode).toBe(201);
+    await stored.body.text();
+    expect(storedNote).toContain(SECRETS.PCX_E2E_OPENAI);
+    // No placeholder on this one: nothing was swapped in, and the stored value still comes back redacted.
+    const later = await request(url("openai.test", "/notes"), { dispatcher: agent1 });
+    const text = await later.body.text();
+    expect(text).not.toContain(SECRETS.PCX_E2E_OPENAI);
+    expect(JSON.parse(text)).toEqual({ note: "[REDACTED]" });
   });
 
   it("answers Expect: 100-continue itself when it must read the body for placeholders", async () => {

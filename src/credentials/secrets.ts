@@ -52,6 +52,11 @@ export class SecretStore {
     return this.sources[name] ? this.reader(name).description : "undefined";
   }
 
+  /** The last value resolved for a secret, if any, without resolving it (expired ones too: they may have been stored somewhere). */
+  known(name: string): string | undefined {
+    return this.cache.get(name)?.value;
+  }
+
   async resolve(name: string): Promise<string> {
     if (!this.sources[name]) throw new SecretUnavailable(name, "not defined in the policy");
     const cached = this.cache.get(name);
