@@ -34,6 +34,13 @@ beforeAll(async () => {
       ws.send(Buffer.concat([Buffer.from([0, 1, 2]), Buffer.from(token), Buffer.from([255])]), { binary: true });
       return;
     }
+    if (path === "/control-echo") {
+      // The token in a ping, and in the close reason (with a long tail of two-byte characters, cut to fit).
+      const token = String(req.headers["x-token"]);
+      ws.ping(`p:${token}`);
+      ws.once("pong", () => ws.close(4001, `token ${token} expired ${"é".repeat(40)}`));
+      return;
+    }
     if (path === "/masked-frame") {
       // A server must never mask (RFC 6455 5.1): a masked text frame "hi".
       (ws as unknown as { _socket: import("node:net").Socket })._socket.write(Buffer.from([0x81, 0x82, 1, 2, 3, 4, 0x68 ^ 1, 0x69 ^ 2]));
@@ -99,6 +106,21 @@ describe("inspected WebSocket sessions", () => {
     const line = await proxy.audit.waitFor((l) => l.msg === "websocket" && l.path === "/whoami");
     expect((line.ws as { messages: unknown }).messages).toEqual({ client: 0, upstream: 2, denied: 0, scrubbed: 2 });
     expect(JSON.stringify(proxy.audit.raw)).not.toContain(SECRET);
+  });
+
+  it("scrubs a secret the upstream echoes in a ping's data and a close frame's reason", async () => {
+    const ws = await open("echo.test", "/control-echo");
+    const ping = new Promise<Buffer>((resolve) => ws.once("ping", resolve));
+    const closed = new Promise<{ code: number; reason: Buffer }>((resolve) => ws.once("close", (code, reason) => resolve({ code, reason })));
+    expect((await ping).toString()).toBe("p:[REDACTED]");
+    const { code, reason } = await closed;
+    expect(code).toBe(4001);
+    const text = reason.toString();
+    expect(text.startsWith("token [REDACTED] expired éé")).toBe(true);
+    expect(text).not.toContain(SECRET);
+    // Still a whole UTF-8 reason within the frame's 123 bytes.
+    expect(reason.length).toBeLessThanOrEqual(123);
+    expect(Buffer.from(text).equals(reason)).toBe(true);
   });
 
   describe.each([

@@ -146,4 +146,10 @@ export interface Stage {
   webSocketSession?(flow: Flow): boolean;
   /** A message of an inspected session: what goes on in its place (none: held or dropped), or the end of the session. */
   webSocketMessage?(flow: Flow, message: WsMessage): Maybe<WsMessage[] | WsEnd>;
+  /**
+   * A ping's or pong's data, or a close frame's reason, as it goes on (inspected sessions):
+   * control frames are not held with the messages, so this is synchronous, and what it returns
+   * must still fit the frame (125 bytes; a close reason 123, in UTF-8).
+   */
+  webSocketControl?(flow: Flow, from: "client" | "upstream", payload: Buffer): Buffer;
 }

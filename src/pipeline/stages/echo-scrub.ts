@@ -85,6 +85,12 @@ export const echoScrub: Stage = {
     message.data = data;
     return [message];
   },
+  // Pings, pongs and close reasons are the upstream's words too.
+  webSocketControl(flow: Flow, from, payload) {
+    if (from !== "upstream" || payload.length === 0) return payload;
+    const secrets = secretsAtStake(flow);
+    return secrets.length ? scrubBytes(payload, secrets).data : payload;
+  },
   responseBody(flow: Flow) {
     const { exchange } = flow;
     const secrets = secretsAtStake(flow);

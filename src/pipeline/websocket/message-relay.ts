@@ -159,13 +159,21 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
     queues[from].catch(failed);
   };
 
+  /** A control frame's payload through the stages' webSocketControl hooks, kept within the frame's limit. */
+  const control = (from: Side, payload: Buffer, limit: number): Buffer => {
+    let out = payload;
+    for (const stage of flow.stages) if (stage.webSocketControl) out = stage.webSocketControl(flow, from, out);
+    return out.length <= limit ? out : utf8Prefix(out, limit);
+  };
+
   for (const side of ["client", "upstream"] as const) {
     const receiver = receivers[side];
     const to = other(side);
     receiver.on("message", (data, isBinary) => deliver(side, data, isBinary));
-    receiver.on("ping", (data) => void (closeSent[to] || senders[to].ping(data, masked(to))));
-    receiver.on("pong", (data) => void (closeSent[to] || senders[to].pong(data, masked(to))));
-    receiver.on("conclude", (code, reason) => {
+    receiver.on("ping", (data) => void (closeSent[to] || senders[to].ping(control(side, data, 125), masked(to))));
+    receiver.on("pong", (data) => void (closeSent[to] || senders[to].pong(control(side, data, 125), masked(to))));
+    receiver.on("conclude", (code, raw) => {
+      const reason = control(side, raw, 123);
       closeReceived[side] = true;
       closedBy ??= side;
       ws.close_code ??= code;
@@ -225,4 +233,11 @@ export function relayMessages(flow: Flow, client: Duplex, upstream: Duplex, upst
 /** Whether any stage must read this session's messages (SPEC section 8); otherwise it stays a byte copy. */
 export function needsInspection(flow: Flow): boolean {
   return flow.stages.some((stage) => stage.webSocketSession?.(flow) === true);
+}
+
+/** The first `limit` bytes of a UTF-8 text or less, never ending inside a character. */
+function utf8Prefix(text: Buffer, limit: number): Buffer {
+  let end = limit;
+  while (end > 0 && (text[end]! & 0xc0) === 0x80) end--;
+  return text.subarray(0, end);
 }
