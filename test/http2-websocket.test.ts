@@ -93,6 +93,23 @@ describe("WebSocket over h2 (RFC 8441) and h2 clients beyond Node", () => {
     session.close();
   });
 
+  it("answers 502 when the upstream answers an extended CONNECT with a 2xx but never switches (a 2xx is an open WebSocket to an h2 client)", async () => {
+    // A TLS upstream with no 'upgrade' listener: Node answers the handshake as a plain request.
+    const ignoring = await startUpstream((_req, res) => res.writeHead(200, { "Content-Type": "text/html" }).end("<p>plain page</p>"), pki);
+    const { session } = await h2ThroughProxy(proxy.port, "localhost", ignoring.port, proxy.caPem);
+    await new Promise<void>((resolve) => (session.remoteSettings.enableConnectProtocol ? resolve() : session.once("remoteSettings", () => resolve())));
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const stream = session.request({ ":method": "CONNECT", ":protocol": "websocket", ":scheme": "https", ":path": "/ignores-upgrade", ":authority": `localhost:${ignoring.port}` });
+      stream.once("response", (h) => void readStream(stream).then((body) => resolve({ status: Number(h[":status"]), body: body.toString() })));
+      stream.once("error", reject);
+    });
+    expect(answer.status).toBe(502);
+    expect(answer.body).toContain("not 101");
+    expect(answer.body).not.toContain("plain page");
+    session.close();
+    await ignoring.close();
+  });
+
   it("takes h2 with prior knowledge on a plain-text tunnel", async () => {
     const session = await h2cThroughProxy(proxy.port, "127.0.0.1", plain.port);
     const answer = await h2Request(session, { ":path": "/prior", ":scheme": "http" });

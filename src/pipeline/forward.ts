@@ -40,7 +40,17 @@ export function forward(flow: Flow, responder: Responder, options: ForwardOption
   const call = state.upstream.send(exchange.target, outgoing, {
     sent: (version) => (exchange.upstreamVersion = version),
     continue: () => guarded("continue", () => responder.writeContinue()),
-    response: (upstream) => guarded("response", () => relayResponse(flow, upstream, responder)),
+    response: (upstream) =>
+      guarded("response", () => {
+        // To an h2 client, a 2xx answer to its extended CONNECT means the WebSocket is open (RFC
+        // 8441 5): an upstream that answered without switching must not pass for one.
+        if (flow.upgrade && flow.request.httpVersion === "2" && upstream.status >= 200 && upstream.status < 300) {
+          upstream.body.destroy();
+          answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered the WebSocket handshake with ${upstream.status}, not 101`));
+          return;
+        }
+        relayResponse(flow, upstream, responder);
+      }),
     upgraded: (upstream, stream, head) =>
       guarded("upgrade", () => {
         // Only a handshake may switch protocols: anything else would leave the stages behind.
