@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { getHeader, getHeaderValues, setHeader, type RawHeaders } from "../src/core/headers.js";
+import { getHeader, getHeaderValues, setHeader, stripHopByHop, type RawHeaders } from "../src/core/headers.js";
 
 // The lookups pass over names of another length without lower-casing them. This checks that
 // they still find exactly what lower-casing every name finds, for any name in any script.
@@ -62,5 +62,12 @@ describe("header lookups", () => {
     }
     expect(changing).toEqual([0x130]);
     expect("\u0130".toLowerCase()).toBe("i\u0307");
+  });
+});
+
+describe("hop-by-hop fields", () => {
+  it("HTTP2-Settings (RFC 9113 3.2.1) never travels on, like the other connection-specific fields", () => {
+    const raw = ["Host", "a.test", "HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA", "Keep-Alive", "timeout=5", "X-Kept", "1"];
+    expect(stripHopByHop(raw)).toEqual(["Host", "a.test", "X-Kept", "1"]);
   });
 });

@@ -55,6 +55,14 @@ function respondH2(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): voi
       pump();
       return;
     }
+    case "/many-headers": {
+      // More fields than Node's h2 client takes by default (128).
+      const fields: Record<string, string> = { ":status": "200" };
+      for (let i = 0; i < 300; i++) fields[`x-field-${i}`] = String(i);
+      stream.respond(fields);
+      stream.end("many");
+      return;
+    }
     case "/sse":
       stream.respond({ ":status": 200, "content-type": "text/event-stream" });
       stream.write("data: first\n\n");
@@ -155,6 +163,13 @@ describe("HTTP/2 through portcullis", () => {
     expect(seenH2.headers["x-mixed-case"]).toBe("yes");
     expect(seenH2.headers.connection).toBeUndefined();
     expect(await proxy.audit.waitFor((l) => l.path === "/from-h1?x=2")).toMatchObject({ http_version: "1.1", upstream_version: "2" });
+  });
+
+  it("takes an h2 upstream's answer with 300 header fields, as an HTTP/1.1 one's", async () => {
+    const res = await request(`https://localhost:${h2Up.port}/many-headers`, { dispatcher: proxy.dispatcher });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["x-field-299"]).toBe("299");
+    expect(await res.body.text()).toBe("many");
   });
 
   it("carries 100 concurrent streams on one client connection", async () => {

@@ -14,6 +14,27 @@ const HOP_BY_HOP = new Set([
   "trailer",
   "transfer-encoding",
   "upgrade",
+  // RFC 9113 3.2.1: the HTTP/1.1 to h2 upgrade's settings belong to that one connection.
+  "http2-settings",
+]);
+
+/**
+ * Fields a trailer may not carry (RFC 9110 6.5.1): framing, routing, authentication and how
+ * the content is to be read. A recipient that merged them into the head would be steered by them.
+ */
+export const FORBIDDEN_IN_TRAILERS: ReadonlySet<string> = new Set([
+  ...HOP_BY_HOP,
+  "content-length",
+  "content-encoding",
+  "content-type",
+  "content-range",
+  "host",
+  "authorization",
+  "cookie",
+  "set-cookie",
+  "expect",
+  "max-forwards",
+  "cache-control",
 ]);
 
 /**

@@ -1,6 +1,6 @@
 import type { ProxyMetrics } from "../admin/metrics.js";
 import type { Readable } from "node:stream";
-import { getHeader, removeHeaders } from "../core/headers.js";
+import { FORBIDDEN_IN_TRAILERS, getHeader, removeHeaders } from "../core/headers.js";
 import type { InboundRequest, Responder, UpstreamCall } from "../core/messages.js";
 import { BodySample, isTextContentType } from "../log/body-sample.js";
 import type { Policy } from "../policy/schema.js";
@@ -106,7 +106,7 @@ function streamRequestBody(flow: Flow, request: InboundRequest, call: UpstreamCa
   body.on("end", () => {
     if (sample) exchange.reqBody = sample.text();
     // Trailers are the client's too: none may smuggle a credential's header (or Proxy-Authorization) past the stages.
-    call.end(removeHeaders(request.trailers(), exchange.redactedHeaders));
+    call.end(removeHeaders(removeHeaders(request.trailers(), FORBIDDEN_IN_TRAILERS), exchange.redactedHeaders));
   });
 }
 

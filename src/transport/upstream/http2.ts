@@ -75,6 +75,8 @@ export function openHttp2Connection(target: Target, socket: TLSSocket, onGone: (
   const session = http2.connect(`https://${formatAuthority(target.host, target.port)}`, {
     createConnection: () => socket,
     settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
+    // Node's default is 128 fields, which an answer with many cookies passes; HTTP/1.1 answers may carry 2,000.
+    maxHeaderListPairs: 2000,
   });
   session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
   return new Http2Connection(session, onGone);
