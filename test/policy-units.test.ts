@@ -232,6 +232,8 @@ describe("echo scrubbing", () => {
   it("handles multi-byte secrets and header values", async () => {
     expect((await run(["pré", "fix-ünï", "code"], ["fix-ünï"])).out).toBe("pré[REDACTED]code");
     expect(scrubHeaderValues(["X-Echo", "Bearer abc123", "X-Other", "fine"], ["abc123"])).toEqual(["X-Echo", "Bearer [REDACTED]", "X-Other", "fine"]);
+    // A secret in a field's name (an upstream that reflects it there) takes the field with it.
+    expect(scrubHeaderValues(["x-echo-sk-live-0123456789", "1", "X-Other", "fine"], ["sk-live-0123456789"])).toEqual(["X-Other", "fine"]);
   });
 });
 

@@ -27,7 +27,14 @@ export function scrubText(text: string, values: readonly string[]): string {
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
   if (values.length === 0) return headers;
-  return headers.map((item, index) => (index % 2 === 1 ? scrubText(item, values) : item));
+  const out: RawHeaders = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    // A secret in a field's name cannot be redacted in place ("[" is no token character): the field goes.
+    if (scrubText(name, values) !== name) continue;
+    out.push(name, scrubText(headers[i + 1]!, values));
+  }
+  return out;
 }
 
 /**
