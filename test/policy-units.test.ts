@@ -235,6 +235,36 @@ describe("echo scrubbing", () => {
     // A secret in a field's name (an upstream that reflects it there) takes the field with it.
     expect(scrubHeaderValues(["x-echo-sk-live-0123456789", "1", "X-Other", "fine"], ["sk-live-0123456789"])).toEqual(["X-Other", "fine"]);
   });
+
+  it("finds a secret written with HTML character references (an error page that echoes the request), in bodies, headers and logs", async () => {
+    const secret = "aws/Se+cret=Key/0123";
+    const spellings = [
+      "aws&#x2F;Se&#x2B;cret&#x3D;Key&#x2F;0123", // escape-html style
+      "aws&#47;Se&#43;cret&#61;Key&#047;0123", // decimal, one with a leading zero
+      "aws&sol;Se&plus;cret&equals;Key&sol;0123", // HTML5 names
+      "aws&#X2f;Se+cret%3DKey/0123", // mixed with the other encodings
+    ];
+    const scrubber = new Scrubber();
+    scrubber.add(secret);
+    for (const spelling of spellings) {
+      expect(scrubText(`<p>${spelling}</p>`, [secret])).toBe("<p>[REDACTED]</p>");
+      expect(scrubHeaderValues(["X-Echo", spelling], [secret])).toEqual(["X-Echo", "[REDACTED]"]);
+      expect(scrubber.scrub(`{"note":"${spelling}"}`)).toBe('{"note":"[REDACTED]"}');
+      // Split anywhere across two chunks of a streamed body.
+      for (const cut of [4, 9, 13, spelling.length - 2]) {
+        const echo = new EchoScrubber([secret]);
+        const out: Buffer[] = [];
+        echo.on("data", (chunk: Buffer) => out.push(chunk));
+        const done = new Promise((resolve) => echo.on("end", resolve));
+        echo.write(Buffer.from(`x ${spelling.slice(0, cut)}`));
+        echo.end(Buffer.from(`${spelling.slice(cut)} y`));
+        await done;
+        expect(Buffer.concat(out).toString()).toBe("x [REDACTED] y");
+      }
+    }
+    // Ordinary ampersands are left alone.
+    expect(scrubber.scrub('{"path":"/x?a=1&b=2&amp;c=3"}')).toBe('{"path":"/x?a=1&b=2&amp;c=3"}');
+  });
 });
 
 describe("secret store", () => {

@@ -54,9 +54,10 @@ export class Scrubber {
       "g",
     );
     const scrubbed = text.replace(this.pattern, REDACTED);
-    // Any mix of percent-encoded (or \u-escaped, or "+") and plain bytes of each value; only a
-    // line with an escape in it can hold one, so most lines skip the costlier pattern.
-    if (!/[%\\+]/.test(scrubbed)) return scrubbed;
+    // Any mix of percent-encoded (or \u-escaped, "+", or HTML character references) and plain
+    // bytes of each value; only a line with an escape in it can hold one, so most lines skip the
+    // costlier pattern.
+    if (!/[%\\+]|&(?:#|[a-z]+;)/i.test(scrubbed)) return scrubbed;
     this.mixed ??= new RegExp([...this.raw].map(mixedEncodingPattern).join("|"), "g");
     return scrubbed.replace(this.mixed, REDACTED);
   }

@@ -68,22 +68,59 @@ function hexCase(digit: string): string {
   return /[a-f]/i.test(digit) ? `[${digit.toLowerCase()}${digit.toUpperCase()}]` : digit;
 }
 
-/** One byte as every decoder reads it: itself, %XX (either case, or %25XX encoded twice), \u00XX, and "+" for a space. */
+/**
+ * HTML's names for the ASCII characters a secret (base64, a URL, a JWT) holds besides letters
+ * and digits, as HTML escapers write them (error pages, templates that echo a request).
+ */
+const HTML_NAMES: Readonly<Record<string, readonly string[]>> = {
+  "&": ["amp"],
+  "<": ["lt"],
+  ">": ["gt"],
+  '"': ["quot"],
+  "'": ["apos"],
+  "/": ["sol"],
+  "+": ["plus"],
+  "=": ["equals"],
+  ":": ["colon"],
+  ".": ["period"],
+  "_": ["lowbar"],
+};
+
+/** Every prefix of a literal text, as regex sources (the unfinished starts of an HTML name). */
+function literalPrefixes(text: string): string[] {
+  return Array.from({ length: text.length }, (_, i) => escapeRegExp(text.slice(0, i + 1)));
+}
+
+/**
+ * One byte as every decoder reads it: itself, %XX (either case, or %25XX encoded twice),
+ * \u00XX, "+" for a space, and for ASCII an HTML character reference (&#47;, &#x2F;, &sol;).
+ */
 function byteAlternatives(byte: number): string[] {
   const hex = byte.toString(16).padStart(2, "0");
   const flexible = `${hexCase(hex[0]!)}${hexCase(hex[1]!)}`;
   const alternatives = [escapeRegExp(String.fromCharCode(byte)), `%${flexible}`, `%25${flexible}`];
-  if (byte < 0x80) alternatives.push(`\\\\u00${flexible}`);
+  if (byte < 0x80) {
+    alternatives.push(`\\\\u00${flexible}`, `&#0*${byte};`, `&#[xX]0*${[...byte.toString(16)].map(hexCase).join("")};`);
+    for (const name of HTML_NAMES[String.fromCharCode(byte)] ?? []) alternatives.push(escapeRegExp(`&${name};`));
+  }
   if (byte === 0x20) alternatives.push("\\+");
   return alternatives;
 }
 
-/** The unfinished starts of a byte's spellings ("%", "%2", "%25", "%255", "\", "\u", ...). */
+/** The unfinished starts of a byte's spellings ("%", "%2", "%25", "%255", "\", "\u", "&#", "&#x2", ...). */
 function bytePartials(byte: number): string[] {
   const hex = byte.toString(16).padStart(2, "0");
   const flexible = [hexCase(hex[0]!), hexCase(hex[1]!)];
   const partials = ["%", `%${flexible[0]}`, "%2", "%25", `%25${flexible[0]}`];
-  if (byte < 0x80) partials.push("\\\\", "\\\\u", "\\\\u0", "\\\\u00", `\\\\u00${flexible[0]}`);
+  if (byte < 0x80) {
+    partials.push("\\\\", "\\\\u", "\\\\u0", "\\\\u00", `\\\\u00${flexible[0]}`);
+    const decimal = String(byte);
+    const shortHex = [...byte.toString(16)].map(hexCase);
+    partials.push("&", "&#0*", "&#[xX]0*");
+    for (let i = 1; i <= decimal.length; i++) partials.push(`&#0*${decimal.slice(0, i)}`);
+    for (let i = 1; i <= shortHex.length; i++) partials.push(`&#[xX]0*${shortHex.slice(0, i).join("")}`);
+    for (const name of HTML_NAMES[String.fromCharCode(byte)] ?? []) partials.push(...literalPrefixes(`&${name}`));
+  }
   return [...new Set(partials)];
 }
 
