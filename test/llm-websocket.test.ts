@@ -39,6 +39,8 @@ async function respond(ws: WebSocket, api: "realtime" | "responses", command: st
   send({ type: api === "realtime" ? "response.text.delta" : "response.output_text.delta", item_id: `msg_${turn}`, output_index: 0, delta: `thinking about ${turn}` });
   await new Promise((resolve) => signals.once(`text-seen-${turn}`, resolve));
   for (const event of rest) send(event);
+  // The Realtime API tells of the item again once it is in the conversation, arguments and all.
+  if (api === "realtime") send({ type: "conversation.item.done", item: { id: `fc_${turn}`, type: "function_call", name: "bash", call_id: `call_fc_${turn}`, arguments: args, status: "completed" } });
   const output = [
     { id: `msg_${turn}`, type: "message", role: "assistant", content: [{ type: "output_text", text: `thinking about ${turn}` }] },
     { id: `fc_${turn}`, type: "function_call", name: "bash", call_id: `call_fc_${turn}`, arguments: args },

@@ -57,6 +57,9 @@ export class LlmMessageGuard {
     const type = event.type;
     if (type === "response.done" || type === "response.completed") return this.final(event, text);
     const key = itemKey(event);
+    // A denied call's later events (conversation.item.done, .retrieved, a late argument event) would show it after all.
+    // (Items by id only: an output index is reused by the next response.)
+    if (key !== undefined && !key.startsWith("output:") && this.denied.has(key)) return { send: [], denials: [] };
     const startsCall = (type === "response.output_item.added" && isCallItem(event.item)) || (type.startsWith("response.function_call_arguments.") && key !== undefined);
     if (key !== undefined && (this.held.has(key) || (startsCall && !this.judged.has(key)))) {
       const held = this.held.get(key) ?? [];
