@@ -25,6 +25,9 @@ const ANSWERS: Record<string, string> = {
   "/status-600": "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nno",
 };
 
+/** How many /refused-once streams the h2 upstream refused. */
+let refusals = 0;
+
 beforeAll(async () => {
   process.env.PCX_FAULT_SECRET = "fault-secret-1234567890";
   pki = await makeUpstreamPki();
@@ -49,6 +52,12 @@ beforeAll(async () => {
     if (headers[":path"] === "/trailers-only") {
       stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "5", "grpc-message": "not found" }, { endStream: true });
       return;
+    }
+    if (headers[":path"] === "/refused-once" || headers[":path"] === "/refused-always") {
+      // RST_STREAM(REFUSED_STREAM): not processed, safe to send again (RFC 9113 8.7).
+      if (headers[":path"] === "/refused-always" || refusals++ === 0) return void stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      stream.respond({ ":status": 200 });
+      return void stream.end("second try");
     }
     // Answered on the next turn, so a burst really overlaps.
     setImmediate(() => {
@@ -106,6 +115,20 @@ describe("upstream faults", () => {
     expect(answers.map((answer) => answer.status)).toEqual(Array(8).fill(200));
     expect(answers.map((answer) => answer.body.toString())).toEqual(Array.from({ length: 8 }, (_, i) => `limited /burst/${i}`));
     session.close();
+  });
+
+  it("sends a bodyless request the h2 upstream refused unprocessed once more; a refusal of the second try is the client's 502", async () => {
+    const once = await request(`https://localhost:${limited.port}/refused-once`, { dispatcher: proxy.dispatcher });
+    expect(once.statusCode).toBe(200);
+    expect(await once.body.text()).toBe("second try");
+    const always = await request(`https://localhost:${limited.port}/refused-always`, { dispatcher: proxy.dispatcher });
+    expect(always.statusCode).toBe(502);
+    expect(await always.body.text()).toContain("REFUSED_STREAM");
+    // A request with a body has gone with its stream: it is not sent again.
+    refusals = 0;
+    const withBody = await request(`https://localhost:${limited.port}/refused-once`, { method: "POST", body: "payload", dispatcher: proxy.dispatcher });
+    expect(withBody.statusCode).toBe(502);
+    await withBody.body.text();
   });
 
   it("sends a trailers-only answer as one HEADERS frame even when a stage reads bodies on that host", async () => {

@@ -120,7 +120,15 @@ class H2UpstreamResponse implements UpstreamResponse {
  * One request as a stream on a pooled h2 session. Connection-specific headers never cross
  * (RFC 9113 8.2.2); Host becomes :authority; trailers go out as a trailing HEADERS frame.
  */
-export function sendHttp2(connection: Http2Connection, settings: UpstreamSettings, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
+export function sendHttp2(
+  connection: Http2Connection,
+  settings: UpstreamSettings,
+  target: Target,
+  request: OutgoingRequest,
+  events: UpstreamEvents,
+  /** The upstream refused the stream unprocessed (RFC 9113 8.7): true when the caller sends it again instead. */
+  refused?: () => boolean,
+): UpstreamCall {
   const authority = getHeader(request.headers, "host") ?? formatAuthority(target.host, target.port, "https");
   const headers = toHttp2Headers(request.headers, { ":method": request.method, ":path": request.path, ":scheme": "https", ":authority": authority }, AS_PSEUDO);
   const bodyless = !request.hasBody && request.body === undefined;
@@ -155,13 +163,20 @@ export function sendHttp2(connection: Http2Connection, settings: UpstreamSetting
       resetStream(stream, constants.NGHTTP2_INTERNAL_ERROR);
     }
   });
+  /** Unprocessed and taken over by the caller: this stream says nothing more. */
+  let resent = false;
+  const unprocessed = (error?: NodeJS.ErrnoException) =>
+    !state.responded && (stream.rstCode === constants.NGHTTP2_REFUSED_STREAM || error?.code === "ERR_HTTP2_GOAWAY_SESSION") && (resent ||= refused?.() ?? false);
   stream.on("error", (error: NodeJS.ErrnoException) => {
     clearTimeout(responseTimer);
+    if (resent || unprocessed(error)) return;
     // After the head, the relay sees the broken body; before it, the client is answered.
     if (!state.responded) events.error(classifyH2Error(error, target));
   });
   stream.once("close", () => {
-    if (!state.responded && stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
+    if (resent || unprocessed()) {
+      clearTimeout(responseTimer);
+    } else if (!state.responded && stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
       events.error(new ProxyError("upstream_protocol_error", `${upstreamName(target)} reset the h2 stream (code ${stream.rstCode})`));
     }
     setImmediate(forgetListeners, stream);

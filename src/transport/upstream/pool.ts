@@ -6,6 +6,7 @@ import { formatAuthority, upstreamName } from "../../pipeline/target.js";
 import { formatDuration } from "../../policy/duration.js";
 import { UpstreamConnector } from "./connector.js";
 import { DeferredCall } from "./deferred-call.js";
+import { ResentCall } from "./resent-call.js";
 import { Http1Agents } from "./http1-agents.js";
 import { sendHttp1 } from "./http1.js";
 import { openHttp2Connection, sendHttp2, type Http2Connection } from "./http2.js";
@@ -68,16 +69,38 @@ export class UpstreamPool implements Upstream {
     const key = formatAuthority(target.host, target.port);
     if (this.protocolOf(key) === "http/1.1") return this.sendHttp1(target, request, events);
     const connection = this.sessions.get(key)?.find((candidate) => candidate.available);
-    if (connection) return sendHttp2(connection, this.settings, target, request, events);
+    if (connection) return this.sendOnSession(connection, key, target, request, events);
     // The protocol is not known yet, or every h2 session is full: a new connection tells.
     const deferred = new DeferredCall();
     this.acquire(key, target)
       .then((session) => {
         if (deferred.isAborted) return;
-        deferred.attach(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events));
+        deferred.attach(session ? this.sendOnSession(session, key, target, request, events) : this.sendHttp1(target, request, events));
       })
       .catch((error: unknown) => events.error(error instanceof ProxyError ? error : new ProxyError("internal_error", `cannot send to ${key}: ${(error as Error).message}`)));
     return deferred;
+  }
+
+  /**
+   * One request on an h2 session. A bodyless one the upstream refused unprocessed
+   * (REFUSED_STREAM, or past a GOAWAY's last stream: RFC 9113 8.7) goes once more, on whatever
+   * connection has room then, as Go's transport does: the refusal of a draining or full
+   * session is not the client's failure. A request with a body is not resent: it has gone.
+   */
+  private sendOnSession(connection: Http2Connection, key: string, target: Target, request: OutgoingRequest, events: UpstreamEvents): UpstreamCall {
+    if (request.hasBody || request.body !== undefined) return sendHttp2(connection, this.settings, target, request, events);
+    const call = new ResentCall();
+    call.use(
+      sendHttp2(connection, this.settings, target, request, events, () => {
+        if (call.resent || call.aborted) return false;
+        call.resent = true;
+        this.acquire(key, target)
+          .then((session) => call.use(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events)))
+          .catch((error: unknown) => events.error(error instanceof ProxyError ? error : new ProxyError("internal_error", `cannot send to ${key}: ${(error as Error).message}`)));
+        return true;
+      }),
+    );
+    return call;
   }
 
   /** An h2 session with room for one more stream, connecting as often as it takes; undefined when the host speaks HTTP/1.1. */
