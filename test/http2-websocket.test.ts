@@ -47,6 +47,21 @@ afterAll(async () => {
   await plain?.close();
 });
 
+/** One extended CONNECT (RFC 8441) through the proxy, answered with a body: its status and body. */
+async function extendedConnect(port: number, path: string): Promise<{ status: number; body: string }> {
+  const { session } = await h2ThroughProxy(proxy.port, "localhost", port, proxy.caPem);
+  try {
+    await new Promise<void>((resolve) => (session.remoteSettings.enableConnectProtocol ? resolve() : session.once("remoteSettings", () => resolve())));
+    return await new Promise((resolve, reject) => {
+      const stream = session.request({ ":method": "CONNECT", ":protocol": "websocket", ":scheme": "https", ":path": path, ":authority": `localhost:${port}` });
+      stream.once("response", (h) => void readStream(stream).then((body) => resolve({ status: Number(h[":status"]), body: body.toString() })));
+      stream.once("error", reject);
+    });
+  } finally {
+    session.close();
+  }
+}
+
 describe("WebSocket over h2 (RFC 8441) and h2 clients beyond Node", () => {
   it("bridges an extended CONNECT to the upstream's HTTP/1.1 Upgrade, with a key and accept of its own, and echoes both ways", async () => {
     const { session } = await h2ThroughProxy(proxy.port, "localhost", wsUp.port, proxy.caPem);
@@ -81,32 +96,18 @@ describe("WebSocket over h2 (RFC 8441) and h2 clients beyond Node", () => {
   });
 
   it("relays the upstream's refusal of an extended CONNECT as it was", async () => {
-    const { session } = await h2ThroughProxy(proxy.port, "localhost", wsUp.port, proxy.caPem);
-    await new Promise<void>((resolve) => (session.remoteSettings.enableConnectProtocol ? resolve() : session.once("remoteSettings", () => resolve())));
     // The ws server answers 400 to a handshake it cannot accept (no version).
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const stream = session.request({ ":method": "CONNECT", ":protocol": "websocket", ":scheme": "https", ":path": "/refused", ":authority": `localhost:${wsUp.port}` });
-      stream.once("response", (h) => void readStream(stream).then((body) => resolve({ status: Number(h[":status"]), body: body.toString() })));
-      stream.once("error", reject);
-    });
+    const answer = await extendedConnect(wsUp.port, "/refused");
     expect(answer.status).toBe(400);
-    session.close();
   });
 
   it("answers 502 when the upstream answers an extended CONNECT with a 2xx but never switches (a 2xx is an open WebSocket to an h2 client)", async () => {
     // A TLS upstream with no 'upgrade' listener: Node answers the handshake as a plain request.
     const ignoring = await startUpstream((_req, res) => res.writeHead(200, { "Content-Type": "text/html" }).end("<p>plain page</p>"), pki);
-    const { session } = await h2ThroughProxy(proxy.port, "localhost", ignoring.port, proxy.caPem);
-    await new Promise<void>((resolve) => (session.remoteSettings.enableConnectProtocol ? resolve() : session.once("remoteSettings", () => resolve())));
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const stream = session.request({ ":method": "CONNECT", ":protocol": "websocket", ":scheme": "https", ":path": "/ignores-upgrade", ":authority": `localhost:${ignoring.port}` });
-      stream.once("response", (h) => void readStream(stream).then((body) => resolve({ status: Number(h[":status"]), body: body.toString() })));
-      stream.once("error", reject);
-    });
+    const answer = await extendedConnect(ignoring.port, "/ignores-upgrade");
     expect(answer.status).toBe(502);
     expect(answer.body).toContain("not 101");
     expect(answer.body).not.toContain("plain page");
-    session.close();
     await ignoring.close();
   });
 
