@@ -87,6 +87,24 @@ describe("audit log appends", () => {
     }
   });
 
+  it("a secret of digits, redacted inside a JSON number, does not break metrics or the live feed", () => {
+    const file = join(tempDir("audit-numeric-secret"), "audit.log");
+    const scrubber = new Scrubber();
+    scrubber.add("4242");
+    const seen: Record<string, unknown>[] = [];
+    const log = new AuditLog(file, scrubber, undefined, (written) => seen.push(written as unknown as Record<string, unknown>));
+    const published: unknown[] = [];
+    const unsubscribe = log.feed.subscribe((line) => published.push(line));
+    try {
+      expect(() => log.write({ ...record(3), req_bytes: 4242, path: "/pin/4242" } as unknown as Parameters<AuditLog["write"]>[0])).not.toThrow();
+      expect(seen[0]).toMatchObject({ req_bytes: 4242, path: "/pin/[REDACTED]" });
+      expect(published[0]).toMatchObject({ path: "/pin/[REDACTED]" });
+    } finally {
+      unsubscribe();
+      log.close();
+    }
+  });
+
   it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {
     const { file, log } = freshLog("audit-batch");
     const writes = vi.spyOn(fs, "writeSync");

@@ -194,9 +194,21 @@ export class AuditLog {
     }
     // Metrics and watchers get what the line says: the record itself when scrubbing changed
     // nothing, else the scrubbed line read back (a model name an upstream echoed can be a secret).
-    const said = scrubbed === line ? undefined : (JSON.parse(scrubbed) as PublishedRecord);
+    const said = scrubbed === line ? undefined : this.scrubbedRecord(scrubbed, record, level, time);
     this.onRecord(said ?? record);
     if (this.feed.active) this.feed.publish(said ?? publishedRecord(record, level, time));
+  }
+
+  /**
+   * The record as its scrubbed line says it. A secret of digits is redacted inside a JSON number
+   * too, and that line no longer parses: then the record's strings are scrubbed one by one.
+   */
+  private scrubbedRecord(scrubbed: string, record: AuditRecord, level: number, time: number): PublishedRecord {
+    try {
+      return JSON.parse(scrubbed) as PublishedRecord;
+    } catch {
+      return JSON.parse(JSON.stringify(publishedRecord(record, level, time), (_key, value: unknown) => (typeof value === "string" ? this.scrubber.scrub(value) : value))) as PublishedRecord;
+    }
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
