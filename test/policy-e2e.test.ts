@@ -138,6 +138,10 @@ beforeAll(async () => {
         res.writeHead(200, { "Content-Type": "application/json" }).end(storedNote);
         return;
       }
+      if (req.url === "/notes-in-reason") {
+        res.writeHead(200, `note ${String((JSON.parse(storedNote || "{}") as { note?: string }).note)}`, { "Content-Type": "text/plain" }).end("ok");
+        return;
+      }
       if (req.url === "/echo-auth") {
         const auth = String(req.headers.authorization);
         res.writeHead(200, { "Content-Type": "text/plain", "X-Seen-Auth": auth });
@@ -478,6 +482,15 @@ describe("placeholders", () => {
     const text = await later.body.text();
     expect(text).not.toContain(SECRETS.PCX_E2E_OPENAI);
     expect(JSON.parse(text)).toEqual({ note: "[REDACTED]" });
+    // Nor in a reason phrase.
+    const reason = await new Promise<string>((resolve, reject) => {
+      https.get(url("openai.test", "/notes-in-reason"), { agent: new HttpsProxyAgent(`http://agent-1:${SECRETS.PCX_E2E_T1}@127.0.0.1:${proxy.port}`), ca: proxy.caPem }, (res) => {
+        res.resume();
+        resolve(res.statusMessage ?? "");
+      }).on("error", reject);
+    });
+    expect(reason).not.toContain(SECRETS.PCX_E2E_OPENAI);
+    expect(reason).toBe("OK");
   });
 
   it("answers Expect: 100-continue itself when it must read the body for placeholders", async () => {

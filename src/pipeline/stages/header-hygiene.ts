@@ -1,13 +1,14 @@
 import { STATUS_CODES } from "node:http";
 import { getHeader, setHeader, stripHopByHop, type RawHeaders } from "../../core/headers.js";
 import { scrubText } from "../../credentials/echo-scrub.js";
-import type { Exchange } from "../../core/exchange.js";
+import { secretsAtStake } from "../secrets-at-stake.js";
 import type { Answer, Flow, Stage } from "../stage.js";
 
 /** The upstream's reason phrase, unless it is not plain text or carries a secret: then the standard one. */
-function reasonPhrase(exchange: Exchange, status: number, phrase: string | undefined): string | undefined {
+function reasonPhrase(flow: Flow, status: number, phrase: string | undefined): string | undefined {
   if (phrase === undefined) return undefined;
-  const scrubbed = exchange.injectedSecrets.length ? scrubText(phrase, exchange.injectedSecrets) : phrase;
+  const secrets = secretsAtStake(flow);
+  const scrubbed = secrets.length ? scrubText(phrase, secrets) : phrase;
   return /^[\t\x20-\x7e]*$/.test(scrubbed) && scrubbed === phrase ? phrase : (STATUS_CODES[status] ?? "");
 }
 
@@ -35,7 +36,7 @@ export const headerHygiene: Stage = {
   },
   responseHeaders(flow: Flow, answer: Answer, upstream) {
     const switching = flow.upgrade && upstream.status === 101;
-    answer.reason = reasonPhrase(flow.exchange, answer.status, answer.reason);
+    answer.reason = reasonPhrase(flow, answer.status, answer.reason);
     let headers = keepTrailerAnnouncement(stripHopByHop(upstream.headers, { upgrade: switching }), upstream.headers);
     headers = setHeader(headers, "X-Request-Id", flow.exchange.requestId);
     answer.headers = headers;
