@@ -392,6 +392,10 @@ describe("fail closed", () => {
     expect(messagesOf(answer)[0]!.error).toMatchObject({ message: "policy_denied: secrets are off limits" });
     expect(upstream.seen.some((seen) => seen.rawHeaders.includes("namespaced-tool"))).toBe(false);
     expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool: "*delete*", message: "no" }] } as unknown as McpRule], { name: "github/delete_repo", input: {} })).toMatchObject({ message: "no" });
+    // A line break in the name (which a server may trim) does not get past a glob either.
+    for (const name of ["delete_repo\n", "x\ndelete_repo", "delete\u2028repo"]) {
+      expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool: "*delete*", message: "no" }] } as unknown as McpRule], { name, input: {} })).toMatchObject({ message: "no" });
+    }
   });
 
   it("filters a gzip tools/list answer after decoding it", async () => {

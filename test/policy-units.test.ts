@@ -234,6 +234,8 @@ describe("echo scrubbing", () => {
     expect(scrubHeaderValues(["X-Echo", "Bearer abc123", "X-Other", "fine"], ["abc123"])).toEqual(["X-Echo", "Bearer [REDACTED]", "X-Other", "fine"]);
     // A secret in a field's name (an upstream that reflects it there) takes the field with it.
     expect(scrubHeaderValues(["x-echo-sk-live-0123456789", "1", "X-Other", "fine"], ["sk-live-0123456789"])).toEqual(["X-Other", "fine"]);
+    // Whatever the case: h2 sends names in lower case, and an AWS key id is upper case.
+    expect(scrubHeaderValues(["x-akiaiosfodnn7example", "1", "X-Other", "fine"], ["AKIAIOSFODNN7EXAMPLE"])).toEqual(["X-Other", "fine"]);
   });
 
   it("finds a secret written with HTML character references (an error page that echoes the request), in bodies, headers and logs", async () => {
@@ -243,6 +245,7 @@ describe("echo scrubbing", () => {
       "aws&#47;Se&#43;cret&#61;Key&#047;0123", // decimal, one with a leading zero
       "aws&sol;Se&plus;cret&equals;Key&sol;0123", // HTML5 names
       "aws&#X2f;Se+cret%3DKey/0123", // mixed with the other encodings
+      "aws&#x0002F;Se&lowbar;cret&#0061;Key&sol;0123".replace("&lowbar;", "&plus;"), // zero-padded, the widest spellings
     ];
     const scrubber = new Scrubber();
     scrubber.add(secret);
@@ -251,7 +254,7 @@ describe("echo scrubbing", () => {
       expect(scrubHeaderValues(["X-Echo", spelling], [secret])).toEqual(["X-Echo", "[REDACTED]"]);
       expect(scrubber.scrub(`{"note":"${spelling}"}`)).toBe('{"note":"[REDACTED]"}');
       // Split anywhere across two chunks of a streamed body.
-      for (const cut of [4, 9, 13, spelling.length - 2]) {
+      for (const cut of [4, 9, 13, 15, spelling.length - 2]) {
         const echo = new EchoScrubber([secret]);
         const out: Buffer[] = [];
         echo.on("data", (chunk: Buffer) => out.push(chunk));

@@ -17,8 +17,8 @@ function patternSource(forms: readonly string[], values: readonly string[]): str
   return [...forms.map(escapeRegExp), ...values.map(mixedEncodingPattern)].join("|");
 }
 
-/** The most characters one byte of a secret can take in any spelling (\u00XX). */
-const WIDEST_BYTE = 6;
+/** The most characters one byte of a secret can take in the spellings looked for (&lowbar;, &#x0002F;). */
+const WIDEST_BYTE = 10;
 
 export function scrubText(text: string, values: readonly string[]): string {
   if (values.length === 0) return text;
@@ -27,11 +27,13 @@ export function scrubText(text: string, values: readonly string[]): string {
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
   if (values.length === 0) return headers;
+  const lowered = values.map((value) => value.toLowerCase());
   const out: RawHeaders = [];
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i]!;
-    // A secret in a field's name cannot be redacted in place ("[" is no token character): the field goes.
-    if (scrubText(name, values) !== name) continue;
+    // A secret in a field's name cannot be redacted in place ("[" is no token character): the
+    // field goes. Names are case-insensitive (h2 lower-cases them): compared in lower case.
+    if (scrubText(name.toLowerCase(), lowered) !== name.toLowerCase()) continue;
     out.push(name, scrubText(headers[i + 1]!, values));
   }
   return out;

@@ -36,7 +36,10 @@ const patterns = new Map<string, RegExp>();
  * gateways namespace them ("github/delete_repo"), which `*delete*` must still match.
  */
 export function toolGlob(glob: string): (name: string) => boolean {
-  return picomatch(glob, { dot: true, bash: true });
+  // With "s": a name with a line break in it ("delete_repo\n", which a server may trim) is matched too.
+  const pattern = picomatch.makeRe(glob, { dot: true, bash: true });
+  const matcher = new RegExp(pattern.source, `${pattern.flags}s`);
+  return (name) => matcher.test(name);
 }
 
 /** The first deny_tools entry (rules in order) that this call matches, if any. */
