@@ -193,7 +193,6 @@ describe("WebSocket through the proxy", () => {
   it.each([
     ["a token list with websocket in it", "Upgrade: h2c, websocket\r\n"],
     ["websocket twice", "Upgrade: websocket\r\nUpgrade: websocket\r\n"],
-    ["h2c (what follows the switch would pass unjudged)", "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"],
     ["another protocol", "Upgrade: raw\r\n"],
   ])("refuses an Upgrade that is not one websocket token (%s) with 400, without asking the upstream", async (_what, upgrade) => {
     const { rawExchange } = await import("./helpers/tunnel.js");
@@ -201,6 +200,17 @@ describe("WebSocket through the proxy", () => {
     const reply = rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /echo HTTP/1.1\r\nHost: localhost:${upstream.port}\r\n${upgrade}Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
     expect(await reply).toMatch(/^HTTP\/1\.1 400 [\s\S]*relays WebSocket upgrades only/);
     expect(upstream.seen.length).toBe(before);
+  });
+
+  it("forwards a request offering h2c as plain HTTP/1.1 (the offer may be ignored, RFC 9110 7.8), without its Upgrade or HTTP2-Settings", async () => {
+    const { rawExchange } = await import("./helpers/tunnel.js");
+    const before = upstream.seen.length;
+    const reply = await rawExchange(proxy.port, "localhost", upstream.port, proxy.caPem, `GET /page HTTP/1.1\r\nHost: localhost:${upstream.port}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n`);
+    expect(reply).toMatch(/^HTTP\/1\.1 404 [\s\S]*no such page/);
+    expect(upstream.seen.length).toBe(before + 1);
+    const names = upstream.seen.at(-1)!.rawHeaders.filter((_, i) => i % 2 === 0).map((name) => name.toLowerCase());
+    expect(names).not.toContain("upgrade");
+    expect(names).not.toContain("http2-settings");
   });
 
   it("answers 502 JSON on the handshake when the upstream is unreachable", async () => {

@@ -227,14 +227,17 @@ export async function runExchange(runtime: PipelineRuntime, request: InboundRequ
     answerError(responder, exchange, new ProxyError("bad_request", "an upgrade request cannot carry a body"));
     return;
   }
-  // After another protocol's switch (h2c, a token list a server reads as websocket) the bytes
+  // An offer to switch to h2c may be ignored (RFC 9110 7.8): the request goes on as plain
+  // HTTP/1.1, its Upgrade and HTTP2-Settings dropped as hop-by-hop (curl --http2 sends one).
+  const h2cOffer = upgrade && request.upgrade!.trim().toLowerCase() === "h2c";
+  // After another protocol's switch (a token list a server reads as websocket, say) the bytes
   // would pass unjudged and unscrubbed: only a WebSocket handshake is relayed.
-  if (upgrade && !webSocket) {
+  if (upgrade && !webSocket && !h2cOffer) {
     answerError(responder, exchange, new ProxyError("bad_request", `portcullis relays WebSocket upgrades only (Upgrade: ${JSON.stringify(request.upgrade?.slice(0, 80))})`));
     return;
   }
-  const outgoing: OutgoingRequest = { method: request.method, path: located.path, headers: request.headers, hasBody: request.hasBody, upgrade: request.upgrade };
-  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state), hostHeader: located.hostHeader, upgrade, readBody: false, notes: {} };
+  const outgoing: OutgoingRequest = { method: request.method, path: located.path, headers: request.headers, hasBody: request.hasBody, upgrade: h2cOffer ? undefined : request.upgrade };
+  const flow: Flow = { exchange, request, outgoing, state, hooks: runtime.hooks, stages: activeStages(state), hostHeader: located.hostHeader, upgrade: upgrade && !h2cOffer, readBody: false, notes: {} };
   try {
     for (const stage of flow.stages) stage.requestHeaders?.(flow);
     if (flow.readBody || flow.readBodyStart) await readBodyFirst(flow, responder);
