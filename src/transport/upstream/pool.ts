@@ -95,7 +95,10 @@ export class UpstreamPool implements Upstream {
         if (call.resent || call.aborted) return false;
         call.resent = true;
         this.acquire(key, target)
-          .then((session) => call.use(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events)))
+          .then((session) => {
+            // A client gone while a connection was found: nothing goes out on its behalf.
+            if (!call.aborted) call.use(session ? sendHttp2(session, this.settings, target, request, events) : this.sendHttp1(target, request, events));
+          })
           .catch((error: unknown) => events.error(error instanceof ProxyError ? error : new ProxyError("internal_error", `cannot send to ${key}: ${(error as Error).message}`)));
         return true;
       }),
