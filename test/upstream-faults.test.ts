@@ -1,4 +1,5 @@
 import http2 from "node:http2";
+import { gzipSync } from "node:zlib";
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,11 +19,15 @@ const sockets = new Set<TLSSocket>();
 const switched: TLSSocket[] = [];
 const closed = (socket: TLSSocket) => new Promise<void>((resolve) => (socket.destroyed ? resolve() : socket.once("close", () => resolve())));
 
+const GZIPPED = gzipSync("you sent: Bearer fault-secret-1234567890");
+
 /** A TLS server that answers every request with whatever bytes its path asks for. */
 const ANSWERS: Record<string, string> = {
   "/switch": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\nyou sent: Bearer SECRET",
   "/h2-settings": "HTTP/1.1 200 OK\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 2\r\n\r\nok",
   "/status-600": "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nno",
+  // A transfer coding Node does not undo: the body would reach the client (and the stages) still gzip'd.
+  "/gzip-transfer": `HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${GZIPPED.length.toString(16)}\r\n${GZIPPED.toString("latin1")}\r\n0\r\n\r\n`,
 };
 
 /** How many /refused-once streams the h2 upstream refused. */
@@ -106,6 +111,9 @@ describe("upstream faults", () => {
     expect(odd.status).toBe(502);
     session.close();
     expect((await request(`https://localhost:${rawPort}/status-600`, { dispatcher: proxy.dispatcher })).statusCode).toBe(502);
+    const coded = await request(`https://localhost:${rawPort}/gzip-transfer`, { dispatcher: proxy.dispatcher });
+    expect(coded.statusCode).toBe(502);
+    expect(await coded.body.text()).toContain("Transfer-Encoding");
     await stillServing();
   });
 

@@ -24,3 +24,15 @@ export function contentCoding(headers: RawHeaders): string | undefined {
     .filter((coding) => coding !== "" && coding !== "identity");
   return codings.length === 0 ? undefined : codings.join(", ");
 }
+
+/**
+ * A transfer coding other than chunked (RFC 9112 6.1), which Node does not undo: the body would
+ * reach the client, and every stage that reads it, still coded, with nothing saying so.
+ */
+export function unsupportedTransferCoding(headers: RawHeaders): string | undefined {
+  const codings = getHeaderValues(headers, "transfer-encoding")
+    .flatMap((value) => value.split(","))
+    .map((coding) => coding.trim().toLowerCase())
+    .filter((coding) => coding !== "" && coding !== "chunked");
+  return codings.length ? codings.join(", ") : undefined;
+}

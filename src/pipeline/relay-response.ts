@@ -1,7 +1,7 @@
 import { Readable, Writable, type Transform } from "node:stream";
 import { pipeline } from "node:stream";
 import { pipeline as pipelineAsync } from "node:stream/promises";
-import { contentCoding, decoderFor } from "./content-decoding.js";
+import { contentCoding, decoderFor, unsupportedTransferCoding } from "./content-decoding.js";
 import { ProxyError } from "../core/errors.js";
 import type { Exchange } from "../core/exchange.js";
 import { removeHeaders, setHeader, type RawHeaders } from "../core/headers.js";
@@ -76,6 +76,12 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
   if (!Number.isInteger(upstream.status) || upstream.status < 100 || upstream.status > 599) {
     upstream.body.destroy();
     answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with status ${upstream.status}`));
+    return;
+  }
+  const transferCoding = unsupportedTransferCoding(upstream.headers);
+  if (transferCoding !== undefined) {
+    upstream.body.destroy();
+    answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with Transfer-Encoding ${JSON.stringify(transferCoding.slice(0, 40))}, which portcullis does not decode`));
     return;
   }
   const answer: Answer = { status: upstream.status, reason: upstream.reason, headers: upstream.headers };
