@@ -392,10 +392,14 @@ describe("fail closed", () => {
     expect(messagesOf(answer)[0]!.error).toMatchObject({ message: "policy_denied: secrets are off limits" });
     expect(upstream.seen.some((seen) => seen.rawHeaders.includes("namespaced-tool"))).toBe(false);
     expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool: "*delete*", message: "no" }] } as unknown as McpRule], { name: "github/delete_repo", input: {} })).toMatchObject({ message: "no" });
-    // A line break in the name (which a server may trim) does not get past a glob either.
-    for (const name of ["delete_repo\n", "x\ndelete_repo", "delete\u2028repo"]) {
-      expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool: "*delete*", message: "no" }] } as unknown as McpRule], { name, input: {} })).toMatchObject({ message: "no" });
+    // A name a server may trim or split (a line break, surrounding white space) is refused where tools are denied, even by an exact name.
+    for (const name of ["delete_repo\n", "x\ndelete_repo", "delete\u2028repo", " delete_repo"]) {
+      for (const tool of ["*delete*", "delete_repo"]) {
+        expect(judgeToolCall([{ name: "r", hosts: ["x"], deny_tools: [{ tool, message: "no" }] } as unknown as McpRule], { name, input: {} })).toMatchObject({ tool: name, message: expect.stringContaining("cannot be judged") });
+      }
     }
+    // Nor does it get into allow_tools: read_* does not admit "read_x\ndelete_repo".
+    expect(judgeToolCall([{ name: "r", hosts: ["x"], allow_tools: ["read_*"], deny_tools: [] } as unknown as McpRule], { name: "read_x\ndelete_repo", input: {} })).toMatchObject({ message: expect.stringContaining("not in allow_tools") });
   });
 
   it("filters a gzip tools/list answer after decoding it", async () => {

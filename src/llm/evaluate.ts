@@ -36,14 +36,21 @@ const patterns = new Map<string, RegExp>();
  * gateways namespace them ("github/delete_repo"), which `*delete*` must still match.
  */
 export function toolGlob(glob: string): (name: string) => boolean {
-  // With "s": a name with a line break in it ("delete_repo\n", which a server may trim) is matched too.
-  const pattern = picomatch.makeRe(glob, { dot: true, bash: true });
-  const matcher = new RegExp(pattern.source, `${pattern.flags}s`);
-  return (name) => matcher.test(name);
+  return picomatch(glob, { dot: true, bash: true });
+}
+
+/**
+ * A tool name no glob can be trusted to judge: control characters, line separators or white
+ * space at either end, which a server may trim or split ("delete_repo\n" is delete_repo to it).
+ */
+export function unjudgeableToolName(name: string): boolean {
+  return /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(name) || name.trim() !== name;
 }
 
 /** The first deny_tools entry (rules in order) that this call matches, if any. */
 export function evaluateToolCall(rules: readonly ToolRule[], call: ToolCall): ToolVerdict | undefined {
+  const guarded = rules.find((rule) => rule.deny_tools.length > 0);
+  if (guarded && unjudgeableToolName(call.name)) return { rule: guarded.name, tool: call.name, message: "a tool name with control characters or surrounding white space cannot be judged" };
   for (const rule of rules) {
     for (const deny of rule.deny_tools) {
       let matcher = toolMatchers.get(deny.tool);

@@ -100,7 +100,8 @@ function byteAlternatives(byte: number): string[] {
   const flexible = `${hexCase(hex[0]!)}${hexCase(hex[1]!)}`;
   const alternatives = [escapeRegExp(String.fromCharCode(byte)), `%${flexible}`, `%25${flexible}`];
   if (byte < 0x80) {
-    alternatives.push(`\\\\u00${flexible}`, `&#0*${byte};`, `&#[xX]0*${[...byte.toString(16)].map(hexCase).join("")};`);
+    // Up to four leading zeros: a bound keeps every spelling within what the streaming scrubber holds back.
+    alternatives.push(`\\\\u00${flexible}`, `&#0{0,4}${byte};`, `&#[xX]0{0,4}${[...byte.toString(16)].map(hexCase).join("")};`);
     for (const name of HTML_NAMES[String.fromCharCode(byte)] ?? []) alternatives.push(escapeRegExp(`&${name};`));
   }
   if (byte === 0x20) alternatives.push("\\+");
@@ -116,9 +117,9 @@ function bytePartials(byte: number): string[] {
     partials.push("\\\\", "\\\\u", "\\\\u0", "\\\\u00", `\\\\u00${flexible[0]}`);
     const decimal = String(byte);
     const shortHex = [...byte.toString(16)].map(hexCase);
-    partials.push("&", "&#0*", "&#[xX]0*");
-    for (let i = 1; i <= decimal.length; i++) partials.push(`&#0*${decimal.slice(0, i)}`);
-    for (let i = 1; i <= shortHex.length; i++) partials.push(`&#[xX]0*${shortHex.slice(0, i).join("")}`);
+    partials.push("&", "&#0{0,4}", "&#[xX]0{0,4}");
+    for (let i = 1; i <= decimal.length; i++) partials.push(`&#0{0,4}${decimal.slice(0, i)}`);
+    for (let i = 1; i <= shortHex.length; i++) partials.push(`&#[xX]0{0,4}${shortHex.slice(0, i).join("")}`);
     for (const name of HTML_NAMES[String.fromCharCode(byte)] ?? []) partials.push(...literalPrefixes(`&${name}`));
   }
   return [...new Set(partials)];

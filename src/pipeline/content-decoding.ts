@@ -33,6 +33,6 @@ export function unsupportedTransferCoding(headers: RawHeaders): string | undefin
   const codings = getHeaderValues(headers, "transfer-encoding")
     .flatMap((value) => value.split(","))
     .map((coding) => coding.trim().toLowerCase())
-    .filter((coding) => coding !== "" && coding !== "chunked");
+    .filter((coding) => coding !== "" && coding !== "chunked" && coding !== "identity");
   return codings.length ? codings.join(", ") : undefined;
 }

@@ -78,7 +78,9 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
     answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with status ${upstream.status}`));
     return;
   }
-  const transferCoding = unsupportedTransferCoding(upstream.headers);
+  // (An answer without a body, HEAD's or a 304, may name the coding its body would have had.)
+  const bodiless = upstream.headOnly || exchange.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+  const transferCoding = bodiless ? undefined : unsupportedTransferCoding(upstream.headers);
   if (transferCoding !== undefined) {
     upstream.body.destroy();
     answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with Transfer-Encoding ${JSON.stringify(transferCoding.slice(0, 40))}, which portcullis does not decode`));
