@@ -20,9 +20,27 @@ function patternSource(forms: readonly string[], values: readonly string[]): str
 /** The most characters one byte of a secret can take in the spellings looked for (&lowbar;, &#x0002F;). */
 const WIDEST_BYTE = 10;
 
+/**
+ * The compiled searches for sets of secrets, kept: building one (every spelling, every mix) costs
+ * far more than running it, and header scrubbing runs one per field, on every answer.
+ */
+const compiled = new Map<string, RegExp>();
+
+function searchFor(values: readonly string[], asBytes: boolean): RegExp {
+  const key = `${asBytes ? "b" : "t"}\0${values.join("\0")}`;
+  let pattern = compiled.get(key);
+  if (!pattern) {
+    pattern = new RegExp(patternSource(asBytes ? byteForms(values) : allForms(values), values), "g");
+    // Bounded: secrets rotate (minted tokens), and each set is one entry.
+    if (compiled.size >= 256) compiled.delete(compiled.keys().next().value!);
+    compiled.set(key, pattern);
+  }
+  return pattern;
+}
+
 export function scrubText(text: string, values: readonly string[]): string {
   if (values.length === 0) return text;
-  return text.replace(new RegExp(patternSource(allForms(values), values), "g"), REDACTED);
+  return text.replace(searchFor(values, false), REDACTED);
 }
 
 export function scrubHeaderValues(headers: RawHeaders, values: readonly string[]): RawHeaders {
@@ -95,7 +113,6 @@ export class EchoScrubber extends Transform {
 export function scrubBytes(data: Buffer, values: readonly string[]): { data: Buffer; replaced: number } {
   if (values.length === 0) return { data, replaced: 0 };
   let replaced = 0;
-  const pattern = new RegExp(patternSource(byteForms(values), values), "g");
-  const text = data.toString("latin1").replace(pattern, () => (replaced++, REDACTED));
+  const text = data.toString("latin1").replace(searchFor(values, true), () => (replaced++, REDACTED));
   return replaced ? { data: Buffer.from(text, "latin1"), replaced } : { data, replaced: 0 };
 }

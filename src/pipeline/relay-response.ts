@@ -23,9 +23,13 @@ const PLAIN: BodyPlan = { kind: "plain" };
 const DROPPED_WHEN_DECODED = new Set(["content-length", "content-encoding"]);
 const CONTENT_LENGTH = new Set(["content-length"]);
 
+/** HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge, rewrite or decode. */
+function bodiless(flow: Flow, status: number, upstream: UpstreamResponse): boolean {
+  return upstream.headOnly || flow.exchange.method === "HEAD" || status === 204 || status === 304;
+}
+
 function planBody(flow: Flow, answer: Answer, upstream: UpstreamResponse, observers: BodyObserver[]): BodyPlan {
-  // HEAD, 204, 304 and head-only answers (gRPC's trailers-only errors) carry no body to judge or rewrite.
-  if (upstream.headOnly || flow.exchange.method === "HEAD" || answer.status === 204 || answer.status === 304) return PLAIN;
+  if (bodiless(flow, answer.status, upstream)) return PLAIN;
   const taps: BodyTap[] = [];
   for (const stage of flow.stages) {
     const tap = stage.responseBody?.(flow, answer, upstream);
@@ -78,9 +82,8 @@ export function relayResponse(flow: Flow, upstream: UpstreamResponse, responder:
     answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with status ${upstream.status}`));
     return;
   }
-  // (An answer without a body, HEAD's or a 304, may name the coding its body would have had.)
-  const bodiless = upstream.headOnly || exchange.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
-  const transferCoding = bodiless ? undefined : unsupportedTransferCoding(upstream.headers);
+  // (An answer without a body may name the coding its body would have had.)
+  const transferCoding = bodiless(flow, upstream.status, upstream) ? undefined : unsupportedTransferCoding(upstream.headers);
   if (transferCoding !== undefined) {
     upstream.body.destroy();
     answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} answered with Transfer-Encoding ${JSON.stringify(transferCoding.slice(0, 40))}, which portcullis does not decode`));
@@ -215,19 +218,19 @@ function holdWhole(flow: Flow, upstream: UpstreamResponse, responder: Responder,
   const conclude = (body: Buffer | undefined) => {
     if (concluded) return;
     concluded = true;
-    let edited = body;
+    let edited: Buffer;
     try {
       for (const tap of plan.taps) {
         const instead = tap.hold?.judge(body);
         if (instead) return sendWhole(flow, responder, instead);
       }
       if (body === undefined) return responder.fail();
-      for (const tap of plan.taps) if (tap.hold?.edit) edited = tap.hold.edit(edited!);
+      edited = body;
+      for (const tap of plan.taps) if (tap.hold?.edit) edited = tap.hold.edit(edited);
     } catch (error) {
       // A judge that cannot read the answer (nested past what JSON.stringify can write, say) refuses it.
       return answerError(responder, exchange, new ProxyError("upstream_protocol_error", `${upstreamName(exchange.target)} sent an answer that could not be checked (${(error as Error).message})`));
     }
-    if (edited === undefined) return responder.fail();
     transformWhole(edited, plan.transforms).then(
       (final) => sendWhole(flow, responder, { ...answer, headers: setHeader(answer.headers, "Content-Length", String(final.length)), body: final }),
       () => responder.fail(),

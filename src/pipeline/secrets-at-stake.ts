@@ -4,6 +4,8 @@ import type { Policy } from "../policy/schema.js";
 import { templateReferences } from "../policy/validate.js";
 import type { Flow } from "./stage.js";
 
+const NONE: readonly string[] = [];
+
 /** The secrets a policy's credentials and placeholders scope to each host, by name (a policy is immutable: kept per policy). */
 const scopedNames = new WeakMap<Policy, Map<string, string[]>>();
 
@@ -38,16 +40,18 @@ function secretNamesScopedTo(policy: Policy, host: string): string[] {
  */
 export function secretsAtStake(flow: Flow): readonly string[] {
   const { exchange, state } = flow;
-  let scoped = flow.notes.scopedSecrets;
-  if (!scoped) {
-    scoped = [];
-    for (const name of secretNamesScopedTo(state.policy, exchange.target.host)) {
-      const value = state.secrets.known(name);
-      if (value !== undefined) scoped.push(value);
-    }
-    flow.notes.scopedSecrets = scoped;
-  }
-  if (scoped.length === 0) return exchange.injectedSecrets;
   const injected = exchange.injectedSecrets;
-  return injected.length === 0 ? scoped : [...new Set([...injected, ...scoped])];
+  let notes = flow.notes.secretsAtStake;
+  if (!notes) {
+    const names = secretNamesScopedTo(state.policy, exchange.target.host);
+    const scoped = names.length === 0 ? NONE : names.flatMap((name) => state.secrets.known(name) ?? []);
+    notes = flow.notes.secretsAtStake = { scoped, injectedSeen: -1, all: NONE };
+  }
+  if (notes.scoped.length === 0) return injected;
+  // Injected secrets only ever grow (the AWS stage adds its keys last): the union is made again only then.
+  if (notes.injectedSeen !== injected.length) {
+    notes.all = injected.length === 0 ? notes.scoped : [...new Set([...injected, ...notes.scoped])];
+    notes.injectedSeen = injected.length;
+  }
+  return notes.all;
 }

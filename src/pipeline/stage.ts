@@ -20,8 +20,11 @@ export interface FlowNotes {
   mcp?: { rules: McpRule[]; pendingAnswers: string[] };
   /** An LLM exchange whose usage is read (for the audit line, metrics and budgets). */
   usage?: UsageNotes;
-  /** Known values of the secrets scoped to the host, whether or not this request carried them (echo scrubbing). */
-  scopedSecrets?: string[];
+  /**
+   * Known values of the secrets scoped to the host, whether or not this request carried them, and
+   * their union with the injected ones as of `injectedSeen` of them (secretsAtStake).
+   */
+  secretsAtStake?: { scoped: readonly string[]; injectedSeen: number; all: readonly string[] };
 }
 
 /** One exchange as the stages see it: what came in, what will go out, and the policy it runs under. */

@@ -146,13 +146,6 @@ function sseAnswer(flow: Flow, rules: readonly McpRule[], errors: readonly strin
 }
 
 /**
- * MCP tool calls (SPEC section 9), on hosts (and paths) under an `mcp` rule, for both HTTP
- * transports (Streamable HTTP; the older HTTP+SSE). Request bodies are read and must be
- * JSON-RPC (else 400); a tools/call the rule does not allow is never forwarded and is answered
- * with a JSON-RPC error in the transport's own way; tools lists reach the client without the
- * tools it may not call, in JSON answers and in event streams.
- */
-/**
  * Why a request body cannot be judged as the server will read it, if it cannot: portcullis reads
  * JSON as UTF-8, and a server that honours another charset (UTF-7's `+ACI-` is a quote) or a
  * Content-Encoding would see a different message than the one judged.
@@ -170,6 +163,13 @@ function unjudgeableSpelling(headers: RawHeaders): string | undefined {
   return undefined;
 }
 
+/**
+ * MCP tool calls (SPEC section 9), on hosts (and paths) under an `mcp` rule, for both HTTP
+ * transports (Streamable HTTP; the older HTTP+SSE). Request bodies are read and must be
+ * JSON-RPC (else 400); a tools/call the rule does not allow is never forwarded and is answered
+ * with a JSON-RPC error in the transport's own way; tools lists reach the client without the
+ * tools it may not call, in JSON answers and in event streams.
+ */
 export const mcpPolicy: Stage = {
   name: "mcp",
   active: (state) => state.policy.mcp.length > 0,
