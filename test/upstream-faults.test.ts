@@ -48,6 +48,8 @@ beforeAll(async () => {
       const path = head.split(" ")[1] ?? "/";
       head = head.slice(end + 4);
       if (path === "/switch") switched.push(socket);
+      // Transfer-Encoding: identity (obsolete, nothing coded): the body runs to the connection's end.
+      if (path === "/identity-transfer") return void socket.end("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nplain body");
       socket.write(ANSWERS[path] ?? "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine.");
     });
   });
@@ -114,6 +116,9 @@ describe("upstream faults", () => {
     const coded = await request(`https://localhost:${rawPort}/gzip-transfer`, { dispatcher: proxy.dispatcher });
     expect(coded.statusCode).toBe(502);
     expect(await coded.body.text()).toContain("Transfer-Encoding");
+    const identity = await request(`https://localhost:${rawPort}/identity-transfer`, { dispatcher: proxy.dispatcher });
+    expect(identity.statusCode).toBe(200);
+    expect(await identity.body.text()).toBe("plain body");
     await stillServing();
   });
 
