@@ -96,13 +96,19 @@ describe("audit log appends", () => {
     const published: unknown[] = [];
     const unsubscribe = log.feed.subscribe((line) => published.push(line));
     try {
-      expect(() => log.write({ ...record(3), req_bytes: 4242, path: "/pin/4242" } as unknown as Parameters<AuditLog["write"]>[0])).not.toThrow();
+      expect(() => log.write({ ...record(3), req_bytes: 4242, path: "/pin/4242", seen: { k4242: [4242, 7] } } as unknown as Parameters<AuditLog["write"]>[0])).not.toThrow();
       expect(seen[0]).toMatchObject({ req_bytes: 4242, path: "/pin/[REDACTED]" });
       expect(published[0]).toMatchObject({ path: "/pin/[REDACTED]" });
     } finally {
       unsubscribe();
       log.close();
     }
+    // The line itself parses (a redacted number is the string "[REDACTED]") and holds no 4242.
+    const written = readFileSync(file, "utf8");
+    expect(written).not.toContain("4242");
+    const [line] = written.trim().split("\n").map((text) => JSON.parse(text) as Record<string, unknown>);
+    expect(line).toMatchObject({ req_bytes: "[REDACTED]", path: "/pin/[REDACTED]", host: "h3.example", msg: expect.any(String) });
+    expect(line!.seen).toEqual({ "k[REDACTED]": ["[REDACTED]", 7] });
   });
 
   it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {

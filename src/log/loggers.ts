@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import fs from "node:fs";
 import pino, { type DestinationStream, type Logger } from "pino";
-import { levelFor, type AuditRecord } from "../core/audit-record.js";
+import { levelFor, REDACTED, type AuditRecord } from "../core/audit-record.js";
 import { ProxyError } from "../core/errors.js";
 import { AUDIT_FLUSH_MS, AUDIT_HOLD_BYTES, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
@@ -185,7 +185,14 @@ export class AuditLog {
     const level = LEVEL_NUMBERS[levelFor(record)];
     const time = Date.now();
     const line = auditLine(record, level, time);
-    const scrubbed = this.scrubber.scrub(line);
+    let scrubbed = this.scrubber.scrub(line);
+    // A secret of digits is redacted inside a JSON number too, and that line no longer parses:
+    // then it is written from the record scrubbed field by field, such a number as "[REDACTED]".
+    let fields: PublishedRecord | undefined;
+    if (scrubbed !== line && !parses(scrubbed)) {
+      fields = scrubFields(publishedRecord(record, level, time), this.scrubber.scrub, false);
+      scrubbed = this.scrubber.scrub(`${JSON.stringify(scrubFields(fields, this.scrubber.scrub, true))}\n`);
+    }
     if (this.readerGone || (this.refused !== undefined && this.crowdsOut(record))) this.drop();
     else this.stream.write(scrubbed);
     if (!this.flushTimer && this.target !== "stream") {
@@ -194,21 +201,10 @@ export class AuditLog {
     }
     // Metrics and watchers get what the line says: the record itself when scrubbing changed
     // nothing, else the scrubbed line read back (a model name an upstream echoed can be a secret).
-    const said = scrubbed === line ? undefined : this.scrubbedRecord(scrubbed, record, level, time);
+    // (Metrics count a redacted number as the number it was: a byte count is not a label.)
+    const said = scrubbed === line ? undefined : (fields ?? (JSON.parse(scrubbed) as PublishedRecord));
     this.onRecord(said ?? record);
     if (this.feed.active) this.feed.publish(said ?? publishedRecord(record, level, time));
-  }
-
-  /**
-   * The record as its scrubbed line says it. A secret of digits is redacted inside a JSON number
-   * too, and that line no longer parses: then the record's strings are scrubbed one by one.
-   */
-  private scrubbedRecord(scrubbed: string, record: AuditRecord, level: number, time: number): PublishedRecord {
-    try {
-      return JSON.parse(scrubbed) as PublishedRecord;
-    } catch {
-      return JSON.parse(JSON.stringify(publishedRecord(record, level, time), (_key, value: unknown) => (typeof value === "string" ? this.scrubber.scrub(value) : value))) as PublishedRecord;
-    }
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
@@ -292,6 +288,32 @@ export class AuditLog {
       // stdout, a pipe or a terminal: nothing to sync.
     }
   }
+}
+
+function parses(line: string): boolean {
+  try {
+    JSON.parse(line);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A copy of a record with every string, and every key, scrubbed; with `numbers`, a number whose
+ * digits hold a secret becomes the string "[REDACTED]", else numbers are kept.
+ */
+function scrubFields<T>(value: T, scrub: (text: string) => string, numbers: boolean): T {
+  const copy = (item: unknown): unknown => {
+    if (typeof item === "string") return scrub(item);
+    if (typeof item === "number") return numbers && scrub(String(item)) !== String(item) ? REDACTED : item;
+    if (Array.isArray(item)) return item.map(copy);
+    if (item === null || typeof item !== "object") return item;
+    const out: Record<string, unknown> = {};
+    for (const [key, inner] of Object.entries(item)) if (inner !== undefined) out[scrub(key)] = copy(inner);
+    return out;
+  };
+  return copy(value) as T;
 }
 
 /** The record as its line reads: pino's order, `level` and `time` first and `msg` last. */
