@@ -91,6 +91,13 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     req.resume();
     return void res.writeHead(200, { "Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": body.length }).end(body);
   }
+  if (url.pathname === "/unlabelled-tools") {
+    // A tools/list answer as text/plain (or with no Content-Type, or empty): a client that parses it anyway sees every tool.
+    req.resume();
+    const type = url.searchParams.get("type");
+    const body = url.searchParams.get("empty") !== null ? "" : JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } });
+    return void res.writeHead(Number(url.searchParams.get("status") ?? 200), type ? { "Content-Type": type } : {}).end(body);
+  }
   if (url.pathname === "/deep-answer") {
     // A repeated key makes portcullis re-serialise the answer; 20,000 levels are more than JSON.stringify can write.
     req.resume();
@@ -385,6 +392,20 @@ describe("fail closed", () => {
     expect(sse.text).not.toContain("[[[[");
     const after = await post("/gzip-tools", { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "accept-encoding": "gzip" });
     expect(after.status).toBe(200);
+  });
+
+  it("an answer to a request that is neither JSON nor an event stream is refused (502) when it has a body: a tools list in it would go unfiltered", async () => {
+    for (const query of ["type=text/plain", "", "type=application/octet-stream&status=201"]) {
+      const answer = await post(`/unlabelled-tools?${query}`, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "x-request-id": `unlabelled-${query}` });
+      expect(answer.status).toBe(502);
+      expect(answer.text).not.toContain("delete_repo");
+      expect(JSON.parse(answer.text).error).toMatchObject({ type: "upstream_protocol_error", message: expect.stringContaining("neither JSON nor an event stream") });
+      await proxy.audit.waitFor((l) => l.req_id === `unlabelled-${query}` && l.status === 502);
+    }
+    // Nothing to hide in an empty one; a notification's 202 is not read at all.
+    expect((await post("/unlabelled-tools?type=text/plain&empty", { jsonrpc: "2.0", id: 1, method: "tools/list" })).status).toBe(200);
+    const accepted = await post("/unlabelled-tools?type=text/plain&status=202", { jsonrpc: "2.0", method: "notifications/initialized" });
+    expect(accepted.status).toBe(202);
   });
 
   it("a tool glob's * crosses / (a namespaced tool name is still matched)", async () => {

@@ -16,8 +16,12 @@ export interface FlowNotes {
   responseRules?: ResponseRule[];
   /** Tool calls held across the messages of an inspected LLM WebSocket session. */
   llmGuard?: LlmMessageGuard;
-  /** The mcp rules of this exchange, and portcullis' answers to refused calls of a batch, merged into the upstream's. */
-  mcp?: { rules: McpRule[]; pendingAnswers: string[] };
+  /**
+   * The mcp rules of this exchange, and portcullis' answers to refused calls of a batch, merged
+   * into the upstream's; `awaitsAnswer` when the POST carried a request the answer must hold
+   * (streamable HTTP: its answer is JSON or an event stream, and nothing else is read).
+   */
+  mcp?: { rules: McpRule[]; pendingAnswers: string[]; awaitsAnswer?: boolean };
   /** An LLM exchange whose usage is read (for the audit line, metrics and budgets). */
   usage?: UsageNotes;
   /**

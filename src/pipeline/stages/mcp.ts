@@ -117,6 +117,18 @@ function jsonAnswer(exchange: Exchange, rules: readonly McpRule[], errors: reado
   };
 }
 
+/**
+ * An answer to a request that is neither JSON nor an event stream: not read as either, so a tools
+ * list in it would reach the client unfiltered. Empty, it passes; with a body, 502 (fail closed).
+ */
+function unlabelledAnswer(exchange: Exchange, contentType: string): BodyTap {
+  const refuse = () => unreadableAnswer(exchange, `MCP answer could not be checked: ${contentType ? `its Content-Type ${JSON.stringify(contentType.slice(0, 80))} is` : "it has no Content-Type, so it is"} neither JSON nor an event stream`);
+  return {
+    undecodable: refuse,
+    hold: { limit: MAX_MCP_BODY_BYTES, judge: (body) => (body !== undefined && body.length === 0 ? undefined : refuse()) },
+  };
+}
+
 /** An event stream (a POST's answer or a GET stream), filtered as it flows; an old-transport stream is registered by its endpoint. */
 function sseAnswer(flow: Flow, rules: readonly McpRule[], errors: readonly string[]): BodyTap {
   const { exchange } = flow;
@@ -208,6 +220,8 @@ export const mcpPolicy: Stage = {
       throw new ProxyError("bad_request", `mcp rule ${rule}: the request body is not JSON-RPC 2.0 (${error.message})`, rule);
     }
     exchange.mcp = withSession(describeBody(body));
+    // The older transport's POST is answered 202 "Accepted": its answers come on the stream.
+    if (!legacy && body.messages.some((message) => message.method !== undefined && message.id !== undefined)) notes.awaitsAnswer = true;
     judgeMessages(flow, notes.rules, body, legacy);
   },
   beforeForward(flow: Flow) {
@@ -231,6 +245,7 @@ export const mcpPolicy: Stage = {
     const contentType = getHeader(upstream.headers, "content-type")?.toLowerCase() ?? "";
     if (contentType.startsWith("text/event-stream")) return sseAnswer(flow, notes.rules, errors);
     if (/^application\/([\w.+-]*\+)?json/.test(contentType)) return jsonAnswer(flow.exchange, notes.rules, errors);
+    if (notes.awaitsAnswer && answer.status !== 202 && answer.status !== 204) return unlabelledAnswer(flow.exchange, contentType);
     return undefined;
   },
 };
