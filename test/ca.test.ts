@@ -1,17 +1,22 @@
-import { execFileSync } from "node:child_process";
-import { X509Certificate } from "node:crypto";
+import { execFile, execFileSync } from "node:child_process";
+import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
+import type { Socket } from "node:net";
 import { join } from "node:path";
+import { createServer as createTlsServer, connect as tlsConnect } from "node:tls";
+import forge from "node-forge";
 import { monitorEventLoopDelay } from "node:perf_hooks";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CaExistsError, initCa, loadCa, type CertificateAuthority } from "../src/ca/authority.js";
 import { forgeLeafCertificate } from "../src/ca/forge-leaf.js";
-import { SecureContextStore } from "../src/ca/secure-contexts.js";
+import { chainAfterLeaf, SecureContextStore } from "../src/ca/secure-contexts.js";
 import { tempDir } from "./helpers/pki.js";
 import { startProxy, type TestProxy } from "./helpers/proxy.js";
 import { openTlsTunnel } from "./helpers/tunnel.js";
 
 const DAY = 24 * 3600 * 1000;
+const execFileAsync = promisify(execFile);
 let dir: string;
 let ca: CertificateAuthority;
 let proxy: TestProxy;
@@ -174,6 +179,40 @@ describe("secure context cache", () => {
     expect(proxy.proxy.certificateStats.forged - before).toBe(1);
   });
 
+  it("leaves a self-signed CA out of the chain (every client holds it), and sends a CA that is an intermediate", async () => {
+    const caFile = join(dir, "proxy-ca.pem");
+    writeFileSync(caFile, proxy.caPem);
+    expect(await certificatesSent(["-proxy", `127.0.0.1:${proxy.port}`, "-connect", "alone.example:443", "-servername", "alone.example", "-CAfile", caFile])).toBe(1);
+
+    // An operator's own root, and a portcullis CA beneath it: clients trust only the root.
+    const root = caCertificate("operator root");
+    const intermediate = caCertificate("portcullis intermediate", root);
+    const interDir = tempDir("ca-intermediate");
+    writeFileSync(join(interDir, "ca.pem"), intermediate.pem);
+    writeFileSync(join(interDir, "ca-key.pem"), intermediate.keyPem, { mode: 0o600 });
+    const interCa = await loadCa(interDir);
+    expect(chainAfterLeaf(new X509Certificate(interCa.certPem), interCa.certPem)).toBe(interCa.certPem);
+    expect(chainAfterLeaf(new X509Certificate(ca.certPem), ca.certPem)).toBe("");
+    const store = new SecureContextStore(interCa);
+    const server = createTlsServer({ SNICallback: (name, callback) => void store.get(name).then((context) => callback(null, context), callback) });
+    const sockets = new Set<Socket>();
+    server.on("connection", (socket) => sockets.add(socket));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const client = tlsConnect({ host: "127.0.0.1", port, servername: "under-root.example", ca: root.pem });
+      await new Promise<void>((resolve, reject) => client.once("secureConnect", resolve).once("error", reject));
+      expect(client.authorized).toBe(true);
+      client.destroy();
+      const rootFile = join(interDir, "root.pem");
+      writeFileSync(rootFile, root.pem);
+      expect(await certificatesSent(["-connect", `127.0.0.1:${port}`, "-servername", "under-root.example", "-CAfile", rootFile])).toBe(2);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   it("serves the CONNECT host's certificate to a client that sends no SNI, and chains to the CA", async () => {
     const tls = await openTlsTunnel(proxy.port, "127.0.0.1:443", { ca: proxy.caPem, servername: "" as string, checkServerIdentity: () => undefined });
     const peer = tls.getPeerX509Certificate()!;
@@ -184,3 +223,32 @@ describe("secure context cache", () => {
     tls.destroy();
   });
 });
+
+/** How many certificates the server sent, as openssl s_client shows them, once it verified the chain. */
+async function certificatesSent(args: string[]): Promise<number> {
+  const { stdout } = await execFileAsync("sh", ["-c", `echo | openssl s_client ${args.join(" ")} -showcerts -verify_return_error 2>&1`]);
+  expect(stdout).toContain("Verify return code: 0 (ok)");
+  return stdout.match(/BEGIN CERTIFICATE/g)?.length ?? 0;
+}
+
+/** A CA certificate and its key, self-signed or signed by `issuer`, with no path length limit. */
+function caCertificate(commonName: string, issuer?: { cert: forge.pki.Certificate; key: forge.pki.PrivateKey }): { pem: string; keyPem: string; cert: forge.pki.Certificate; key: forge.pki.PrivateKey } {
+  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const keyPem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+  const key = forge.pki.privateKeyFromPem(keyPem);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.setRsaPublicKey((key as forge.pki.rsa.PrivateKey).n, (key as forge.pki.rsa.PrivateKey).e);
+  cert.serialNumber = "01" + Math.floor(Math.random() * 1e12).toString(16);
+  cert.validity.notBefore = new Date(Date.now() - DAY);
+  cert.validity.notAfter = new Date(Date.now() + 365 * DAY);
+  const subject = [{ name: "commonName", value: commonName }];
+  cert.setSubject(subject);
+  cert.setIssuer(issuer ? issuer.cert.subject.attributes : subject);
+  cert.setExtensions([
+    { name: "basicConstraints", cA: true, critical: true },
+    { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
+    { name: "subjectKeyIdentifier" },
+  ]);
+  cert.sign((issuer?.key ?? key) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  return { pem: forge.pki.certificateToPem(cert), keyPem, cert, key };
+}
