@@ -8,6 +8,7 @@ import { createProxy, type Proxy } from "../src/index.js";
 import { AUDIT_FLUSH_MS } from "../src/log/audit-destination.js";
 import { AuditLog } from "../src/log/loggers.js";
 import { Scrubber } from "../src/log/scrub.js";
+import { formatLine, type AuditLineFields } from "../src/log/tail-format.js";
 import { tunnelRecord } from "../src/transport/audit.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
@@ -98,7 +99,8 @@ describe("audit log appends", () => {
     try {
       expect(() => log.write({ ...record(3), req_bytes: 4242, path: "/pin/4242", seen: { k4242: [4242, 7] } } as unknown as Parameters<AuditLog["write"]>[0])).not.toThrow();
       expect(seen[0]).toMatchObject({ req_bytes: 4242, path: "/pin/[REDACTED]" });
-      expect(published[0]).toMatchObject({ path: "/pin/[REDACTED]" });
+      // The live feed shows what the line says; only metrics count the number it was.
+      expect(published[0]).toMatchObject({ path: "/pin/[REDACTED]", req_bytes: "[REDACTED]" });
     } finally {
       unsubscribe();
       log.close();
@@ -109,6 +111,28 @@ describe("audit log appends", () => {
     const [line] = written.trim().split("\n").map((text) => JSON.parse(text) as Record<string, unknown>);
     expect(line).toMatchObject({ req_bytes: "[REDACTED]", path: "/pin/[REDACTED]", host: "h3.example", msg: expect.any(String) });
     expect(line!.seen).toEqual({ "k[REDACTED]": ["[REDACTED]", 7] });
+  });
+
+  it("a rebuilt line keeps its own time and level as numbers, reads in tail, and survives a secret inside a \\u escape", () => {
+    const file = join(tempDir("audit-numeric-time"), "audit.log");
+    const scrubber = new Scrubber();
+    scrubber.add("4242");
+    scrubber.add("0010");
+    const log = new AuditLog(file, scrubber);
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(1_764_242_424_242);
+    try {
+      log.write({ ...record(4), req_bytes: 4242, path: "/a\u0010b", headers: JSON.parse('{"__proto__":"kept"}') } as unknown as Parameters<AuditLog["write"]>[0]);
+    } finally {
+      vi.useRealTimers();
+      log.close();
+    }
+    const text = readFileSync(file, "utf8").trim();
+    const line = JSON.parse(text) as Record<string, unknown>;
+    expect(line).toMatchObject({ time: 1_764_242_424_242, level: 30, req_bytes: "[REDACTED]", path: "/a\u0010b" });
+    expect(Object.hasOwn(line.headers as object, "__proto__")).toBe(true);
+    expect(formatLine(line as AuditLineFields, false)).toContain("↑[REDACTED]");
+    expect(formatLine({ ...line, time: "[REDACTED]" } as unknown as AuditLineFields, false)).toMatch(/^--:--:--\.---/);
   });
 
   it("writes several whole lines with each append, and every line within AUDIT_FLUSH_MS", async () => {

@@ -187,12 +187,9 @@ export class AuditLog {
     const line = auditLine(record, level, time);
     let scrubbed = this.scrubber.scrub(line);
     // A secret of digits is redacted inside a JSON number too, and that line no longer parses:
-    // then it is written from the record scrubbed field by field, such a number as "[REDACTED]".
-    let fields: PublishedRecord | undefined;
-    if (scrubbed !== line && !parses(scrubbed)) {
-      fields = scrubFields(publishedRecord(record, level, time), this.scrubber.scrub, false);
-      scrubbed = this.scrubber.scrub(`${JSON.stringify(scrubFields(fields, this.scrubber.scrub, true))}\n`);
-    }
+    // then it is written from the record scrubbed field by field (rebuilt).
+    const rebuilt = scrubbed !== line && !parses(scrubbed) ? this.rebuild(publishedRecord(record, level, time)) : undefined;
+    if (rebuilt) scrubbed = rebuilt.line;
     if (this.readerGone || (this.refused !== undefined && this.crowdsOut(record))) this.drop();
     else this.stream.write(scrubbed);
     if (!this.flushTimer && this.target !== "stream") {
@@ -201,10 +198,30 @@ export class AuditLog {
     }
     // Metrics and watchers get what the line says: the record itself when scrubbing changed
     // nothing, else the scrubbed line read back (a model name an upstream echoed can be a secret).
-    // (Metrics count a redacted number as the number it was: a byte count is not a label.)
-    const said = scrubbed === line ? undefined : (fields ?? (JSON.parse(scrubbed) as PublishedRecord));
+    if (rebuilt) {
+      this.onRecord(rebuilt.counted);
+      if (this.feed.active) this.feed.publish(rebuilt.shown);
+      return;
+    }
+    const said = scrubbed === line ? undefined : (JSON.parse(scrubbed) as PublishedRecord);
     this.onRecord(said ?? record);
     if (this.feed.active) this.feed.publish(said ?? publishedRecord(record, level, time));
+  }
+
+  /**
+   * The line of a record whose scrubbed line does not parse: every string and key scrubbed, and
+   * a number whose digits hold a secret written as "[REDACTED]", except `level` and `time`, which
+   * portcullis makes itself (a redacted time would make the line unreadable, and no traffic
+   * reaches it). The whole line is scrubbed once more, as every line is, unless that breaks it
+   * again (a secret's form inside a \uXXXX escape JSON.stringify wrote): its fields are scrubbed
+   * already. Metrics count a redacted number as the number it was: a byte count is not a label.
+   */
+  private rebuild(published: PublishedRecord): { line: string; shown: PublishedRecord; counted: PublishedRecord } {
+    const { scrub } = this.scrubber;
+    const shown = { ...scrubFields(published, scrub, true), level: published.level, time: published.time };
+    const text = `${JSON.stringify(shown)}\n`;
+    const again = scrub(text);
+    return { line: again === text || parses(again) ? again : text, shown, counted: scrubFields(published, scrub, false) };
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
@@ -310,7 +327,13 @@ function scrubFields<T>(value: T, scrub: (text: string) => string, numbers: bool
     if (Array.isArray(item)) return item.map(copy);
     if (item === null || typeof item !== "object") return item;
     const out: Record<string, unknown> = {};
-    for (const [key, inner] of Object.entries(item)) if (inner !== undefined) out[scrub(key)] = copy(inner);
+    for (const [key, inner] of Object.entries(item)) {
+      if (inner === undefined) continue;
+      const name = scrub(key);
+      // A "__proto__" field (a header's name, say) is kept as a field, not taken as the prototype.
+      if (name === "__proto__") Object.defineProperty(out, name, { value: copy(inner), enumerable: true, writable: true, configurable: true });
+      else out[name] = copy(inner);
+    }
     return out;
   };
   return copy(value) as T;

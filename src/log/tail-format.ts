@@ -8,6 +8,7 @@ export interface TailFilters {
   status?: string;
 }
 
+/** A line's fields as `tail` reads them; a number whose digits held a secret is the string "[REDACTED]". */
 export interface AuditLineFields {
   time?: number;
   msg?: string;
@@ -18,11 +19,11 @@ export interface AuditLineFields {
   method?: string | null;
   scheme?: string | null;
   host?: string;
-  port?: number;
+  port?: number | string;
   path?: string | null;
-  duration_ms?: number;
-  req_bytes?: number;
-  resp_bytes?: number;
+  duration_ms?: number | string;
+  req_bytes?: number | string;
+  resp_bytes?: number | string;
   rule?: string | null;
   reason?: string | null;
   error?: { type?: string; message?: string };
@@ -49,7 +50,8 @@ export function matchesFilters(line: AuditLineFields, filters: TailFilters): boo
 const COLOURS = { red: 31, green: 32, yellow: 33, blue: 34, grey: 90, bold: 1 } as const;
 type Colour = keyof typeof COLOURS;
 
-export function humanBytes(bytes: number): string {
+export function humanBytes(bytes: number | string): string {
+  if (typeof bytes !== "number") return printable(bytes);
   if (bytes < 1024) return `${bytes} B`;
   const units = ["KiB", "MiB", "GiB", "TiB"];
   let value = bytes / 1024;
@@ -62,7 +64,7 @@ export function humanBytes(bytes: number): string {
 }
 
 function clock(time: number | undefined): string {
-  if (time === undefined) return "--:--:--.---";
+  if (typeof time !== "number" || !Number.isFinite(time)) return "--:--:--.---";
   return new Date(time).toISOString().slice(11, 23);
 }
 
@@ -93,7 +95,7 @@ export function formatLine(line: AuditLineFields, colour: boolean): string {
     paint(String(line.status ?? "---"), tone),
     printable((line.method ?? "-").padEnd(7)),
     line.msg === "websocket" ? `${paint("ws", "blue")} ${printable(target)}` : printable(target),
-    `${Math.round(line.duration_ms ?? 0)}ms`,
+    typeof line.duration_ms === "string" ? printable(line.duration_ms) : `${Math.round(line.duration_ms ?? 0)}ms`,
     `↑${humanBytes(line.req_bytes ?? 0)} ↓${humanBytes(line.resp_bytes ?? 0)}`,
   ];
   if (denied) parts.push(paint(`${line.rule ? `[${line.rule}] ` : ""}${line.reason ?? ""}`, "red"));
