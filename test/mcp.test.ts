@@ -95,7 +95,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     // A tools/list answer as text/plain (or with no Content-Type, or empty): a client that parses it anyway sees every tool.
     req.resume();
     const type = url.searchParams.get("type");
-    const body = url.searchParams.get("empty") !== null ? "" : JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } });
+    const body = url.searchParams.get("empty") !== null ? "" : url.searchParams.get("accepted") !== null ? "Accepted" : JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } });
     return void res.writeHead(Number(url.searchParams.get("status") ?? 200), type ? { "Content-Type": type } : {}).end(body);
   }
   if (url.pathname === "/deep-answer") {
@@ -395,15 +395,17 @@ describe("fail closed", () => {
   });
 
   it("an answer to a request that is neither JSON nor an event stream is refused (502) when it has a body: a tools list in it would go unfiltered", async () => {
-    for (const query of ["type=text/plain", "", "type=application/octet-stream&status=201"]) {
+    for (const query of ["type=text/plain", "", "type=application/octet-stream&status=201", "type=text/plain&status=202"]) {
       const answer = await post(`/unlabelled-tools?${query}`, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "x-request-id": `unlabelled-${query}` });
       expect(answer.status).toBe(502);
       expect(answer.text).not.toContain("delete_repo");
       expect(JSON.parse(answer.text).error).toMatchObject({ type: "upstream_protocol_error", message: expect.stringContaining("neither JSON nor an event stream") });
       await proxy.audit.waitFor((l) => l.req_id === `unlabelled-${query}` && l.status === 502);
     }
-    // Nothing to hide in an empty one; a notification's 202 is not read at all.
+    // Nothing to hide in an empty one, nor in an acknowledgement's text; a notification's 202 is not read at all.
     expect((await post("/unlabelled-tools?type=text/plain&empty", { jsonrpc: "2.0", id: 1, method: "tools/list" })).status).toBe(200);
+    const acknowledged = await post("/unlabelled-tools?type=text/plain&status=202&accepted", { jsonrpc: "2.0", id: 1, method: "tools/list" });
+    expect([acknowledged.status, acknowledged.text]).toEqual([202, "Accepted"]);
     const accepted = await post("/unlabelled-tools?type=text/plain&status=202", { jsonrpc: "2.0", method: "notifications/initialized" });
     expect(accepted.status).toBe(202);
   });

@@ -120,12 +120,15 @@ function jsonAnswer(exchange: Exchange, rules: readonly McpRule[], errors: reado
 /**
  * An answer to a request that is neither JSON nor an event stream: not read as either, so a tools
  * list in it would reach the client unfiltered. Empty, it passes; with a body, 502 (fail closed).
+ * A 202 is an acknowledgement: its text passes unless it could be JSON (the older transport's
+ * "Accepted", whose POST can look like this one when --workers put its stream in another process).
  */
-function unlabelledAnswer(exchange: Exchange, contentType: string): BodyTap {
+function unlabelledAnswer(exchange: Exchange, contentType: string, acknowledgement: boolean): BodyTap {
   const refuse = () => unreadableAnswer(exchange, `MCP answer could not be checked: ${contentType ? `its Content-Type ${JSON.stringify(contentType.slice(0, 80))} is` : "it has no Content-Type, so it is"} neither JSON nor an event stream`);
+  const harmless = (body: Buffer) => body.length === 0 || (acknowledgement && !/^[\s\uFEFF]*[[{]/.test(body.toString("utf8")));
   return {
     undecodable: refuse,
-    hold: { limit: MAX_MCP_BODY_BYTES, judge: (body) => (body !== undefined && body.length === 0 ? undefined : refuse()) },
+    hold: { limit: MAX_MCP_BODY_BYTES, judge: (body) => (body !== undefined && harmless(body) ? undefined : refuse()) },
   };
 }
 
@@ -245,7 +248,7 @@ export const mcpPolicy: Stage = {
     const contentType = getHeader(upstream.headers, "content-type")?.toLowerCase() ?? "";
     if (contentType.startsWith("text/event-stream")) return sseAnswer(flow, notes.rules, errors);
     if (/^application\/([\w.+-]*\+)?json/.test(contentType)) return jsonAnswer(flow.exchange, notes.rules, errors);
-    if (notes.awaitsAnswer && answer.status !== 202 && answer.status !== 204) return unlabelledAnswer(flow.exchange, contentType);
+    if (notes.awaitsAnswer && answer.status !== 204) return unlabelledAnswer(flow.exchange, contentType, answer.status === 202);
     return undefined;
   },
 };
