@@ -179,7 +179,7 @@ describe("secure context cache", () => {
     expect(proxy.proxy.certificateStats.forged - before).toBe(1);
   });
 
-  it("leaves a self-signed CA out of the chain (every client holds it), and sends a CA that is an intermediate", async () => {
+  it("leaves a self-signed CA out of the chain (every client holds it), and sends an intermediate CA or a cross-certificate", async () => {
     const caFile = join(dir, "proxy-ca.pem");
     writeFileSync(caFile, proxy.caPem);
     expect(await certificatesSent(["-proxy", `127.0.0.1:${proxy.port}`, "-connect", "alone.example:443", "-servername", "alone.example", "-CAfile", caFile])).toBe(1);
@@ -191,25 +191,20 @@ describe("secure context cache", () => {
     writeFileSync(join(interDir, "ca.pem"), intermediate.pem);
     writeFileSync(join(interDir, "ca-key.pem"), intermediate.keyPem, { mode: 0o600 });
     const interCa = await loadCa(interDir);
-    expect(chainAfterLeaf(new X509Certificate(interCa.certPem), interCa.certPem)).toBe(interCa.certPem);
-    expect(chainAfterLeaf(new X509Certificate(ca.certPem), ca.certPem)).toBe("");
-    const store = new SecureContextStore(interCa);
-    const server = createTlsServer({ SNICallback: (name, callback) => void store.get(name).then((context) => callback(null, context), callback) });
-    const sockets = new Set<Socket>();
-    server.on("connection", (socket) => sockets.add(socket));
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    try {
-      const port = (server.address() as { port: number }).port;
-      const client = tlsConnect({ host: "127.0.0.1", port, servername: "under-root.example", ca: root.pem });
-      await new Promise<void>((resolve, reject) => client.once("secureConnect", resolve).once("error", reject));
-      expect(client.authorized).toBe(true);
-      client.destroy();
-      const rootFile = join(interDir, "root.pem");
-      writeFileSync(rootFile, root.pem);
-      expect(await certificatesSent(["-connect", `127.0.0.1:${port}`, "-servername", "under-root.example", "-CAfile", rootFile])).toBe(2);
-    } finally {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(resolve));
+    expect(chainAfterLeaf(interCa.certPem).trim()).toBe(interCa.certPem.trim());
+    expect(chainAfterLeaf(ca.certPem)).toBe("");
+    // A self-signed CA followed by a cross-certificate of its key from the root: the cross-certificate is sent.
+    const selfSigned = caCertificate("portcullis cross-signed");
+    const cross = caCertificate("portcullis cross-signed", root, selfSigned.keyPem);
+    expect(chainAfterLeaf(selfSigned.pem + cross.pem).trim()).toBe(cross.pem.trim());
+    const crossDir = tempDir("ca-cross");
+    writeFileSync(join(crossDir, "ca.pem"), selfSigned.pem + cross.pem);
+    writeFileSync(join(crossDir, "ca-key.pem"), selfSigned.keyPem, { mode: 0o600 });
+    for (const [store, name] of [
+      [new SecureContextStore(interCa), "under-root.example"],
+      [new SecureContextStore(await loadCa(crossDir)), "cross.example"],
+    ] as const) {
+      await expect(certificatesFromServer(store, name, root.pem, interDir)).resolves.toBe(2);
     }
   });
 
@@ -224,6 +219,27 @@ describe("secure context cache", () => {
   });
 });
 
+/** Serves the store's certificate for `name`; how many certificates openssl saw, once it verified them against `rootPem` alone. */
+async function certificatesFromServer(store: SecureContextStore, name: string, rootPem: string, dir: string): Promise<number> {
+  const server = createTlsServer({ SNICallback: (servername, callback) => void store.get(servername).then((context) => callback(null, context), callback) });
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket) => sockets.add(socket));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const port = (server.address() as { port: number }).port;
+    const client = tlsConnect({ host: "127.0.0.1", port, servername: name, ca: rootPem });
+    await new Promise<void>((resolve, reject) => client.once("secureConnect", resolve).once("error", reject));
+    expect(client.authorized).toBe(true);
+    client.destroy();
+    const rootFile = join(dir, "root.pem");
+    writeFileSync(rootFile, rootPem);
+    return await certificatesSent(["-connect", `127.0.0.1:${port}`, "-servername", name, "-CAfile", rootFile]);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
 /** How many certificates the server sent, as openssl s_client shows them, once it verified the chain. */
 async function certificatesSent(args: string[]): Promise<number> {
   const { stdout } = await execFileAsync("sh", ["-c", `echo | openssl s_client ${args.join(" ")} -showcerts -verify_return_error 2>&1`]);
@@ -231,10 +247,9 @@ async function certificatesSent(args: string[]): Promise<number> {
   return stdout.match(/BEGIN CERTIFICATE/g)?.length ?? 0;
 }
 
-/** A CA certificate and its key, self-signed or signed by `issuer`, with no path length limit. */
-function caCertificate(commonName: string, issuer?: { cert: forge.pki.Certificate; key: forge.pki.PrivateKey }): { pem: string; keyPem: string; cert: forge.pki.Certificate; key: forge.pki.PrivateKey } {
-  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
-  const keyPem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+/** A CA certificate and its key (a new one, or `ownKeyPem`), self-signed or signed by `issuer`, with no path length limit. */
+function caCertificate(commonName: string, issuer?: { cert: forge.pki.Certificate; key: forge.pki.PrivateKey }, ownKeyPem?: string): { pem: string; keyPem: string; cert: forge.pki.Certificate; key: forge.pki.PrivateKey } {
+  const keyPem = ownKeyPem ?? generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
   const key = forge.pki.privateKeyFromPem(keyPem);
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.setRsaPublicKey((key as forge.pki.rsa.PrivateKey).n, (key as forge.pki.rsa.PrivateKey).e);

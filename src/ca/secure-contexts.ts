@@ -20,15 +20,23 @@ export interface SecureContextStats {
 }
 
 /**
- * The certificates sent after the leaf. A self-signed CA is the trust anchor every client already
- * holds, and RFC 8446 (4.4.2) lets it be left out: sending it cost each client about 1 KB and
- * 0.2 ms a full handshake here. A CA that is an intermediate (signed by an operator's own root)
- * is sent, with whatever else its file holds, or clients that trust only that root cannot build
- * the chain.
+ * The certificates sent after the leaf: those of the CA file that are not self-signed. A
+ * self-signed CA is the trust anchor every client already holds, and RFC 8446 (4.4.2) lets it be
+ * left out: sending it cost each client about 1 KB and 0.2 ms a full handshake here. A CA that is
+ * an intermediate under an operator's own root, or a cross-certificate the file holds after a
+ * self-signed CA, is sent, or clients that trust only that root cannot build the chain.
  */
-export function chainAfterLeaf(ca: X509Certificate, certPem: string): string {
-  const selfSigned = ca.checkIssued(ca) && ca.verify(ca.publicKey);
-  return selfSigned ? "" : certPem;
+export function chainAfterLeaf(certPem: string): string {
+  const blocks = certPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  const sent = blocks.filter((block) => {
+    try {
+      const cert = new X509Certificate(block);
+      return !(cert.checkIssued(cert) && cert.verify(cert.publicKey));
+    } catch {
+      return true;
+    }
+  });
+  return sent.map((block) => `${block}\n`).join("");
 }
 
 /**
@@ -54,7 +62,7 @@ export class SecureContextStore {
     this.hostsDir = join(ca.dir, "hosts");
     this.caX509 = new X509Certificate(ca.certPem);
     this.leafPublicKey = createPublicKey(ca.leafKey.keyObject);
-    this.chainTail = chainAfterLeaf(this.caX509, ca.certPem);
+    this.chainTail = chainAfterLeaf(ca.certPem);
   }
 
   get caCertPem(): string {
