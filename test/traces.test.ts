@@ -8,6 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { request } from "undici";
 import { assertBuilt, startCli } from "./helpers/cli.js";
+import type { PublishedRecord } from "../src/log/audit-feed.js";
+import { startTraceExport } from "../src/telemetry/trace-export.js";
+import { tunnelRecord } from "../src/transport/audit.js";
 import { closedPort, OtlpReceiver } from "./helpers/otlp-receiver.js";
 import { makeUpstreamPki, tempDir, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
@@ -108,6 +111,22 @@ describe("OTLP traces", () => {
 
     expect(receiver.contentTypes.every((type) => type.startsWith("application/json"))).toBe(true);
     for (const body of receiver.bodies) expect(body).not.toContain(SECRET);
+  });
+
+  it("exports a span whose duration a rebuilt audit line redacted, with the rest of its batch", async () => {
+    const own = await new OtlpReceiver().start();
+    const traces = startTraceExport({ otlp: own.url, serviceName: "redacted-duration", scheduledDelayMs: 10 });
+    try {
+      const at = Date.now();
+      for (const [i, duration] of [5, "[REDACTED]", 7].entries()) {
+        const base = tunnelRecord({ host: `h${i}.example`, port: 443, client: null, clientAddr: "127.0.0.1:1" }, 0, { status: 200 });
+        traces.record({ ...base, duration_ms: duration, level: 30, time: at } as unknown as PublishedRecord);
+      }
+      await traces.shutdown();
+      expect(own.spans).toHaveLength(3);
+    } finally {
+      await own.close();
+    }
   });
 
   it("adds nothing to upstream requests: no traceparent, tracestate or baggage", async () => {

@@ -120,7 +120,7 @@ function row(e) {
   cell(tr, "c-status", e.status === null || e.status === undefined ? "---" : String(e.status));
   cell(tr, "c-method", e.msg === "websocket" ? "WS" : e.method || e.msg);
   cell(tr, "c-url", url(e));
-  cell(tr, "c-duration num", String(Math.round(e.duration_ms)));
+  cell(tr, "c-duration num", typeof e.duration_ms === "number" ? String(Math.round(e.duration_ms)) : String(e.duration_ms));
   cell(tr, "c-bytes num", e.req_bytes + " / " + e.resp_bytes);
   cell(tr, "c-why", why(e));
   return tr;

@@ -81,7 +81,11 @@ export function startTraceExport(options: TraceExportOptions): TraceExport {
   return {
     record(record) {
       const end = record.time;
-      const span = tracer.startSpan(spanName(record), { kind: SpanKind.SERVER, startTime: end - record.duration_ms, attributes: spanAttributes(record) });
+      // A rebuilt audit line writes a duration whose digits held a secret as "[REDACTED]": the
+      // span then starts where it ends (NaN would make the exporter drop the whole batch).
+      const duration: unknown = record.duration_ms;
+      const startTime = typeof duration === "number" && Number.isFinite(duration) ? end - duration : end;
+      const span = tracer.startSpan(spanName(record), { kind: SpanKind.SERVER, startTime, attributes: spanAttributes(record) });
       const error = spanError(record);
       if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
       span.end(end);
