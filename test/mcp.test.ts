@@ -95,7 +95,16 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     // A tools/list answer as text/plain (or with no Content-Type, or empty): a client that parses it anyway sees every tool.
     req.resume();
     const type = url.searchParams.get("type");
-    const body = url.searchParams.get("empty") !== null ? "" : url.searchParams.get("accepted") !== null ? "Accepted" : JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } });
+    const tools = JSON.stringify({ jsonrpc: "2.0", id: 1, result: { tools: ALL_TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) } });
+    const spelling = url.searchParams.get("as");
+    const body =
+      url.searchParams.get("empty") !== null ? Buffer.alloc(0)
+      : url.searchParams.get("accepted") !== null ? Buffer.from("Accepted")
+      : spelling === "utf16le-bom" ? Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(tools, "utf16le")])
+      : spelling === "utf16be" ? Buffer.from(tools, "utf16le").swap16()
+      : spelling === "sse" ? Buffer.from(`event: message\ndata: ${tools}\n\n`)
+      : spelling === "prefixed" ? Buffer.from(`)]}'\n${tools}`)
+      : Buffer.from(tools);
     return void res.writeHead(Number(url.searchParams.get("status") ?? 200), type ? { "Content-Type": type } : {}).end(body);
   }
   if (url.pathname === "/deep-answer") {
@@ -395,7 +404,8 @@ describe("fail closed", () => {
   });
 
   it("an answer to a request that is neither JSON nor an event stream is refused (502) when it has a body: a tools list in it would go unfiltered", async () => {
-    for (const query of ["type=text/plain", "", "type=application/octet-stream&status=201", "type=text/plain&status=202"]) {
+    const spellings = ["utf16le-bom", "utf16be", "sse", "prefixed"].map((as) => `type=text/plain&status=202&as=${as}`);
+    for (const query of ["type=text/plain", "", "type=application/octet-stream&status=201", "type=text/plain&status=202", ...spellings]) {
       const answer = await post(`/unlabelled-tools?${query}`, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "x-request-id": `unlabelled-${query}` });
       expect(answer.status).toBe(502);
       expect(answer.text).not.toContain("delete_repo");

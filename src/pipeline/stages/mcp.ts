@@ -117,15 +117,20 @@ function jsonAnswer(exchange: Exchange, rules: readonly McpRule[], errors: reado
   };
 }
 
+/** The longest acknowledgement text a 202 may carry unread. */
+const ACKNOWLEDGEMENT_BYTES = 256;
+
 /**
  * An answer to a request that is neither JSON nor an event stream: not read as either, so a tools
  * list in it would reach the client unfiltered. Empty, it passes; with a body, 502 (fail closed).
- * A 202 is an acknowledgement: its text passes unless it could be JSON (the older transport's
- * "Accepted", whose POST can look like this one when --workers put its stream in another process).
+ * A 202 is an acknowledgement: a short line of printable ASCII with no bracket in it passes (the
+ * older transport's "Accepted", whose POST can look like this one when --workers put its stream
+ * in another process). Anything else could be read as JSON-RPC by some client: UTF-16 with or
+ * without a byte-order mark, an event stream's text, a prefix before the JSON.
  */
 function unlabelledAnswer(exchange: Exchange, contentType: string, acknowledgement: boolean): BodyTap {
   const refuse = () => unreadableAnswer(exchange, `MCP answer could not be checked: ${contentType ? `its Content-Type ${JSON.stringify(contentType.slice(0, 80))} is` : "it has no Content-Type, so it is"} neither JSON nor an event stream`);
-  const harmless = (body: Buffer) => body.length === 0 || (acknowledgement && !/^[\s\uFEFF]*[[{]/.test(body.toString("utf8")));
+  const harmless = (body: Buffer) => body.length === 0 || (acknowledgement && body.length <= ACKNOWLEDGEMENT_BYTES && /^[\x20-\x5a\x5c\x5e-\x7a\x7c\x7e\t\r\n]*$/.test(body.toString("latin1")));
   return {
     undecodable: refuse,
     hold: { limit: MAX_MCP_BODY_BYTES, judge: (body) => (body !== undefined && harmless(body) ? undefined : refuse()) },
