@@ -197,8 +197,10 @@ describe("secure context cache", () => {
     const selfSigned = caCertificate("portcullis cross-signed");
     const cross = caCertificate("portcullis cross-signed", root, selfSigned.keyPem);
     expect(chainAfterLeaf(selfSigned.pem + cross.pem).trim()).toBe(cross.pem.trim());
+    // A block that is no certificate would break every forged context: it is not sent.
+    expect(chainAfterLeaf(`${selfSigned.pem}-----BEGIN CERTIFICATE-----\nnotbase64!!\n-----END CERTIFICATE-----\n${cross.pem}`).trim()).toBe(cross.pem.trim());
     const crossDir = tempDir("ca-cross");
-    writeFileSync(join(crossDir, "ca.pem"), selfSigned.pem + cross.pem);
+    writeFileSync(join(crossDir, "ca.pem"), `${selfSigned.pem + cross.pem}-----BEGIN CERTIFICATE-----\nnotbase64!!\n-----END CERTIFICATE-----\n`);
     writeFileSync(join(crossDir, "ca-key.pem"), selfSigned.keyPem, { mode: 0o600 });
     for (const [store, name] of [
       [new SecureContextStore(interCa), "under-root.example"],

@@ -28,12 +28,14 @@ export interface SecureContextStats {
  */
 export function chainAfterLeaf(certPem: string): string {
   const blocks = certPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  // A block that is not a certificate is left out too: in the chain it would make every
+  // forged context fail to build, and so every interception.
   const sent = blocks.filter((block) => {
     try {
       const cert = new X509Certificate(block);
       return !(cert.checkIssued(cert) && cert.verify(cert.publicKey));
     } catch {
-      return true;
+      return false;
     }
   });
   return sent.map((block) => `${block}\n`).join("");
