@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import http, { type IncomingMessage } from "node:http";
+import { connect } from "node:net";
 import https from "node:https";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -264,6 +265,27 @@ describe("network rules", () => {
       expect(((await res.body.json()) as { error: { rule: string } }).error.rule).toBe("no-private");
     }
     expect(upstream.seen.some((seen) => seen.url.includes("private"))).toBe(false);
+  });
+
+  it("refuses a host spelt so that the resolver would read another name or address than the rules judged: 400", async () => {
+    const auth = `Proxy-Authorization: ${basic("agent-2", SECRETS.PCX_E2E_T2)}\r\n`;
+    // An empty label (the resolver and upstream.resolve read "api.test.." as api.test), and IPv4 in the
+    // forms getaddrinfo dials but no IP rule matches as text (2130706433 is 127.0.0.1).
+    for (const host of ["api.test..", ".api.test", "api..test", "2130706433", "127.1", "0x7f.0.0.1", "127.000.000.001"]) {
+      const error = (await openConnect(proxy.port, `${host}:${upstream.port}`, auth).catch((e: unknown) => e)) as { response?: string };
+      expect(error.response, host).toMatch(/^HTTP\/1\.1 400 /);
+      const plain = await new Promise<string>((resolve, reject) => {
+        const socket = connect(proxy.port, "127.0.0.1", () => socket.write(`GET http://${host}:${upstream.port}/plain HTTP/1.1\r\nHost: ${host}:${upstream.port}\r\n${auth}Connection: close\r\n\r\n`));
+        let text = "";
+        socket.on("data", (chunk: Buffer) => (text += chunk.toString("latin1")));
+        socket.once("end", () => resolve(text)).once("error", reject);
+      });
+      expect(plain, host).toMatch(/^HTTP\/1\.1 400 /);
+    }
+    expect(upstream.seen.some((seen) => seen.url === "/plain")).toBe(false);
+    // The one trailing dot DNS allows is still the same name.
+    const tunnel = await openConnect(proxy.port, `api.test.:${upstream.port}`, auth);
+    tunnel.destroy();
   });
 
   it("refuses a CONNECT to a host no rule can allow with 403 on the CONNECT itself", async () => {

@@ -18,7 +18,23 @@ export function parseAuthority(text: string, options: { allowPortZero?: boolean 
   if (match[1] !== undefined && isIP(host) !== 6) return undefined;
   const port = match[3] === undefined ? undefined : Number(match[3]);
   if (port !== undefined && (port < (options.allowPortZero ? 0 : 1) || port > 65535)) return undefined;
-  return { host: normaliseHost(host), port };
+  const normalised = normaliseHost(host);
+  if (match[2] !== undefined && !judgeableName(normalised)) return undefined;
+  return { host: normalised, port };
+}
+
+/**
+ * Whether a host, normalised, has the one spelling every later step reads the same way. Refused:
+ * an empty label ("a..", ".a", or a trailing dot left after the one dropped), which the resolver
+ * and a second normalisation read as another name than the rules judged; and an IPv4 address in
+ * any form but four decimal numbers ("2130706434", "0x7f.1", "127.000.0.1"), which getaddrinfo
+ * dials as the address while no IP rule matches the text.
+ */
+function judgeableName(host: string): boolean {
+  if (host === "" || isIP(host) !== 0) return true;
+  if (host.startsWith(".") || host.endsWith(".") || host.includes("..")) return false;
+  const last = host.slice(host.lastIndexOf(".") + 1);
+  return !/^(?:\d+|0x[0-9a-f]*)$/.test(last);
 }
 
 /** The authority of a CONNECT request: the port is required. */
