@@ -114,6 +114,8 @@ describe("budgets in Redis, shared by replicas", () => {
       const refused = await ask(agent, "anthropic", {}, id);
       expect(refused.status).toBe(429);
       expect(JSON.parse(refused.body)).toMatchObject({ type: "error", error: { type: "budget_exceeded", rule: "shared-hourly" } });
+      // An answer portcullis makes itself says why in its headers too (SPEC section 12).
+      expect(refused.headers).toMatchObject({ "x-portcullis-error": "budget_exceeded", "x-portcullis-reason": expect.stringContaining("budget shared-hourly is spent") });
     }
     expect(await auditLine(replicas[1]!, "r-5b")).toMatchObject({ msg: "denied", rule: "shared-hourly", status: 429 });
     expect(await auditLine(replicas[1]!, "r-2")).toMatchObject({ llm: { api: "openai-chat", model: "gpt-x", input_tokens: 20, output_tokens: 7 } });

@@ -6,6 +6,7 @@ import type { LlmSummary } from "../../core/audit-record.js";
 import { ProxyError } from "../../core/errors.js";
 import type { Exchange } from "../../core/exchange.js";
 import { getHeader, restrictAcceptEncoding } from "../../core/headers.js";
+import { headerReason } from "../../core/reason-header.js";
 import { apiErrorBody } from "../../llm/api-errors.js";
 import { llmRulesFor } from "../../llm/evaluate.js";
 import { webSocketApiForPath } from "../../llm/message-guard.js";
@@ -91,6 +92,7 @@ function exceededAnswer(exchange: Exchange, api: UsageApi | undefined, spent: Co
       "Content-Type", "application/json",
       "Retry-After", String(Math.max(1, Math.ceil((spent.windowEnd - now) / 1000))),
       "X-Portcullis-Error", "budget_exceeded",
+      "X-Portcullis-Reason", headerReason(exchange.scrub(reason)),
       "Cache-Control", "no-store",
     ],
     body,
