@@ -83,6 +83,20 @@ describe("memory store", () => {
     expect(rows).toEqual([{ rule: "shared", client: null, window_start: new Date(day).toISOString(), tokens: 66, requests: 6, limit_tokens: null, limit_requests: 6 }]);
   });
 
+  it("counts a request whose path any server reads as one of the budget's paths", { timeout: 60_000 }, async () => {
+    const dir = tempDir("budgets-paths");
+    const proxy = await startCli(["--policy", policyIn(dir, `  rules:\n    - { name: v1, hosts: [localhost], paths: ["/v1/**"], requests: 1, window: 1d }\n`), "--listen", "127.0.0.1:0"]);
+    running.push(proxy);
+    const agent = through(proxy);
+    expect(await ask(agent, "anthropic", { usage: { input: 1, output: 1 } })).toBe(200);
+    // Tomcat and Spring drop ";x": this is /v1/messages to them, and the budget is spent.
+    for (const path of ["/v1;x/messages", "/v1/messages;x", "/v1/./messages"]) {
+      const res = await request(`https://localhost:${upstream.port}${path}`, { method: "POST", dispatcher: agent, body: "{}", headers: { "content-type": "application/json", connection: "close" } });
+      await res.body.text();
+      expect(res.statusCode, path).toBe(429);
+    }
+  });
+
   it("keeps its counters across a restart in state_file", { timeout: 60_000 }, async () => {
     const dir = tempDir("budgets-state");
     const file = policyIn(dir, `  state_file: ${JSON.stringify(join(dir, "counters.json"))}\n  rules:\n    - { name: daily, hosts: [localhost], tokens: 50, window: 1d }\n`);

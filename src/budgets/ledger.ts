@@ -1,5 +1,5 @@
 import { anyHostMatches } from "../policy/hosts.js";
-import { pathMatches } from "../policy/paths.js";
+import { pathsInScope } from "../policy/paths.js";
 import type { BudgetRule } from "../policy/schema.js";
 import { windowAt } from "../policy/window.js";
 import { type Admission, type BudgetStore, type Counter, type CounterCheck, type CounterKey, counterId, isSpent } from "./store.js";
@@ -28,11 +28,12 @@ export class BudgetLedger {
   }
 
   /** The rules whose hosts, paths and clients cover a request. */
-  rulesFor(host: string, normalisedPath: string, client: string | null): BudgetRule[] {
+  /** The rules that count this request: any reading of its path in a rule's `paths` puts it in scope. */
+  rulesFor(host: string, pathReadings: readonly string[], client: string | null): BudgetRule[] {
     return this.rules.filter(
       (rule) =>
         anyHostMatches(rule.hosts, host) &&
-        (!rule.paths || rule.paths.some((glob) => pathMatches(glob, normalisedPath))) &&
+        pathsInScope(rule.paths, pathReadings) &&
         (!rule.clients || (client !== null && rule.clients.includes(client))),
     );
   }

@@ -74,6 +74,11 @@ export class Exchange {
     return this.pathReadings[0] ?? this.path;
   }
 
+  /** Every reading of the path, or the path as sent before it was located. */
+  get readings(): readonly string[] {
+    return this.pathReadings.length ? this.pathReadings : [this.path];
+  }
+
   /** Marks the exchange logged; false when it already was. */
   claimAuditLine(): boolean {
     if (this.written) return false;

@@ -1,6 +1,6 @@
 import picomatch from "picomatch";
 import { anyHostMatches } from "../policy/hosts.js";
-import { pathMatches } from "../policy/paths.js";
+import { pathsInScope } from "../policy/paths.js";
 import type { LlmRule, Policy } from "../policy/schema.js";
 import type { ToolCall } from "./tool-calls.js";
 
@@ -13,8 +13,8 @@ export interface ToolVerdict {
   message: string;
 }
 
-export function llmRulesFor(policy: Policy, host: string, normalisedPath: string): LlmRule[] {
-  return policy.llm.filter((rule) => anyHostMatches(rule.hosts, host) && (!rule.paths || rule.paths.some((glob) => pathMatches(glob, normalisedPath))));
+export function llmRulesFor(policy: Policy, host: string, pathReadings: readonly string[]): LlmRule[] {
+  return policy.llm.filter((rule) => anyHostMatches(rule.hosts, host) && pathsInScope(rule.paths, pathReadings));
 }
 
 /** The value at a dotted path ("command", "args.0") of a tool's input, as text; undefined if absent. */

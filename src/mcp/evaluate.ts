@@ -1,7 +1,7 @@
 import { evaluateToolCall, toolGlob } from "../llm/evaluate.js";
 import type { ToolCall } from "../llm/tool-calls.js";
 import { anyHostMatches } from "../policy/hosts.js";
-import { pathMatches } from "../policy/paths.js";
+import { pathsInScope } from "../policy/paths.js";
 import type { McpRule, Policy } from "../policy/schema.js";
 
 export interface McpVerdict {
@@ -16,7 +16,7 @@ export interface McpVerdict {
  * request cannot leave the rules' view by spelling its path the way only its server reads it.
  */
 export function mcpRulesFor(policy: Policy, host: string, pathReadings: readonly string[]): McpRule[] {
-  return policy.mcp.filter((rule) => anyHostMatches(rule.hosts, host) && (!rule.paths || rule.paths.some((glob) => pathReadings.some((path) => pathMatches(glob, path)))));
+  return policy.mcp.filter((rule) => anyHostMatches(rule.hosts, host) && pathsInScope(rule.paths, pathReadings));
 }
 
 const globs = new Map<string, (name: string) => boolean>();

@@ -116,6 +116,15 @@ export function pathEncodingProblem(rawPath: string): string | undefined {
 
 const compiled = new Map<string, (path: string) => boolean>();
 
+/**
+ * Whether a rule's `paths` (none: every path) take in the request: any reading of its path
+ * matching puts it in scope. A rule that restricts or inspects must not be dodged by a spelling
+ * the upstream reads as one of its paths (`/v1;x/messages` is `/v1/messages` to Tomcat).
+ */
+export function pathsInScope(globs: readonly string[] | undefined, pathReadings: readonly string[]): boolean {
+  return !globs || globs.some((glob) => pathReadings.some((path) => pathMatches(glob, path)));
+}
+
 /** A glob on the normalised path; `**` crosses slashes, `*` does not. Compiled once per pattern. */
 export function pathMatches(glob: string, normalisedPath: string): boolean {
   let matcher = compiled.get(glob);

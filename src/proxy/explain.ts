@@ -116,7 +116,7 @@ export async function explain(policy: Policy, method: string, url: string, clien
   }
 
   let budgets: Explanation["budgets"];
-  const budgetRules = ledger?.rulesFor(host, exchange.normalisedPath, client) ?? [];
+  const budgetRules = ledger?.rulesFor(host, exchange.readings, client) ?? [];
   if (ledger && budgetRules.length > 0) {
     try {
       budgets = await ledger.current(budgetRules, client);

@@ -159,8 +159,8 @@ export const budgets: Stage = {
     const { state, exchange } = flow;
     const ledger = state.budgets;
     const client = exchange.tunnel.client;
-    const rules = ledger ? ledger.rulesFor(exchange.target.host, exchange.normalisedPath, client) : [];
-    const llm = flow.notes.llmRules ?? (state.policy.llm.length ? llmRulesFor(state.policy, exchange.target.host, exchange.normalisedPath) : []);
+    const rules = ledger ? ledger.rulesFor(exchange.target.host, exchange.readings, client) : [];
+    const llm = flow.notes.llmRules ?? (state.policy.llm.length ? llmRulesFor(state.policy, exchange.target.host, exchange.readings) : []);
     if (rules.length === 0 && llm.length === 0) return;
     const api: UsageApi | undefined = flow.upgrade ? webSocketApiForPath(exchange.normalisedPath) : apiForPath(exchange.normalisedPath);
     const notes: UsageNotes = { api };

@@ -73,7 +73,7 @@ export const llmPolicy: Stage = {
   request(flow: Flow) {
     const { state, exchange } = flow;
     if (state.policy.llm.length === 0) return;
-    flow.notes.llmRules = llmRulesFor(state.policy, exchange.target.host, exchange.normalisedPath);
+    flow.notes.llmRules = llmRulesFor(state.policy, exchange.target.host, exchange.readings);
     // A WebSocket API portcullis understands is inspected; any other is refused unless the rule allows it raw.
     if (flow.upgrade && !webSocketApiForPath(exchange.normalisedPath)) refuseUninspectableUpgrade(flow.notes.llmRules, exchange);
   },

@@ -1,5 +1,5 @@
 import { anyHostMatches } from "../../policy/hosts.js";
-import { pathMatches } from "../../policy/paths.js";
+import { pathsInScope } from "../../policy/paths.js";
 import type { WebSocketRule } from "../../policy/schema.js";
 import type { Flow, Stage } from "../stage.js";
 
@@ -8,8 +8,7 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
 function rulesFor(flow: Flow): WebSocketRule[] {
   const { host } = flow.exchange.target;
-  const path = flow.exchange.normalisedPath;
-  return flow.state.policy.websocket.filter((rule) => anyHostMatches(rule.hosts, host) && (!rule.paths || rule.paths.some((glob) => pathMatches(glob, path))));
+  return flow.state.policy.websocket.filter((rule) => anyHostMatches(rule.hosts, host) && pathsInScope(rule.paths, flow.exchange.readings));
 }
 
 /** The most any matching `websocket` rule allows in one message. */
