@@ -5,7 +5,9 @@ import { request } from "undici";
 import { makeUpstreamPki, type ServerPki } from "./helpers/pki.js";
 import { policyTrusting, startProxy, type TestProxy } from "./helpers/proxy.js";
 import { openConnect } from "./helpers/tunnel.js";
-import { startUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { startUpstream, startWsUpstream, type TestUpstream } from "./helpers/upstream.js";
+import { HttpsProxyAgent } from "https-proxy-agent";
+import WebSocket from "ws";
 
 let pki: ServerPki;
 let upstream: TestUpstream;
@@ -17,6 +19,11 @@ beforeAll(async () => {
   pki = await makeUpstreamPki();
   upstream = await startUpstream((req, res) => {
     req.resume();
+    if (req.url === "/hang") {
+      res.writeHead(200, { "Content-Type": "text/plain" });
+      res.write("and then nothing");
+      return;
+    }
     if (req.url === "/slow") {
       res.writeHead(200, { "Content-Type": "text/plain" });
       res.write("first half, ");
@@ -81,5 +88,26 @@ describe("drain", () => {
     await closing;
     expect(Date.now() - finishedAt).toBeLessThan(3000);
     await drained.dispatcher.close();
+  });
+
+  it("writes the line of every exchange it cuts at the end of the grace: a request its upstream never finishes, a WebSocket session", async () => {
+    const ws = await startWsUpstream(pki);
+    const drained = await startProxy(policyTrusting(pki.caFile));
+    try {
+      const res = await request(`https://127.0.0.1:${upstream.port}/hang`, { dispatcher: drained.dispatcher, headers: { "x-request-id": "cut-http" } });
+      const reading = res.body.text().catch(() => "cut");
+      const session = new WebSocket(`wss://localhost:${ws.port}/cut`, { agent: new HttpsProxyAgent(`http://127.0.0.1:${drained.port}`), ca: drained.caPem, headers: { "x-request-id": "cut-ws" } });
+      await new Promise((resolve, reject) => session.once("open", resolve).once("error", reject));
+      const ended = new Promise((resolve) => session.once("close", resolve));
+      await drained.proxy.close({ graceMs: 100 });
+      await Promise.all([reading, ended]);
+      const ids = drained.audit.lines.map((line) => line.req_id);
+      expect(ids).toContain("cut-http");
+      expect(ids).toContain("cut-ws");
+      expect(drained.audit.lines.find((line) => line.req_id === "cut-ws")).toMatchObject({ msg: "websocket" });
+    } finally {
+      await drained.dispatcher.close();
+      await ws.close();
+    }
   });
 });

@@ -5,6 +5,7 @@ import { levelFor, REDACTED, type AuditRecord } from "../core/audit-record.js";
 import { ProxyError } from "../core/errors.js";
 import { AUDIT_FLUSH_MS, AUDIT_HOLD_BYTES, AUDIT_RETRY_MS, heldBytes, openAuditDestination, type AuditDestination } from "./audit-destination.js";
 import { AuditFeed, type PublishedRecord } from "./audit-feed.js";
+import { OwedLines } from "./owed-lines.js";
 import type { Scrubber } from "./scrub.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
@@ -43,6 +44,8 @@ export class AuditLog {
   private stream: AuditDestination;
   /** Every record written, scrubbed, for traces and the live view. */
   readonly feed = new AuditFeed();
+  /** Lines events have begun and not yet written (the drain waits for them). */
+  readonly owed = new OwedLines();
   /** Writes what the destination holds AUDIT_FLUSH_MS after the first line it held. */
   private flushTimer: NodeJS.Timeout | undefined;
   /** Why the destination refused the last write; undefined while lines reach it. */

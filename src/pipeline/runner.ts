@@ -174,9 +174,9 @@ function answerItself(flow: Flow, responder: Responder): void {
   sendWhole(flow, responder, { ...answer, headers });
 }
 
-function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMessage): void {
+function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMessage, paid: () => void): void {
   if (!exchange.claimAuditLine()) return;
-  const write = () => runtime.audit.write(exchange.toRecord(exchange.decision === "deny" ? "denied" : msg));
+  const write = () => (runtime.audit.write(exchange.toRecord(exchange.decision === "deny" ? "denied" : msg)), paid());
   // Usage read from a compressed body may finish a moment after the response did.
   if (exchange.auditAfter) void exchange.auditAfter.then(write, write);
   else write();
@@ -189,12 +189,14 @@ function writeAudit(runtime: PipelineRuntime, exchange: Exchange, msg: AuditMess
  */
 export async function runExchange(runtime: PipelineRuntime, request: InboundRequest, responder: Responder): Promise<void> {
   const state = runtime.state;
+  // Owed from here, so a drain that cuts this exchange (even while it authenticates) waits for its line.
+  const paid = runtime.audit.owed.add();
   const opening = openExchange(state, request, runtime.scrubber.scrub);
   const { exchange, located, error } = opening instanceof Promise ? await opening : opening;
   const upgrade = request.upgrade !== undefined;
   const webSocket = request.upgrade?.toLowerCase() === "websocket";
   let session = false;
-  const finish = () => writeAudit(runtime, exchange, session && webSocket ? "websocket" : "http");
+  const finish = () => writeAudit(runtime, exchange, session && webSocket ? "websocket" : "http", paid);
   const clientGone = () => {
     exchange.error ??= {
       type: "client_closed",

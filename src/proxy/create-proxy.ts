@@ -335,6 +335,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       draining = true;
       await drain(servers, clientSockets, graceMs);
       runtime.state.upstream.destroy();
+      // What the drain cut still owes its line: written once its sockets' close is seen, a
+      // compressed answer's usage once read (bounded: a line that never comes must not hold the exit).
+      await audit.owed.settled(AUDIT_SETTLE_MS);
       await budgetStores.close();
       await registered?.close();
       audit.close();
@@ -347,6 +350,9 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   };
   return proxy;
 }
+
+/** The longest a closing proxy waits for the lines of the exchanges its drain cut. */
+const AUDIT_SETTLE_MS = 3_000;
 
 async function drain({ listener, http1, http2 }: ProxyServers, sockets: Set<Socket>, graceMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => listener.close(() => resolve()));

@@ -19,7 +19,8 @@ export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelConte
   let reqBytes = 0;
   let respBytes = 0;
   let clientGone = false;
-  const record = (status: number | null, error?: { type: string; message: string }) =>
+  const paid = runtime.audit.owed.add();
+  const record = (status: number | null, error?: { type: string; message: string }) => {
     runtime.audit.write(
       tunnelRecord(tunnel, startedAt, {
         status,
@@ -29,6 +30,8 @@ export function passthroughTunnel(runtime: TransportRuntime, tunnel: TunnelConte
         ...(error ? { error: { type: error.type, message: error.message } } : {}),
       }),
     );
+    paid();
+  };
   client.on("error", destroyOnError);
   client.once("close", () => (clientGone = true));
   // Connected (directly or through the parent proxy), within connect_timeout, before the client is answered.
