@@ -15,8 +15,8 @@ let dispatcher: ProxyAgent;
 let dir: string;
 const diagnostics = new AuditCapture();
 
-const policy = (audit: string, extra = "") =>
-  `version: 1\nca: { dir: certs }\nlog: { audit: ${audit} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\n${extra}`;
+const policy = (audit: string, extra = "", caDir = "certs") =>
+  `version: 1\nca: { dir: ${caDir} }\nlog: { audit: ${audit} }\nupstream: { trust: [${JSON.stringify(pki.caFile)}] }\nnetwork: { default: allow, allow_ips: [127.0.0.1/32] }\n${extra}`;
 
 beforeAll(async () => {
   pki = await makeUpstreamPki();
@@ -62,10 +62,10 @@ describe("reloading settings", () => {
   });
 
   it("says in one line which changed settings need a restart, and keeps serving", async () => {
-    writeFileSync(join(dir, "policy.yaml"), policy("second.log", "proxy: { listen: 127.0.0.1:18999, http2: false, max_concurrent_streams: 7 }\nadmin: { listen: 127.0.0.1:18998 }\n"));
+    writeFileSync(join(dir, "policy.yaml"), policy("second.log", "proxy: { listen: 127.0.0.1:18999, http2: false, max_concurrent_streams: 7 }\nadmin: { listen: 127.0.0.1:18998 }\n", "rotated-certs"));
     expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);
     const line = await diagnostics.waitFor((l) => typeof l.msg === "string" && l.msg.startsWith("needs a restart"));
-    expect(line.msg).toBe("needs a restart: proxy.listen, admin.listen, proxy.http2, proxy.max_concurrent_streams changed; the running values are kept until then");
+    expect(line.msg).toBe("needs a restart: proxy.listen, admin.listen, proxy.http2, proxy.max_concurrent_streams, ca.dir changed; the running values are kept until then");
     expect(diagnostics.lines.filter((l) => String(l.msg).startsWith("needs a restart"))).toHaveLength(1);
     await get("/still");
     expect(existsSync(join(dir, "second.log"))).toBe(true);

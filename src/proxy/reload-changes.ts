@@ -6,6 +6,8 @@ const RESTART_ONLY: { name: string; read: (policy: Policy) => unknown }[] = [
   { name: "admin.listen", read: (policy) => policy.admin.listen },
   { name: "proxy.http2", read: (policy) => policy.proxy.http2 },
   { name: "proxy.max_concurrent_streams", read: (policy) => policy.proxy.max_concurrent_streams },
+  // The CA and the certificates forged under it are loaded once: someone rotating a CA must be told it is not rotated yet.
+  { name: "ca.dir", read: (policy) => policy.ca.dir },
 ];
 
 /** The names of the restart-only settings that differ between the running policy and a reloaded one. */
