@@ -61,6 +61,17 @@ describe("reloading settings", () => {
     expect(readFileSync(join(dir, "first.log"), "utf8")).not.toContain('"path":"/after"');
   });
 
+  it("a reload it rejects changes nothing: not even where the audit lines go", async () => {
+    const running = readFileSync(join(dir, "policy.yaml"), "utf8");
+    const target = running.includes("second.log") ? "second.log" : "first.log";
+    writeFileSync(join(dir, "policy.yaml"), policy("moved.log").replace(JSON.stringify(pki.caFile), JSON.stringify(join(dir, "missing-ca.pem"))));
+    expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(false);
+    await get("/after-rejected");
+    await fileContains(join(dir, target), '"path":"/after-rejected"');
+    expect(existsSync(join(dir, "moved.log"))).toBe(false);
+    writeFileSync(join(dir, "policy.yaml"), running);
+  });
+
   it("says in one line which changed settings need a restart, and keeps serving", async () => {
     writeFileSync(join(dir, "policy.yaml"), policy("second.log", "proxy: { listen: 127.0.0.1:18999, http2: false, max_concurrent_streams: 7 }\nadmin: { listen: 127.0.0.1:18998 }\n", "rotated-certs"));
     expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);

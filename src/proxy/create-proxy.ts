@@ -251,6 +251,8 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
 
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
+    // Built first: a policy that cannot be built (a trust file gone, say) changes nothing, the audit log's place included.
+    const next = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
     const restart = restartOnlyChanges(runtime.state.policy, policy.policy);
     if (restart.length) diagnostics.warn({ settings: restart }, `needs a restart: ${restart.join(", ")} changed; the running value${restart.length > 1 ? "s are" : " is"} kept until then`);
     if (!options.auditStream) {
@@ -262,7 +264,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       }
     }
     warnIfRegistryChanged(loaded, policy, diagnostics);
-    runtime.state = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
+    runtime.state = next;
     adminToken.use(policy.policy);
     if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
     policyFile = policy.file;
