@@ -88,10 +88,22 @@ describe("usage over LLM WebSockets", () => {
     const refusal = new Promise<Record<string, unknown>>((resolve) => ws.once("message", (data) => resolve(JSON.parse(data.toString()) as Record<string, unknown>)));
     ws.send(JSON.stringify({ type: "response.create", turn: "e", input: 1, output: 1 }));
     expect(await refusal).toMatchObject({ type: "error", error: { type: "budget_exceeded", rule: "ws-tokens" } });
+    // The same ask spelt other ways is the same ask: escapes, a binary frame, the type written twice.
+    const spellings: [string, boolean][] = [
+      ['{"type":"response\\u002ecreate","turn":"f","input":1,"output":1}', false],
+      ['{"type":"\\u0072esponse.create","turn":"g","input":1,"output":1}', false],
+      [JSON.stringify({ type: "response.create", turn: "h", input: 1, output: 1 }), true],
+      ['{"type":"session.update","type":"response.create","turn":"i","input":1,"output":1}', false],
+    ];
+    for (const [text, binary] of spellings) {
+      const refused = new Promise<Record<string, unknown>>((resolve) => ws.once("message", (data) => resolve(JSON.parse(data.toString()) as Record<string, unknown>)));
+      ws.send(binary ? Buffer.from(text) : text, { binary });
+      expect(await refused, text).toMatchObject({ type: "error", error: { type: "budget_exceeded" } });
+    }
     expect(ws.readyState).toBe(WebSocket.OPEN);
     ws.close(1000);
     const line = await proxy.audit.waitFor((l) => l.req_id === "ws-responses" && l.msg === "denied");
-    expect(line).toMatchObject({ rule: "ws-tokens", ws: { messages: { denied: 1 } } });
+    expect(line).toMatchObject({ rule: "ws-tokens", ws: { messages: { denied: 5 } } });
     // The refused message never reached the upstream: no response "e" was charged.
     expect(line.llm).toEqual({ api: "openai-responses", model: "gpt-r", input_tokens: 51, output_tokens: 11, cache_read_tokens: 4 });
     const rows = (await (await request(`http://127.0.0.1:${proxy.proxy.adminAddress!.port}/budgets`)).body.json()) as { tokens: number; requests: number }[];

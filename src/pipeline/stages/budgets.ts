@@ -8,6 +8,7 @@ import type { Exchange } from "../../core/exchange.js";
 import { getHeader, restrictAcceptEncoding } from "../../core/headers.js";
 import { headerReason } from "../../core/reason-header.js";
 import { apiErrorBody } from "../../llm/api-errors.js";
+import { scanJson } from "../../mcp/json-scan.js";
 import { llmRulesFor } from "../../llm/evaluate.js";
 import { webSocketApiForPath } from "../../llm/message-guard.js";
 import { apiForPath } from "../../llm/tool-calls.js";
@@ -111,15 +112,16 @@ function errorEvent(type: "budget_exceeded" | "budget_unavailable", message: str
  * client gets an error event, and the session stays open.
  */
 function checkNewResponse(flow: Flow, charged: NonNullable<UsageNotes["charged"]>, message: WsMessage): WsMessage[] | Promise<WsMessage[]> {
+  // Parsed, never searched as text: "response\u002ecreate" is the same type to the server, and so
+  // is one sent in a binary frame. A type written twice is checked too (servers differ on which wins).
   const text = message.data.toString("utf8");
-  if (!text.includes('"response.create"')) return [message];
   let type: unknown;
   try {
-    type = (JSON.parse(text) as { type?: unknown }).type;
+    type = (JSON.parse(text) as { type?: unknown } | null)?.type;
   } catch {
     return [message];
   }
-  if (type !== "response.create") return [message];
+  if (type !== "response.create" && scanJson(text).duplicateKey !== "type") return [message];
   const { exchange } = flow;
   const checks = charged.ledger.checksFor(charged.rules, exchange.tunnel.client);
   const refuse = (type: "budget_exceeded" | "budget_unavailable", reason: string, rule: string) => {
@@ -197,8 +199,9 @@ export const budgets: Stage = {
   webSocketSession: (flow: Flow) => flow.upgrade && (flow.notes.usage?.api === "openai-realtime" || flow.notes.usage?.api === "openai-responses"),
   webSocketMessage(flow: Flow, message: WsMessage): WsMessage[] | Promise<WsMessage[]> {
     const notes = flow.notes.usage;
-    if (!notes?.api || message.binary) return [message];
+    if (!notes?.api) return [message];
     if (message.from === "client") return notes.charged ? checkNewResponse(flow, notes.charged, message) : [message];
+    if (message.binary) return [message];
     notes.webSocket ??= new WebSocketUsageReader(notes.api);
     const done = notes.webSocket.push(message.data.toString("utf8"));
     if (done) {
