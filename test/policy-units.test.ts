@@ -311,6 +311,8 @@ describe("secret store", () => {
     now = 8_500; // past 80% of the ttl: served from cache, refreshed in the background
     expect(await store.resolve("s")).toBe("v1");
     await expect.poll(() => store.resolve("s")).toBe("v2");
+    // The value it replaced is still known: a rotated token stays valid a while, and an upstream may have stored it.
+    expect(store.known("s")).toEqual(["v2", "v1"]);
 
     await fs.rm(value);
     now = 8_500 + 9_000; // refresh fails: the last good value is still served until it expires

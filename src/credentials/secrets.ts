@@ -10,6 +10,9 @@ export { SecretUnavailable };
 /** A refresh starts this far into a value's life, so requests rarely wait for one. */
 const REFRESH_AT = 0.8;
 
+/** Values a secret had before its current one, kept for echo scrubbing (a rotated token stays valid a while). */
+const EARLIER_VALUES = 4;
+
 interface Cached {
   value: string;
   resolvedAt: number;
@@ -34,6 +37,8 @@ export class SecretStore {
   private readonly cache = new Map<string, Cached>();
   private readonly inFlight = new Map<string, Promise<string>>();
   private readonly readers = new Map<string, SecretSourceReader>();
+  /** The values each secret had before its current one, newest first. */
+  private readonly earlier = new Map<string, string[]>();
   private readonly now: () => number;
 
   constructor(
@@ -52,9 +57,15 @@ export class SecretStore {
     return this.sources[name] ? this.reader(name).description : "undefined";
   }
 
-  /** The last value resolved for a secret, if any, without resolving it (expired ones too: they may have been stored somewhere). */
-  known(name: string): string | undefined {
-    return this.cache.get(name)?.value;
+  /**
+   * The values resolved for a secret, without resolving it: the current one and the few before it
+   * (a rotated token is still valid until it expires, and an upstream may have stored it); expired
+   * ones too, for the same reason.
+   */
+  known(name: string): readonly string[] {
+    const current = this.cache.get(name)?.value;
+    const earlier = this.earlier.get(name) ?? [];
+    return current === undefined ? earlier : [current, ...earlier];
   }
 
   async resolve(name: string): Promise<string> {
@@ -100,6 +111,8 @@ export class SecretStore {
         const ttl = source.ttl ?? reader.defaultTtlMs;
         // A source's own expiry wins; the policy's ttl can only make a value live shorter.
         const until = expiresAt === undefined ? resolvedAt + ttl : source.ttl === undefined ? expiresAt : Math.min(expiresAt, resolvedAt + source.ttl);
+        const previous = this.cache.get(name)?.value;
+        if (previous !== undefined && previous !== value) this.earlier.set(name, [previous, ...(this.earlier.get(name) ?? []).filter((old) => old !== value)].slice(0, EARLIER_VALUES));
         this.cache.set(name, { value, resolvedAt, expiresAt: until });
         return value;
       })

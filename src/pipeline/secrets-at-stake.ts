@@ -44,7 +44,7 @@ export function secretsAtStake(flow: Flow): readonly string[] {
   let notes = flow.notes.secretsAtStake;
   if (!notes) {
     const names = secretNamesScopedTo(state.policy, exchange.target.host);
-    const scoped = names.length === 0 ? NONE : names.flatMap((name) => state.secrets.known(name) ?? []);
+    const scoped = names.length === 0 ? NONE : names.flatMap((name) => state.secrets.known(name));
     notes = flow.notes.secretsAtStake = { scoped, injectedSeen: -1, all: NONE };
   }
   if (notes.scoped.length === 0) return injected;
