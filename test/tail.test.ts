@@ -15,6 +15,15 @@ function tail(args: string[], input = sample): { status: number | null; lines: s
 beforeAll(() => assertBuilt());
 
 describe("portcullis tail", () => {
+  it("reads on past a line of the wrong shape, and shows a non-JSON line's escapes instead of running them", () => {
+    const odd = ["null", '{"client":5}', '{"method":{}}', '{"req_bytes":{}}', '[1,2]', "raw \u001b[31mred\u001b]0;title\u0007"].join("\n");
+    const { status, lines } = tail([], `${odd}\n${sample}`);
+    expect(status).toBe(0);
+    expect(lines).toHaveLength(6 + 6);
+    expect(lines.join("\n")).not.toMatch(/\u001b/);
+    expect(lines[5]).toBe("raw \\x1b[31mred\\x1b]0;title\\x07");
+  });
+
   it("prints one line per event with time, client, decision, status, method, URL, duration, bytes and the reason for denials", () => {
     const { status, lines } = tail([]);
     expect(status).toBe(0);

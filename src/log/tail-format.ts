@@ -30,6 +30,36 @@ export interface AuditLineFields {
   ws?: { close_code?: number | null; closed_by?: string | null };
 }
 
+const STRING_FIELDS = ["msg", "client", "decision", "method", "scheme", "host", "path", "rule", "reason"] as const;
+const NUMBER_FIELDS = ["time", "level", "status"] as const;
+/** Numbers a rebuilt line may write as "[REDACTED]". */
+const COUNT_FIELDS = ["port", "duration_ms", "req_bytes", "resp_bytes"] as const;
+
+/**
+ * The fields `tail` shows, each of the type it expects (anything else is left out): a line is
+ * read from a file that anything could have written to, and one odd value must not end the view.
+ * Not an object: undefined.
+ */
+export function lineFields(value: unknown): AuditLineFields | undefined {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return undefined;
+  const raw = value as Record<string, unknown>;
+  const fields: Record<string, unknown> = {};
+  for (const key of STRING_FIELDS) if (typeof raw[key] === "string" || raw[key] === null) fields[key] = raw[key];
+  for (const key of NUMBER_FIELDS) if (typeof raw[key] === "number" || raw[key] === null) fields[key] = raw[key];
+  for (const key of COUNT_FIELDS) if (typeof raw[key] === "number" || typeof raw[key] === "string") fields[key] = raw[key];
+  const error = raw.error;
+  if (error && typeof error === "object") {
+    const { type, message } = error as Record<string, unknown>;
+    fields.error = { ...(typeof type === "string" ? { type } : {}), ...(typeof message === "string" ? { message } : {}) };
+  }
+  const ws = raw.ws;
+  if (ws && typeof ws === "object") {
+    const { close_code: code, closed_by: by } = ws as Record<string, unknown>;
+    fields.ws = { ...(typeof code === "number" ? { close_code: code } : {}), ...(typeof by === "string" ? { closed_by: by } : {}) };
+  }
+  return fields as AuditLineFields;
+}
+
 function statusMatches(spec: string, status: number | null | undefined): boolean {
   if (status === null || status === undefined) return false;
   return spec.split(",").some((part) => {

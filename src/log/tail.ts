@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import { StringDecoder } from "node:string_decoder";
 import { dirname } from "node:path";
 import type { Readable } from "node:stream";
-import { formatLine, matchesFilters, type AuditLineFields, type TailFilters } from "./tail-format.js";
+import { formatLine, lineFields, matchesFilters, printable, type AuditLineFields, type TailFilters } from "./tail-format.js";
 
 /** Where rendered lines go: stdout, or anything with a write. */
 export interface LineSink {
@@ -20,12 +20,14 @@ export interface TailOptions extends TailFilters {
 /** Formats (or passes through, with --json) the lines that match the filters; anything not JSON is passed as is. */
 export function renderLine(text: string, options: TailOptions): string | undefined {
   if (text.trim() === "") return undefined;
-  let line: AuditLineFields;
+  let line: AuditLineFields | undefined;
   try {
-    line = JSON.parse(text) as AuditLineFields;
+    line = lineFields(JSON.parse(text));
   } catch {
-    return options.json ? undefined : text;
+    line = undefined;
   }
+  // Not an audit line (a torn write, another program's text): shown as it is, escapes made visible.
+  if (!line) return options.json ? undefined : printable(text);
   if (!matchesFilters(line, options)) return undefined;
   return options.json ? text : formatLine(line, options.colour ?? false);
 }
