@@ -117,6 +117,21 @@ describe("admin listener", () => {
     expect(ready.last_reload.errors[0]).toMatch(/bad\.yaml:2:\d+: network\.default/);
   });
 
+  it("warns when it listens beyond loopback without admin.token, and only then", async () => {
+    process.env.PCX_ADMIN_TEST_TOKEN = "admin-token-for-the-test-3b9f";
+    const warning = (proxy: TestProxy) => proxy.diagnostics.lines.find((line) => String(line.msg).startsWith("the admin listener is not on loopback"));
+    const open = await startProxy(policyTrusting(pki.caFile), { adminListen: "0.0.0.0:0" });
+    const guarded = await startProxy(policyTrusting(pki.caFile, "admin: { token: { env: PCX_ADMIN_TEST_TOKEN } }\n"), { adminListen: "0.0.0.0:0" });
+    const local = await startProxy(policyTrusting(pki.caFile), { adminListen: "127.0.0.1:0" });
+    try {
+      expect(warning(open)).toMatchObject({ level: 40 });
+      expect(warning(guarded)).toBeUndefined();
+      expect(warning(local)).toBeUndefined();
+    } finally {
+      for (const proxy of [open, guarded, local]) await proxy.close();
+    }
+  });
+
   it("reports not ready while draining", async () => {
     const closing = await startProxy(policyTrusting(pki.caFile), { adminListen: "127.0.0.1:0" });
     const url = `http://127.0.0.1:${closing.proxy.adminAddress!.port}/readyz`;

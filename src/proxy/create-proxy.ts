@@ -311,6 +311,12 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
           throw listenError("admin", at.host, at.port, error);
         });
         self.adminPort = adminAddress.port;
+        if (!isLoopback(at.host) && !runtime.state.policy.admin.token) {
+          diagnostics.warn(
+            { admin: formatAuthority(adminAddress.address, adminAddress.port) },
+            "the admin listener is not on loopback and admin.token is not set: /ui with its live stream of every exchange, and /budgets, answer anyone who can reach it",
+          );
+        }
       }
       return address;
     },
