@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import fs, { existsSync, readFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -67,6 +67,36 @@ function freshLog(name: string): { file: string; log: AuditLog } {
   const file = join(tempDir(name), "audit.log");
   return { file, log: new AuditLog(file, new Scrubber()) };
 }
+
+describe("audit log on a FIFO", () => {
+  it("refuses a FIFO no one reads, at once (the synchronous open would stop the proxy), and writes to one that has a reader", async () => {
+    const fifo = join(tempDir("audit-fifo"), "audit.fifo");
+    await promisify(execFile)("mkfifo", [fifo]);
+    const started = Date.now();
+    expect(() => new AuditLog(fifo, new Scrubber())).toThrow(/FIFO with no reader/);
+    expect(Date.now() - started).toBeLessThan(1000);
+    const reader = spawn("cat", [fifo]);
+    let read = "";
+    reader.stdout.on("data", (chunk: Buffer) => (read += chunk.toString()));
+    try {
+      // The reader's open may come a moment after the spawn: tried until it is there.
+      let log: AuditLog | undefined;
+      await expect.poll(() => {
+        try {
+          log ??= new AuditLog(fifo, new Scrubber());
+        } catch {
+          // no reader yet
+        }
+        return log !== undefined;
+      }).toBe(true);
+      log!.write(record(9));
+      log!.close();
+      await expect.poll(() => read).toContain('"host":"h9.example"');
+    } finally {
+      reader.kill();
+    }
+  });
+});
 
 describe("audit log appends", () => {
   it("metrics see the record as its line says it: scrubbed (a model name an upstream echoed can be a secret)", () => {

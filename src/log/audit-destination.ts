@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import pino, { type DestinationStream } from "pino";
 
 /** The audit log's destination: sonic-boom as pino.destination opens it (or a stream an embedder gave). */
@@ -27,10 +28,34 @@ export const AUDIT_RETRY_MS = 1000;
 export const AUDIT_HOLD_BYTES = 16 * 1024 * 1024;
 
 export function openAuditDestination(target: string): AuditDestination {
+  if (target !== "-") refuseFifoWithoutReader(target);
   // Synchronous appends (no line is ever split or reordered), batched: one write system call
   // for several lines, like squid's buffered_logs and nginx's access_log buffer=.
   const options = { sync: true, minLength: BATCH_BYTES, maxLength: AUDIT_HOLD_BYTES };
   return (target === "-" ? pino.destination({ dest: 1, ...options }) : pino.destination({ dest: target, mkdir: true, ...options })) as AuditDestination;
+}
+
+/**
+ * Opening a FIFO to write waits for a reader, and the open is synchronous: with none, the whole
+ * proxy would stop (start hung before listening, a reload froze every connection). A FIFO is
+ * opened only once a non-blocking open shows a reader is there.
+ */
+function refuseFifoWithoutReader(target: string): void {
+  let fifo = false;
+  try {
+    fifo = fs.statSync(target).isFIFO();
+  } catch {
+    return;
+  }
+  if (!fifo) return;
+  let fd: number;
+  try {
+    fd = fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENXIO") throw error;
+    throw Object.assign(new Error(`the audit log ${target} is a FIFO with no reader: start its reader first`), { code: "ENXIO" });
+  }
+  fs.closeSync(fd);
 }
 
 /**
