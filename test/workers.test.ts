@@ -81,6 +81,26 @@ describe("start --workers", () => {
     running = undefined;
   });
 
+  it("the primary takes a changed admin.token when the policy file is saved, as single-process start does", { timeout: 60_000 }, async () => {
+    const dir = tempDir("workers-admin-token");
+    const policyFile = join(dir, "policy.yaml");
+    writeFileSync(join(dir, "a.txt"), "admin-token-a-7d1c9e");
+    writeFileSync(join(dir, "b.txt"), "admin-token-b-4f2a8b");
+    const policy = (file: string) =>
+      `version: 1\nca: { dir: ${JSON.stringify(join(dir, "certs"))} }\nadmin: { listen: "127.0.0.1:0", state: ${JSON.stringify(join(dir, "clients.json"))}, token: { file: ${JSON.stringify(join(dir, file))} } }\nnetwork: { default: deny }\n`;
+    writeFileSync(policyFile, policy("a.txt"));
+    running = await startCli(["--policy", policyFile, "--listen", "127.0.0.1:0", "--workers", "2"]);
+    const adminLine = await running.waitForOutput(/admin on 127\.0\.0\.1:\d+/);
+    const budgets = async (token: string) => (await request(`http://127.0.0.1:${adminLine.split(":").at(-1)}/ui`, { headers: { authorization: `Bearer ${token}` } })).statusCode;
+    expect(await budgets("admin-token-a-7d1c9e")).toBe(200);
+    writeFileSync(policyFile, policy("b.txt"));
+    await expect.poll(() => budgets("admin-token-b-4f2a8b"), { timeout: 10_000 }).toBe(200);
+    expect(await budgets("admin-token-a-7d1c9e")).toBe(401);
+    running.child.kill("SIGTERM");
+    expect(await running.exited).toBe(0);
+    running = undefined;
+  });
+
   it("gives up with exit 1 when its workers cannot listen (port in use), instead of respawning for ever", { timeout: 30_000 }, async () => {
     const { createServer } = await import("node:net");
     const taken = createServer();

@@ -10,6 +10,7 @@ import { MemoryBudgetStore } from "../budgets/memory-store.js";
 import { BudgetStores } from "../budgets/open-store.js";
 import { caExists, initCa, loadCa } from "../ca/authority.js";
 import { loadPolicyFile, resolveFrom, type LoadedPolicy } from "../policy/load.js";
+import { watchFile } from "../policy/watch.js";
 import { RegisteredClients } from "../clients/registered-clients.js";
 import { createDiagnostics } from "../log/loggers.js";
 import { Scrubber } from "../log/scrub.js";
@@ -179,10 +180,10 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
   const everyWorker = (signal: NodeJS.Signals) => {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
   };
-  process.on("SIGHUP", () => {
-    everyWorker("SIGHUP");
-    // The primary's own uses of the policy: the admin token guarding /ui, and the clients API
-    // checking registrations against the policy the workers run.
+  // The primary's own uses of the policy: the admin token guarding /ui, and the clients API
+  // checking registrations against the policy the workers run. Read again whenever they reload:
+  // on SIGHUP, and when the file changes (each worker watches it too).
+  const refresh = () =>
     void loadPolicyFile(loaded.file).then(
       (next) => {
         adminToken.use(next.policy);
@@ -190,6 +191,11 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
       },
       () => undefined,
     );
+  const watching = watchFile(loaded.file, refresh);
+  process.on("SIGHUP", () => {
+    everyWorker("SIGHUP");
+    watching.remember();
+    refresh();
   });
   process.on("SIGUSR2", () => everyWorker("SIGUSR2"));
   const outcome = await new Promise<number>((resolve) => {
@@ -198,6 +204,7 @@ export async function runPrimary(count: number, loaded: LoadedPolicy): Promise<n
     giveUp = () => resolve(1);
   });
   stopping = true;
+  watching.stop();
   const exits = Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => (worker!.isDead() ? resolve() : worker!.once("exit", () => resolve()))));
   everyWorker("SIGTERM");
   await Promise.all(exits);
