@@ -2,11 +2,16 @@ import ipaddr from "ipaddr.js";
 
 type Address = ipaddr.IPv4 | ipaddr.IPv6;
 
-/** The IPv4 address an IPv6 address carries inside it (mapped, NAT64, 6to4), if any. */
+/** NAT64's local-use prefix (RFC 8215): translated by a translator of the site's own, for its own networks. */
+const NAT64_LOCAL_USE = ipaddr.parseCIDR("64:ff9b:1::/48");
+
+/** The IPv4 address an IPv6 address carries inside it (mapped, compatible, NAT64, 6to4), if any. */
 function embeddedIpv4(address: ipaddr.IPv6): ipaddr.IPv4 | undefined {
   const range = address.range();
   const bytes = address.toByteArray();
   if (range === "ipv4Mapped") return address.toIPv4Address();
+  // IPv4-compatible (::a.b.c.d): deprecated (RFC 4291), yet some stacks still route it to a.b.c.d.
+  if (range === "unicast" && bytes.slice(0, 12).every((byte) => byte === 0)) return new ipaddr.IPv4(bytes.slice(12, 16));
   if (range === "rfc6052") return new ipaddr.IPv4(bytes.slice(12, 16));
   if (range === "6to4") return new ipaddr.IPv4(bytes.slice(2, 6));
   return undefined;
@@ -22,11 +27,14 @@ export interface Classification {
 /**
  * Public means global unicast: loopback, RFC 1918, link-local (169.254.169.254), CGNAT,
  * ULA, multicast, reserved and unspecified (0.0.0.0, ::) are private, and so is an IPv6
- * form that embeds one of them (IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16).
+ * form that embeds one of them (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4
+ * 2002::/16); so is all of NAT64's local-use 64:ff9b:1::/48.
  */
 export function classifyAddress(text: string): Classification {
   const address = ipaddr.parse(text);
   if (address.kind() === "ipv6") {
+    // Which IPv4 network its translator reaches is the site's own affair: never public.
+    if ((address as ipaddr.IPv6).match(NAT64_LOCAL_USE)) return { public: false, range: "nat64LocalUse" };
     const v4 = embeddedIpv4(address as ipaddr.IPv6);
     if (v4) {
       const inner = classifyAddress(v4.toString());
