@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { renderPolicyJsonSchema } from "../src/policy/json-schema.js";
-import { parsePolicy, PolicyInvalidError } from "../src/policy/load.js";
+import { formatPolicyError, parsePolicy, PolicyInvalidError } from "../src/policy/load.js";
 
 const root = join(import.meta.dirname, "..");
 
@@ -17,6 +17,17 @@ function errorsOf(text: string): string[] {
 }
 
 describe("policy validation", () => {
+  it("shows a policy's control characters as \\xNN in its errors: a key must not drive the operator's terminal", () => {
+    let message = "";
+    try {
+      parsePolicy('version: 1\n"bad\\e[31mRED\\e]0;title\\a": 1\n', "esc.yaml");
+    } catch (error) {
+      message = (error as PolicyInvalidError).errors.map(formatPolicyError).join("\n");
+    }
+    expect(message).toContain("bad\\x1b[31mRED\\x1b]0;title\\x07");
+    expect(message).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f]/);
+  });
+
   it("reports every error at once, each with its line and column, unknown keys included", () => {
     const errors = errorsOf(
       [

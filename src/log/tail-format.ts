@@ -1,4 +1,7 @@
+import { printable } from "../core/printable.js";
 import { hostMatches, normaliseHost } from "../policy/hosts.js";
+
+export { printable };
 
 export interface TailFilters {
   denied?: boolean;
@@ -98,13 +101,6 @@ function clock(time: number | undefined): string {
   return new Date(time).toISOString().slice(11, 23);
 }
 
-/**
- * Control characters shown as \xNN: log fields carry text from models and upstreams, and an
- * escape sequence in one must not erase or forge lines on an operator's terminal.
- */
-export function printable(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, "0")}`);
-}
 
 /** One audit line as a person reads it: time, client, decision, status, method, URL, duration, bytes, why. */
 export function formatLine(line: AuditLineFields, colour: boolean): string {

@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import { printable } from "../core/printable.js";
 import { dirname, isAbsolute, resolve as resolvePath } from "node:path";
 import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from "yaml";
 import type { z } from "zod";
@@ -23,7 +24,7 @@ export class PolicyInvalidError extends Error {
 }
 
 export function formatPolicyError(error: PolicyError): string {
-  return `${error.file}:${error.line}:${error.col}: ${error.message}`;
+  return printable(`${error.file}:${error.line}:${error.col}: ${error.message}`);
 }
 
 export interface LoadedPolicy {
