@@ -80,6 +80,18 @@ describe("re-signing", () => {
     expect(signed.headers.map((name) => name.toLowerCase())).not.toContain("x-amz-security-token");
     expect(signed.target).toBe("/b/k?list-type=2");
   });
+
+  it("re-signs a presigned URL the sandbox dated in the future with portcullis' own date, and within AWS's seven days", async () => {
+    const now = new Date(Date.UTC(2026, 11, 4, 1, 2, 3));
+    const query = (date: string, expires: number) =>
+      `/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAPLACE%2F${date.slice(0, 8)}%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=${date}&X-Amz-Expires=${expires}&X-Amz-SignedHeaders=host&X-Amz-Signature=${SIG}`;
+    const params = async (target: string) => new URL((await resignRequest({ method: "GET", target, headers: ["Host", "s3.amazonaws.com"] }, KEYS, now)).target, "https://x").searchParams;
+    const future = await params(query("20301231T000000Z", 604800));
+    expect(future.get("X-Amz-Date")).toBe("20261204T010203Z");
+    // A date within the clock skew, or past, is the sandbox's: the URL expires when its own would have.
+    expect((await params(query("20261204T010500Z", 600))).get("X-Amz-Date")).toBe("20261204T010500Z");
+    expect((await params(query("20261203T000000Z", 999999))).get("X-Amz-Expires")).toBe("604800");
+  });
 });
 
 describe("aws-chunked chunk signatures", () => {

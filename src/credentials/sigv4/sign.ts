@@ -38,6 +38,11 @@ const UNSUPPORTED_STREAMING = new Set(["STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD
 
 /** Headers portcullis sets itself on a re-signed request; the sandbox's are never signed or forwarded. */
 const SIGNATURE_HEADERS = new Set(["authorization", "x-amz-date", "x-amz-security-token"]);
+/** How far ahead of portcullis' clock a presigned URL's date may be (AWS allows 15 minutes of skew). */
+const PRESIGN_CLOCK_SKEW_MS = 15 * 60_000;
+/** The longest lifetime AWS accepts for a presigned URL: seven days. */
+const PRESIGN_MAX_EXPIRES_S = 7 * 24 * 3600;
+
 /** Query parameters of a presigned URL that portcullis replaces. */
 const SIGNATURE_PARAMS = new Set(["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token"]);
 /** The order the new presigned parameters are written in (the order AWS's own SDKs use). */
@@ -137,9 +142,11 @@ async function presign(request: SignableRequest, sandbox: SandboxSignature, scop
   const signed = await signerFor(keys, scope).presign(
     new HttpRequest({ method: request.method, protocol: "https:", hostname: hostName(wire), path, query: signerQuery(kept), headers: signing, body: request.body }),
     {
-      // The sandbox's date and lifetime: the re-signed URL expires exactly when the sandbox's would have.
-      signingDate: sandbox.date ?? now,
-      expiresIn: sandbox.expiresIn ?? 900,
+      // The sandbox's date and lifetime: the re-signed URL expires exactly when the sandbox's would
+      // have. Not a date to come, though: forwarded now, a URL dated next year would be a real
+      // credential for that week, signed today.
+      signingDate: sandbox.date && sandbox.date.getTime() <= now.getTime() + PRESIGN_CLOCK_SKEW_MS ? sandbox.date : now,
+      expiresIn: Math.min(sandbox.expiresIn ?? 900, PRESIGN_MAX_EXPIRES_S),
       unhoistableHeaders: keepAsHeaders,
       unsignableHeaders: unsignable,
     },
