@@ -28,34 +28,40 @@ export const AUDIT_RETRY_MS = 1000;
 export const AUDIT_HOLD_BYTES = 16 * 1024 * 1024;
 
 export function openAuditDestination(target: string): AuditDestination {
-  if (target !== "-") refuseFifoWithoutReader(target);
   // Synchronous appends (no line is ever split or reordered), batched: one write system call
   // for several lines, like squid's buffered_logs and nginx's access_log buffer=.
   const options = { sync: true, minLength: BATCH_BYTES, maxLength: AUDIT_HOLD_BYTES };
-  return (target === "-" ? pino.destination({ dest: 1, ...options }) : pino.destination({ dest: target, mkdir: true, ...options })) as AuditDestination;
+  if (target === "-") return pino.destination({ dest: 1, ...options }) as AuditDestination;
+  const probe = fifoReaderProbe(target);
+  try {
+    return pino.destination({ dest: target, mkdir: true, ...options }) as AuditDestination;
+  } finally {
+    // Held open until the real open is done: closed first, it could be the last writer the
+    // reader sees leave, and the reader would go before the real open found it.
+    if (probe !== undefined) fs.closeSync(probe);
+  }
 }
 
 /**
  * Opening a FIFO to write waits for a reader, and the open is synchronous: with none, the whole
  * proxy would stop (start hung before listening, a reload froze every connection). A FIFO is
- * opened only once a non-blocking open shows a reader is there.
+ * opened only once a non-blocking open shows a reader is there; that descriptor is returned, to
+ * be closed once the real open is done.
  */
-function refuseFifoWithoutReader(target: string): void {
+function fifoReaderProbe(target: string): number | undefined {
   let fifo = false;
   try {
     fifo = fs.statSync(target).isFIFO();
   } catch {
-    return;
+    return undefined;
   }
-  if (!fifo) return;
-  let fd: number;
+  if (!fifo) return undefined;
   try {
-    fd = fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    return fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "ENXIO") throw error;
     throw Object.assign(new Error(`the audit log ${target} is a FIFO with no reader: start its reader first`), { code: "ENXIO" });
   }
-  fs.closeSync(fd);
 }
 
 /**
