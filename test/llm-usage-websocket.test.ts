@@ -77,11 +77,17 @@ describe("usage over LLM WebSockets", () => {
     const line = await proxy.audit.waitFor((l) => l.req_id === "ws-realtime" && l.msg === "websocket");
     expect(line.llm).toEqual({ api: "openai-realtime", model: "gpt-realtime", input_tokens: 25, output_tokens: 15, cache_read_tokens: 4 });
     expect(line.ws).toMatchObject({ close_code: 1000 });
+    // A path an upstream reads as /v1/realtime (Tomcat and Spring drop ";x") is the same API: its usage is read.
+    const spelt = await open("/v1/realtime;x?model=gpt-realtime", "ws-realtime-spelt");
+    await turn(spelt, "a2", 3, 2, "response.done");
+    spelt.close(1000);
+    const spelled = await proxy.audit.waitFor((l) => l.req_id === "ws-realtime-spelt" && l.msg === "websocket");
+    expect(spelled.llm).toMatchObject({ api: "openai-realtime", input_tokens: 3, output_tokens: 2 });
   });
 
   it("Responses WebSocket mode: response.completed; a session is admitted, and a new one refused once the budget is spent", async () => {
     const ws = await open("/v1/responses", "ws-responses");
-    // 40 tokens so far; this response brings the counter to 100: spent, but the session in flight goes on.
+    // 45 tokens so far; this response brings the counter to 105: spent, but the session in flight goes on.
     await turn(ws, "c", 50, 10, "response.completed");
     await turn(ws, "d", 1, 1, "response.completed");
     // Spent now: a new response asked for in the open session is refused there, the session stays open.
@@ -94,6 +100,7 @@ describe("usage over LLM WebSockets", () => {
       ['{"type":"\\u0072esponse.create","turn":"g","input":1,"output":1}', false],
       [JSON.stringify({ type: "response.create", turn: "h", input: 1, output: 1 }), true],
       ['{"type":"session.update","type":"response.create","turn":"i","input":1,"output":1}', false],
+      ['{"a":1,"a":2,"type":"response.create","type":"session.update","turn":"j","input":1,"output":1}', false],
     ];
     for (const [text, binary] of spellings) {
       const refused = new Promise<Record<string, unknown>>((resolve) => ws.once("message", (data) => resolve(JSON.parse(data.toString()) as Record<string, unknown>)));
@@ -103,11 +110,11 @@ describe("usage over LLM WebSockets", () => {
     expect(ws.readyState).toBe(WebSocket.OPEN);
     ws.close(1000);
     const line = await proxy.audit.waitFor((l) => l.req_id === "ws-responses" && l.msg === "denied");
-    expect(line).toMatchObject({ rule: "ws-tokens", ws: { messages: { denied: 5 } } });
+    expect(line).toMatchObject({ rule: "ws-tokens", ws: { messages: { denied: 6 } } });
     // The refused message never reached the upstream: no response "e" was charged.
     expect(line.llm).toEqual({ api: "openai-responses", model: "gpt-r", input_tokens: 51, output_tokens: 11, cache_read_tokens: 4 });
     const rows = (await (await request(`http://127.0.0.1:${proxy.proxy.adminAddress!.port}/budgets`)).body.json()) as { tokens: number; requests: number }[];
-    expect(rows).toEqual([expect.objectContaining({ rule: "ws-tokens", tokens: 102, requests: 2 })]);
+    expect(rows).toEqual([expect.objectContaining({ rule: "ws-tokens", tokens: 107, requests: 3 })]);
     await expect(open("/v1/responses", "ws-refused")).rejects.toThrow("status 429");
     expect(await proxy.audit.waitFor((l) => l.req_id === "ws-refused")).toMatchObject({ msg: "denied", rule: "ws-tokens", status: 429 });
   });

@@ -4,10 +4,13 @@ import { callFromItem, isCallItem, isObject, UnparseableLlmResponse, type Json }
 /** The WebSocket APIs whose messages portcullis understands. */
 export type WebSocketLlmApi = "openai-responses" | "openai-realtime";
 
-export function webSocketApiForPath(path: string): WebSocketLlmApi | undefined {
-  const pathname = path.split("?")[0] ?? "";
-  if (/\/realtime\/?$/.test(pathname)) return "openai-realtime";
-  if (/\/responses\/?$/.test(pathname)) return "openai-responses";
+/** The WebSocket API any reading of the path names (an upstream may read "/v1/responses;x" as /v1/responses). */
+export function webSocketApiForPath(pathReadings: readonly string[]): WebSocketLlmApi | undefined {
+  for (const path of pathReadings) {
+    const pathname = path.split("?")[0] ?? "";
+    if (/\/realtime\/?$/.test(pathname)) return "openai-realtime";
+    if (/\/responses\/?$/.test(pathname)) return "openai-responses";
+  }
   return undefined;
 }
 

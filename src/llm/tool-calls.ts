@@ -8,12 +8,14 @@ export interface ToolCall {
 /** Thrown when a body under an llm rule cannot be understood: the response is denied (fail closed). */
 export class UnparseableLlmResponse extends Error {}
 
-/** The API a (normalised) path belongs to. */
-export function apiForPath(path: string): LlmApi | undefined {
-  const pathname = path.split("?")[0] ?? "";
-  if (/\/messages\/?$/.test(pathname)) return "anthropic";
-  if (/\/chat\/completions\/?$/.test(pathname)) return "openai-chat";
-  if (/\/responses\/?$/.test(pathname)) return "openai-responses";
+/** The API any reading of the path belongs to (an upstream may read "/v1/messages;x" as /v1/messages). */
+export function apiForPath(pathReadings: readonly string[]): LlmApi | undefined {
+  for (const path of pathReadings) {
+    const pathname = path.split("?")[0] ?? "";
+    if (/\/messages\/?$/.test(pathname)) return "anthropic";
+    if (/\/chat\/completions\/?$/.test(pathname)) return "openai-chat";
+    if (/\/responses\/?$/.test(pathname)) return "openai-responses";
+  }
   return undefined;
 }
 

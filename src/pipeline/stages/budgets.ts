@@ -113,7 +113,8 @@ function errorEvent(type: "budget_exceeded" | "budget_unavailable", message: str
  */
 function checkNewResponse(flow: Flow, charged: NonNullable<UsageNotes["charged"]>, message: WsMessage): WsMessage[] | Promise<WsMessage[]> {
   // Parsed, never searched as text: "response\u002ecreate" is the same type to the server, and so
-  // is one sent in a binary frame. A type written twice is checked too (servers differ on which wins).
+  // is one sent in a binary frame. A message that repeats any key is checked too: servers differ
+  // on which of two "type"s wins (and the scan names only the first key repeated).
   const text = message.data.toString("utf8");
   let type: unknown;
   try {
@@ -121,7 +122,7 @@ function checkNewResponse(flow: Flow, charged: NonNullable<UsageNotes["charged"]
   } catch {
     return [message];
   }
-  if (type !== "response.create" && scanJson(text).duplicateKey !== "type") return [message];
+  if (type !== "response.create" && scanJson(text).duplicateKey === undefined) return [message];
   const { exchange } = flow;
   const checks = charged.ledger.checksFor(charged.rules, exchange.tunnel.client);
   const refuse = (type: "budget_exceeded" | "budget_unavailable", reason: string, rule: string) => {
@@ -164,7 +165,7 @@ export const budgets: Stage = {
     const rules = ledger ? ledger.rulesFor(exchange.target.host, exchange.readings, client) : [];
     const llm = flow.notes.llmRules ?? (state.policy.llm.length ? llmRulesFor(state.policy, exchange.target.host, exchange.readings) : []);
     if (rules.length === 0 && llm.length === 0) return;
-    const api: UsageApi | undefined = flow.upgrade ? webSocketApiForPath(exchange.normalisedPath) : apiForPath(exchange.normalisedPath);
+    const api: UsageApi | undefined = flow.upgrade ? webSocketApiForPath(exchange.readings) : apiForPath(exchange.readings);
     const notes: UsageNotes = { api };
     flow.notes.usage = notes;
     if (!ledger || rules.length === 0) return;

@@ -75,9 +75,9 @@ export const llmPolicy: Stage = {
     if (state.policy.llm.length === 0) return;
     flow.notes.llmRules = llmRulesFor(state.policy, exchange.target.host, exchange.readings);
     // A WebSocket API portcullis understands is inspected; any other is refused unless the rule allows it raw.
-    if (flow.upgrade && !webSocketApiForPath(exchange.normalisedPath)) refuseUninspectableUpgrade(flow.notes.llmRules, exchange);
+    if (flow.upgrade && !webSocketApiForPath(exchange.readings)) refuseUninspectableUpgrade(flow.notes.llmRules, exchange);
   },
-  webSocketSession: (flow: Flow) => (flow.notes.llmRules?.length ?? 0) > 0 && webSocketApiForPath(flow.exchange.normalisedPath) !== undefined,
+  webSocketSession: (flow: Flow) => (flow.notes.llmRules?.length ?? 0) > 0 && webSocketApiForPath(flow.exchange.readings) !== undefined,
   webSocketMessage(flow: Flow, message: WsMessage): WsMessage[] | WsEnd {
     const rules = flow.notes.llmRules;
     if (!rules?.length || message.from !== "upstream") return [message];
@@ -116,7 +116,7 @@ export const llmPolicy: Stage = {
     const isJson = /^application\/([\w.+-]*\+)?json/.test(contentType);
     if (!isSse && !isJson) return undefined;
     const { exchange } = flow;
-    const pathApi = apiForPath(exchange.normalisedPath);
+    const pathApi = apiForPath(exchange.readings);
     const undecodable = () => denialAnswer(exchange, pathApi, "LLM response could not be checked: unsupported Content-Encoding", null);
     if (isJson) {
       return {
