@@ -271,7 +271,7 @@ describe("network rules", () => {
     const auth = `Proxy-Authorization: ${basic("agent-2", SECRETS.PCX_E2E_T2)}\r\n`;
     // An empty label (the resolver and upstream.resolve read "api.test.." as api.test), and IPv4 in the
     // forms getaddrinfo dials but no IP rule matches as text (2130706433 is 127.0.0.1).
-    for (const host of ["api.test..", ".api.test", "api..test", "2130706433", "127.1", "0x7f.0.0.1", "127.000.000.001"]) {
+    for (const host of ["api.test..", ".api.test", "api..test", ".", "2130706433", "127.1", "0x7f.0.0.1", "127.000.000.001"]) {
       const error = (await openConnect(proxy.port, `${host}:${upstream.port}`, auth).catch((e: unknown) => e)) as { response?: string };
       expect(error.response, host).toMatch(/^HTTP\/1\.1 400 /);
       const plain = await new Promise<string>((resolve, reject) => {
