@@ -80,5 +80,8 @@ describe("reloading settings", () => {
     expect(diagnostics.lines.filter((l) => String(l.msg).startsWith("needs a restart"))).toHaveLength(1);
     await get("/still");
     expect(existsSync(join(dir, "second.log"))).toBe(true);
+    // Reloaded again, it still runs what it started with: it says so again.
+    expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);
+    await expect.poll(() => diagnostics.lines.filter((l) => String(l.msg).startsWith("needs a restart")).length).toBe(2);
   });
 });

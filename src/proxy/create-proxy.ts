@@ -253,7 +253,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
     assertNotOpenProxy(policy, listen);
     // Built first: a policy that cannot be built (a trust file gone, say) changes nothing, the audit log's place included.
     const next = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
-    const restart = restartOnlyChanges(runtime.state.policy, policy.policy);
+    const restart = restartOnlyChanges(loaded, policy);
     if (restart.length) diagnostics.warn({ settings: restart }, `needs a restart: ${restart.join(", ")} changed; the running value${restart.length > 1 ? "s are" : " is"} kept until then`);
     if (!options.auditStream) {
       const target = policy.policy.log.audit === "-" ? "-" : resolveFrom(policy, policy.policy.log.audit);
