@@ -9,6 +9,7 @@ import { loadPolicyFile, PolicyInvalidError, positionInText, resolveFrom, type L
 import { BudgetStores } from "./budgets/open-store.js";
 import { secretWarnings } from "./policy/secret-warnings.js";
 import { readFile } from "node:fs/promises";
+import { printable } from "./core/printable.js";
 import { tailFile, tailStream } from "./log/tail.js";
 import { explain } from "./proxy/explain.js";
 import { watchFile } from "./policy/watch.js";
@@ -45,7 +46,7 @@ async function commandInitCa(args: string[]): Promise<number> {
     await initCa(dir, { force: values.force as boolean });
   } catch (error) {
     if (error instanceof CaExistsError) {
-      process.stderr.write(`portcullis: ${error.message}\n`);
+      process.stderr.write(`portcullis: ${printable(error.message)}\n`);
       return 1;
     }
     throw error;
@@ -75,7 +76,7 @@ async function commandCheck(args: string[]): Promise<number> {
     const text = await readFile(loaded.file, "utf8");
     for (const warning of warnings) {
       const at = positionInText(text, warning.path);
-      process.stderr.write(`${loaded.file}:${at.line}:${at.col}: warning: ${warning.message}\n`);
+      process.stderr.write(`${printable(`${loaded.file}:${at.line}:${at.col}: warning: ${warning.message}`)}\n`);
     }
   }
   process.stdout.write(`${values.policy}: valid${warnings.length ? ` (${warnings.length} warning${warnings.length > 1 ? "s" : ""})` : ""}\n`);
@@ -95,7 +96,7 @@ async function commandExplain(args: string[]): Promise<number> {
     const ledger = stores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
     explanation = await explain(loaded.policy, positionals[0]!, positionals[1]!, (values.client as string | undefined) ?? null, ledger);
   } catch (error) {
-    process.stderr.write(`portcullis: ${(error as Error).message}\n`);
+    process.stderr.write(`portcullis: ${printable((error as Error).message)}\n`);
     return 1;
   } finally {
     await stores.close();
@@ -277,7 +278,7 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`portcullis: ${error.message}\n\n${help}\nrun "portcullis help${error.command ? ` ${error.command}` : ""}" for more\n`);
       process.exit(2);
     }
-    process.stderr.write(`portcullis: ${(error as Error).message}\n`);
+    process.stderr.write(`portcullis: ${printable((error as Error).message)}\n`);
     process.exit(1);
   },
 );

@@ -86,6 +86,13 @@ describe("portcullis check", () => {
     expect(result.stderr).toMatch(new RegExp(`^${file}:\\d+:\\d+: `));
   });
 
+  it("shows a policy's control characters as \\xNN in its warnings too", () => {
+    const file = writePolicy("escapes.yaml", 'version: 1\nsecrets:\n  x: { env: "PCX_NOPE\\e]0;pwned\\a" }\n');
+    const result = runCli(["check", "--policy", file]);
+    expect(result.stderr).toContain("\\x1b]0;pwned\\x07");
+    expect(result.stderr).not.toMatch(/\u001b/);
+  });
+
   it("names a missing policy file", () => {
     const result = runCli(["check", "--policy", join(work, "nope.yaml")]);
     expect(result.status).toBe(1);
