@@ -318,6 +318,10 @@ describe("secret store", () => {
     await expect.poll(() => store.resolve("s")).toBe("v2");
     // The value it replaced is still known: a rotated token stays valid a while, and an upstream may have stored it.
     expect(store.known("s")).toEqual(["v2", "v1"]);
+    // A reload's new store knows them too, before it resolves anything itself.
+    const reloaded = new SecretStore({ s: { command: `cat ${value}`, ttl: 10_000 } }, new Scrubber(), { now: () => now });
+    reloaded.rememberFrom(store);
+    expect(reloaded.known("s")).toEqual(["v2", "v1"]);
 
     await fs.rm(value);
     now = 8_500 + 9_000; // refresh fails: the last good value is still served until it expires

@@ -68,6 +68,17 @@ export class SecretStore {
     return current === undefined ? earlier : [current, ...earlier];
   }
 
+  /**
+   * Takes what a store this one replaces (a reload) knew of the secrets both define, as values
+   * before this store's own: a token it resolved is still valid, and may be echoed, after the reload.
+   */
+  rememberFrom(previous: SecretStore): void {
+    for (const name of this.names()) {
+      const values = previous.known(name);
+      if (values.length) this.earlier.set(name, values.slice(0, EARLIER_VALUES));
+    }
+  }
+
   async resolve(name: string): Promise<string> {
     if (!this.sources[name]) throw new SecretUnavailable(name, "not defined in the policy");
     const cached = this.cache.get(name);

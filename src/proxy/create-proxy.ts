@@ -264,6 +264,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
       }
     }
     warnIfRegistryChanged(loaded, policy, diagnostics);
+    next.secrets.rememberFrom(runtime.state.secrets);
     runtime.state = next;
     adminToken.use(policy.policy);
     if (JSON.stringify(policy.policy.telemetry) !== JSON.stringify(loaded.policy.telemetry)) diagnostics.warn("telemetry changes take effect at the next restart");
