@@ -72,6 +72,25 @@ describe("reloading settings", () => {
     writeFileSync(join(dir, "policy.yaml"), running);
   });
 
+  it("a rejected reload leaves the budget store as it was: its counters go on after the next good reload", async () => {
+    const budget = "budgets:\n  rules:\n    - { name: b, hosts: [localhost], requests: 3, window: 1d }\n";
+    const status = async (path: string) => {
+      const answer = await request(`https://localhost:${upstream.port}${path}`, { dispatcher });
+      await answer.body.text();
+      return answer.statusCode;
+    };
+    const good = policy("first.log", budget);
+    writeFileSync(join(dir, "policy.yaml"), good);
+    expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);
+    expect(await status("/b1")).toBe(200);
+    // Rejected (its trust file is gone), and with no budgets: the running store must not be closed for it.
+    writeFileSync(join(dir, "policy.yaml"), policy("first.log").replace(JSON.stringify(pki.caFile), JSON.stringify(join(dir, "missing-ca.pem"))));
+    expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(false);
+    writeFileSync(join(dir, "policy.yaml"), good);
+    expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);
+    expect([await status("/b2"), await status("/b3"), await status("/b4")]).toEqual([200, 200, 429]);
+  });
+
   it("says in one line which changed settings need a restart, and keeps serving", async () => {
     writeFileSync(join(dir, "policy.yaml"), policy("second.log", "proxy: { listen: 127.0.0.1:18999, http2: false, max_concurrent_streams: 7 }\nadmin: { listen: 127.0.0.1:18998 }\n", "rotated-certs"));
     expect(await proxy.reloadFromFile(join(dir, "policy.yaml"), "test")).toBe(true);

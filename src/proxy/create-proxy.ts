@@ -94,10 +94,12 @@ async function resolvePolicy(policy: ProxyOptions["policy"]): Promise<LoadedPoli
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = { headersMs: 30_000, keepAliveMs: 30_000 };
 
-function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger, budgetStores: BudgetStores, registered?: RegisteredClients): PolicyState {
+/**
+ * The state a policy runs on, but for its budgets: building it can fail (a trust file gone) and
+ * changes nothing outside it, so a reload builds it before it commits to anything.
+ */
+function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress, diagnostics: Logger, registered?: RegisteredClients): PolicyState {
   const { policy } = loaded;
-  const { budgets } = policy;
-  const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
   const trust = buildUpstreamTrust(policy.upstream.trust.map((file) => resolveFrom(loaded, file)));
   const guard = new DestinationGuard(policy.network.private_destinations, policy.network.allow_ips, self);
   const tokenSources = Object.fromEntries(policy.clients.map((client) => [tokenSecretName(client.name), client.token]));
@@ -116,9 +118,15 @@ function buildState(loaded: LoadedPolicy, scrubber: Scrubber, self: SelfAddress,
     secrets: new SecretStore({ ...policy.secrets, ...awsSecretSources(policy.credentials) }, scrubber, secretOptions),
     identities: new Identities(policy.clients, new SecretStore(tokenSources, scrubber, secretOptions), registered?.registry),
     guard,
-    ...(ledger ? { budgets: ledger } : {}),
     ...registered?.lookups(policy),
   };
+}
+
+/** The state with the policy's budgets: this switches the budget store the process shares across reloads (the commit). */
+function withBudgets(state: PolicyState, loaded: LoadedPolicy, budgetStores: BudgetStores): PolicyState {
+  const { budgets } = loaded.policy;
+  const ledger = budgetStores.ledgerFor({ section: budgets, stateFile: budgets.state_file && resolveFrom(loaded, budgets.state_file) });
+  return ledger ? { ...state, budgets: ledger } : state;
 }
 
 function isLoopback(host: string): boolean {
@@ -200,7 +208,7 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const budgetStores = new BudgetStores(storeRole(), { warn: (message) => diagnostics.warn(message), info: (message) => diagnostics.info(message) });
   const registered = await RegisteredClients.open(loaded, scrubber, diagnostics);
   const runtime: TransportRuntime = {
-    state: buildState(loaded, scrubber, self, diagnostics, budgetStores, registered),
+    state: withBudgets(buildState(loaded, scrubber, self, diagnostics, registered), loaded, budgetStores),
     contexts,
     audit,
     diagnostics,
@@ -252,18 +260,26 @@ export async function createProxy(options: ProxyOptions): Promise<Proxy> {
   const reload = async (policy: LoadedPolicy) => {
     assertNotOpenProxy(policy, listen);
     // Built first: a policy that cannot be built (a trust file gone, say) changes nothing, the audit log's place included.
-    const next = buildState(policy, scrubber, self, diagnostics, budgetStores, registered);
+    const built = buildState(policy, scrubber, self, diagnostics, registered);
     const restart = restartOnlyChanges(loaded, policy);
     if (restart.length) diagnostics.warn({ settings: restart }, `needs a restart: ${restart.join(", ")} changed; the running value${restart.length > 1 ? "s are" : " is"} kept until then`);
     if (!options.auditStream) {
       const target = policy.policy.log.audit === "-" ? "-" : resolveFrom(policy, policy.policy.log.audit);
       const from = audit.destination;
       if (target !== from) {
-        audit.retarget(target, scrubber);
+        try {
+          audit.retarget(target, scrubber);
+        } catch (error) {
+          // Refused after all (a FIFO with no reader): the pool built for it is given up unused.
+          built.upstream.destroy();
+          throw error;
+        }
         diagnostics.info({ from, to: target }, "audit log now written to the new log.audit");
       }
     }
     warnIfRegistryChanged(loaded, policy, diagnostics);
+    // Nothing above refused the policy (the audit log's new place included): now the budget store may switch.
+    const next = withBudgets(built, policy, budgetStores);
     next.secrets.rememberFrom(runtime.state.secrets);
     runtime.state = next;
     adminToken.use(policy.policy);
