@@ -284,3 +284,15 @@ describe("LLM tool-call policy, streams", () => {
     }
   });
 });
+
+describe("the API a path names", () => {
+  it("is the one its readings name; readings naming two APIs name none, so the answer's shape decides", async () => {
+    const { apiForPath } = await import("../src/llm/tool-calls.js");
+    expect(apiForPath(["/v1/messages"])).toBe("anthropic");
+    // Tomcat's reading names it where the path as sent does not.
+    expect(apiForPath(["/v1/responses;x", "/v1/responses"])).toBe("openai-responses");
+    // Cut at the NUL, an upstream serves chat completions; read whole, the path ends in /messages.
+    expect(apiForPath(["/v1/chat/completions\u0000/messages;x", "/v1/chat/completions\u0000/messages", "/v1/chat/completions"])).toBeUndefined();
+    expect(apiForPath(["/v1/models"])).toBeUndefined();
+  });
+});

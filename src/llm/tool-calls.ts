@@ -8,15 +8,28 @@ export interface ToolCall {
 /** Thrown when a body under an llm rule cannot be understood: the response is denied (fail closed). */
 export class UnparseableLlmResponse extends Error {}
 
-/** The API any reading of the path belongs to (an upstream may read "/v1/messages;x" as /v1/messages). */
-export function apiForPath(pathReadings: readonly string[]): LlmApi | undefined {
-  for (const path of pathReadings) {
-    const pathname = path.split("?")[0] ?? "";
-    if (/\/messages\/?$/.test(pathname)) return "anthropic";
-    if (/\/chat\/completions\/?$/.test(pathname)) return "openai-chat";
-    if (/\/responses\/?$/.test(pathname)) return "openai-responses";
-  }
+function apiOfPath(path: string): LlmApi | undefined {
+  const pathname = path.split("?")[0] ?? "";
+  if (/\/messages\/?$/.test(pathname)) return "anthropic";
+  if (/\/chat\/completions\/?$/.test(pathname)) return "openai-chat";
+  if (/\/responses\/?$/.test(pathname)) return "openai-responses";
   return undefined;
+}
+
+/**
+ * The API the readings of the path name (an upstream may read "/v1/messages;x" as /v1/messages).
+ * Readings that name two APIs name none: the answer's own shape then decides, as the client
+ * cannot choose how its usage is read by how it spells the path.
+ */
+export function apiForPath(pathReadings: readonly string[]): LlmApi | undefined {
+  let found: LlmApi | undefined;
+  for (const path of pathReadings) {
+    const api = apiOfPath(path);
+    if (api === undefined || api === found) continue;
+    if (found !== undefined) return undefined;
+    found = api;
+  }
+  return found;
 }
 
 export type Json = Record<string, unknown>;
