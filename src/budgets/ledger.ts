@@ -27,8 +27,7 @@ export class BudgetLedger {
     this.byName = new Map(rules.map((rule) => [rule.name, rule]));
   }
 
-  /** The rules whose hosts, paths and clients cover a request. */
-  /** The rules that count this request: any reading of its path in a rule's `paths` puts it in scope. */
+  /** The rules whose hosts, paths and clients cover a request: any reading of its path in a rule's `paths` puts it in scope. */
   rulesFor(host: string, pathReadings: readonly string[], client: string | null): BudgetRule[] {
     return this.rules.filter(
       (rule) =>

@@ -4,7 +4,12 @@ import { callFromItem, isCallItem, isObject, UnparseableLlmResponse, type Json }
 /** The WebSocket APIs whose messages portcullis understands. */
 export type WebSocketLlmApi = "openai-responses" | "openai-realtime";
 
-/** The WebSocket API any reading of the path names (an upstream may read "/v1/responses;x" as /v1/responses). */
+/**
+ * The WebSocket API a reading of the path names (an upstream may read "/v1/responses;x" as
+ * /v1/responses). Unlike apiForPath, the first one named wins even when readings disagree: both
+ * APIs' messages are judged and their usage read the same way, and naming none would let the
+ * session pass as a raw relay.
+ */
 export function webSocketApiForPath(pathReadings: readonly string[]): WebSocketLlmApi | undefined {
   for (const path of pathReadings) {
     const pathname = path.split("?")[0] ?? "";

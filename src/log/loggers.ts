@@ -189,9 +189,10 @@ export class AuditLog {
     const time = Date.now();
     const line = auditLine(record, level, time);
     let scrubbed = this.scrubber.scrub(line);
-    // A secret of digits is redacted inside a JSON number too, and that line no longer parses:
-    // then it is written from the record scrubbed field by field (rebuilt).
-    const rebuilt = scrubbed !== line && !parses(scrubbed) ? this.rebuild(publishedRecord(record, level, time)) : undefined;
+    // What the scrubbed line says (metrics and watchers get that); a secret of digits is redacted
+    // inside a JSON number too, and that line no longer parses: then it is rebuilt field by field.
+    const said = scrubbed === line ? undefined : parsed(scrubbed);
+    const rebuilt = scrubbed !== line && !said ? this.rebuild(publishedRecord(record, level, time)) : undefined;
     if (rebuilt) scrubbed = rebuilt.line;
     if (this.readerGone || (this.refused !== undefined && this.crowdsOut(record))) this.drop();
     else this.stream.write(scrubbed);
@@ -206,7 +207,6 @@ export class AuditLog {
       if (this.feed.active) this.feed.publish(rebuilt.shown);
       return;
     }
-    const said = scrubbed === line ? undefined : (JSON.parse(scrubbed) as PublishedRecord);
     this.onRecord(said ?? record);
     if (this.feed.active) this.feed.publish(said ?? publishedRecord(record, level, time));
   }
@@ -224,7 +224,7 @@ export class AuditLog {
     const shown = { ...scrubFields(published, scrub, true), level: published.level, time: published.time };
     const text = `${JSON.stringify(shown)}\n`;
     const again = scrub(text);
-    return { line: again === text || parses(again) ? again : text, shown, counted: scrubFields(published, scrub, false) };
+    return { line: again === text || parsed(again) ? again : text, shown, counted: scrubFields(published, scrub, false) };
   }
 
   /** Reopen the file after logrotate moved it (what is held goes to the old file first). */
@@ -310,12 +310,12 @@ export class AuditLog {
   }
 }
 
-function parses(line: string): boolean {
+/** A line read back; undefined when it is not JSON. */
+function parsed(line: string): PublishedRecord | undefined {
   try {
-    JSON.parse(line);
-    return true;
+    return JSON.parse(line) as PublishedRecord;
   } catch {
-    return false;
+    return undefined;
   }
 }
 

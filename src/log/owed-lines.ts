@@ -7,10 +7,6 @@ export class OwedLines {
   private count = 0;
   private waiters: (() => void)[] = [];
 
-  get size(): number {
-    return this.count;
-  }
-
   /** One more line owed; the function returned pays it (once, however often it is called). */
   add(): () => void {
     this.count++;

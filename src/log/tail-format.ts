@@ -1,8 +1,6 @@
 import { printable } from "../core/printable.js";
 import { hostMatches, normaliseHost } from "../policy/hosts.js";
 
-export { printable };
-
 export interface TailFilters {
   denied?: boolean;
   host?: string;

@@ -4,7 +4,8 @@ import { createInterface } from "node:readline";
 import { StringDecoder } from "node:string_decoder";
 import { dirname } from "node:path";
 import type { Readable } from "node:stream";
-import { formatLine, lineFields, matchesFilters, printable, type AuditLineFields, type TailFilters } from "./tail-format.js";
+import { printable } from "../core/printable.js";
+import { formatLine, lineFields, matchesFilters, type AuditLineFields, type TailFilters } from "./tail-format.js";
 
 /** Where rendered lines go: stdout, or anything with a write. */
 export interface LineSink {

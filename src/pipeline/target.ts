@@ -25,13 +25,13 @@ export function parseAuthority(text: string, options: { allowPortZero?: boolean 
 
 /**
  * Whether a host, normalised, has the one spelling every later step reads the same way. Refused:
- * an empty name ("."), an empty label ("a..", ".a", or a trailing dot left after the one dropped), which the resolver
- * and a second normalisation read as another name than the rules judged; and an IPv4 address in
- * any form but four decimal numbers ("2130706434", "0x7f.1", "127.000.0.1"), which getaddrinfo
- * dials as the address while no IP rule matches the text.
+ * the empty name (".", which the resolver reads as localhost) and an empty label ("a..", ".a", or
+ * a trailing dot left after the one dropped), which the resolver and a second normalisation read
+ * as another name than the rules judged; and an IPv4 address in any form but four decimal numbers
+ * ("2130706434", "0x7f.1", "127.000.0.1"), which getaddrinfo dials as the address while no IP
+ * rule matches the text.
  */
 function judgeableName(host: string): boolean {
-  // "." alone is the empty name, which the resolver reads as localhost.
   if (host === "") return false;
   if (isIP(host) !== 0) return true;
   if (host.startsWith(".") || host.endsWith(".") || host.includes("..")) return false;
